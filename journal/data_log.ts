@@ -1,0 +1,190 @@
+/**
+ * The data log: append-only files that hold the bytes of `ExtentWritten`
+ * events, so that bulk data is written to disk once instead of twice (LevelDB
+ * would write it to its log and again to a table).
+ *
+ * Files are `<dir>/<n:08x>.dat`, at most {@link DEFAULT_DATA_FILE_BYTES} each.
+ * Space is reserved synchronously (so the event can name its position before
+ * the write happens) and written by the journal's commit loop, which makes the
+ * bytes durable (fdatasync) before it commits any event that points at them.
+ * The journal head row records the end of the log; on open anything past it is
+ * cut off: it belongs to a commit that never happened.
+ */
+import { mkdir, open, readdir, rm, type FileHandle } from "node:fs/promises";
+import { join } from "node:path";
+import { JournalError } from "./errors.ts";
+import type { DataRef } from "./events.ts";
+
+export const DEFAULT_DATA_FILE_BYTES = 1 << 30;
+
+export interface DataLogPosition {
+  readonly file: number;
+  readonly end: number;
+}
+
+interface PendingWrite {
+  readonly file: number;
+  readonly pos: number;
+  readonly bytes: Uint8Array;
+}
+
+const fileName = (n: number) => `${n.toString(16).padStart(8, "0")}.dat`;
+
+export class DataLog {
+  private readonly handles = new Map<number, Promise<FileHandle>>();
+  private pending: PendingWrite[] = [];
+  private file: number;
+  private end: number;
+  /** End of the data handed to the last flush: what a commit may record. */
+  private flushedTo: DataLogPosition;
+
+  private constructor(
+    private readonly dir: string,
+    start: DataLogPosition,
+    private readonly maxFileBytes: number,
+  ) {
+    this.file = start.file;
+    this.end = start.end;
+    this.flushedTo = start;
+  }
+
+  /** Open the log and cut off whatever lies past `committed` (bytes of commits that never happened). */
+  static async open(dir: string, committed: DataLogPosition, maxFileBytes = DEFAULT_DATA_FILE_BYTES): Promise<DataLog> {
+    await mkdir(dir, { recursive: true });
+    for (const name of await readdir(dir)) {
+      const m = /^([0-9a-f]{8})\.dat$/.exec(name);
+      if (m && parseInt(m[1]!, 16) > committed.file) await rm(join(dir, name));
+    }
+    const log = new DataLog(dir, committed, maxFileBytes);
+    const fh = await log.handle(committed.file);
+    const { size } = await fh.stat();
+    if (size < committed.end) {
+      throw new JournalError(
+        "corrupt",
+        `Data log ${join(dir, fileName(committed.file))} is ${size} bytes but the journal says ${committed.end} were committed; the data directory was damaged or partly restored`,
+      );
+    }
+    if (size > committed.end) await fh.truncate(committed.end);
+    return log;
+  }
+
+  /** End of the log as far as the last {@link flush} wrote it. */
+  get position(): DataLogPosition {
+    return this.flushedTo;
+  }
+
+  /** Reserve room for `bytes` and queue them for the next {@link flush}. */
+  reserve(bytes: Uint8Array): DataRef {
+    if (this.end > 0 && this.end + bytes.length > this.maxFileBytes) {
+      this.file += 1;
+      this.end = 0;
+    }
+    const ref = { file: this.file, pos: this.end };
+    this.pending.push({ file: this.file, pos: this.end, bytes });
+    this.end += bytes.length;
+    return ref;
+  }
+
+  /** Write every queued reservation and make it durable. */
+  async flush(): Promise<void> {
+    if (this.pending.length === 0) return;
+    const writes = this.pending;
+    this.pending = [];
+    const lastWrite = writes[writes.length - 1]!;
+    const covered = { file: lastWrite.file, end: lastWrite.pos + lastWrite.bytes.length };
+    const touched = new Set<number>();
+    let i = 0;
+    while (i < writes.length) {
+      // Gather a contiguous run in one file into a single writev.
+      const first = writes[i]!;
+      const run: Uint8Array[] = [first.bytes];
+      let next = first.pos + first.bytes.length;
+      let j = i + 1;
+      while (j < writes.length && writes[j]!.file === first.file && writes[j]!.pos === next && run.length < 1024) {
+        run.push(writes[j]!.bytes);
+        next += writes[j]!.bytes.length;
+        j++;
+      }
+      const fh = await this.handle(first.file);
+      let written = 0;
+      const want = next - first.pos;
+      // writev may write less than asked (full disk, signals): continue from where it stopped.
+      while (written < want) {
+        const rest = written === 0 ? run : sliceRun(run, written);
+        const { bytesWritten } = await fh.writev(rest, first.pos + written);
+        if (bytesWritten === 0) throw new JournalError("io", `Cannot write to data log ${fileName(first.file)}: no progress`);
+        written += bytesWritten;
+      }
+      touched.add(first.file);
+      i = j;
+    }
+    for (const f of touched) await (await this.handle(f)).datasync();
+    this.flushedTo = covered;
+  }
+
+  /** Drop queued reservations after a failed commit (the journal is then closed). */
+  discardPending(): void {
+    this.pending = [];
+  }
+
+  /** Read `length` bytes at `offset` within the data that `ref` points at. */
+  async read(ref: DataRef, offset: number, length: number, into?: Uint8Array, intoOffset = 0): Promise<Uint8Array> {
+    const fh = await this.handle(ref.file);
+    const buf = into ?? new Uint8Array(length);
+    let done = 0;
+    while (done < length) {
+      const { bytesRead } = await fh.read(buf, intoOffset + done, length - done, ref.pos + offset + done);
+      if (bytesRead === 0) {
+        throw new JournalError("corrupt", `Data log ${fileName(ref.file)} ends before byte ${ref.pos + offset + done}; the data directory is damaged`);
+      }
+      done += bytesRead;
+    }
+    return into ? buf.subarray(intoOffset, intoOffset + length) : buf;
+  }
+
+  /** Remove whole data files below `file` (retention). */
+  async removeFilesBefore(file: number): Promise<void> {
+    for (const name of await readdir(this.dir)) {
+      const m = /^([0-9a-f]{8})\.dat$/.exec(name);
+      if (!m) continue;
+      const n = parseInt(m[1]!, 16);
+      if (n < file) {
+        await (await this.handles.get(n))?.close();
+        this.handles.delete(n);
+        await rm(join(this.dir, name));
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const fh of this.handles.values()) await (await fh).close();
+    this.handles.clear();
+  }
+
+  private handle(file: number): Promise<FileHandle> {
+    let fh = this.handles.get(file);
+    if (!fh) {
+      const path = join(this.dir, fileName(file));
+      // "a+" creates the file; reopen it without O_APPEND so positioned writes land where asked.
+      fh = open(path, "a+").then(async (h) => {
+        await h.close();
+        return open(path, "r+");
+      });
+      this.handles.set(file, fh);
+    }
+    return fh;
+  }
+}
+
+function sliceRun(run: Uint8Array[], skip: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (const b of run) {
+    if (skip >= b.length) {
+      skip -= b.length;
+      continue;
+    }
+    out.push(skip > 0 ? b.subarray(skip) : b);
+    skip = 0;
+  }
+  return out;
+}

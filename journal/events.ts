@@ -1,0 +1,279 @@
+/**
+ * The journal's event schema: every filesystem mutation, remote observation,
+ * replication fact and session marker, as readonly plain data.
+ *
+ * Events are past-tense facts. Each has a `seq` (its position in the journal,
+ * assigned by the store), a `time` (milliseconds since the epoch, assigned by
+ * the store) and, when an application caused it, the `caller` (uid, gid, pid).
+ *
+ * This is the product's core contract: segments in S3 carry these events, and
+ * any past state is `fold(evolve, events)`. Changing a shape means a new schema
+ * version in `codec.ts` with an upcaster from the old one.
+ */
+
+/** Position of an event in the journal: 1, 2, 3, … without gaps. */
+export type Seq = number & { readonly __brand: "Seq" };
+/** Inode number. The root directory is {@link ROOT_INO}. */
+export type Ino = number & { readonly __brand: "Ino" };
+
+export const ROOT_INO = 1 as Ino;
+
+export const asSeq = (n: number): Seq => n as Seq;
+export const asIno = (n: number): Ino => n as Ino;
+
+/** Who asked for the operation, from the FUSE request context. */
+export interface Caller {
+  readonly uid: number;
+  readonly gid: number;
+  readonly pid: number;
+}
+
+export type InodeKind = "file" | "dir" | "symlink" | "fifo" | "char" | "block" | "socket";
+
+/**
+ * Where the bytes of an {@link ExtentWritten} live in the local data log.
+ * Bulk data is kept out of LevelDB (it would be written twice there); the
+ * event points at it and carries its CRC-32.
+ */
+export interface DataRef {
+  /** Data log file number. */
+  readonly file: number;
+  /** Byte position inside that file. */
+  readonly pos: number;
+}
+
+interface Base {
+  readonly seq: Seq;
+  /** Milliseconds since the Unix epoch. */
+  readonly time: number;
+  readonly caller?: Caller;
+}
+
+// ---- POSIX mutations -------------------------------------------------------
+
+export interface InodeCreated extends Base {
+  readonly type: "InodeCreated";
+  readonly ino: Ino;
+  readonly kind: InodeKind;
+  /** Full st_mode: file type bits and permission bits. */
+  readonly mode: number;
+  readonly uid: number;
+  readonly gid: number;
+  /** Device number for character and block special files. */
+  readonly rdev?: number;
+  /** Symlink target. */
+  readonly target?: string;
+}
+
+export interface DirentLinked extends Base {
+  readonly type: "DirentLinked";
+  readonly parent: Ino;
+  readonly name: string;
+  readonly ino: Ino;
+}
+
+export interface DirentUnlinked extends Base {
+  readonly type: "DirentUnlinked";
+  readonly parent: Ino;
+  readonly name: string;
+  readonly ino: Ino;
+}
+
+/** An atomic rename; `replaced` is the inode that was at the target name, if any. */
+export interface Renamed extends Base {
+  readonly type: "Renamed";
+  readonly ino: Ino;
+  readonly fromParent: Ino;
+  readonly fromName: string;
+  readonly toParent: Ino;
+  readonly toName: string;
+  readonly replaced?: Ino;
+}
+
+export interface AttrsChanged extends Base {
+  readonly type: "AttrsChanged";
+  readonly ino: Ino;
+  readonly mode?: number;
+  readonly uid?: number;
+  readonly gid?: number;
+  readonly atime?: number;
+  readonly mtime?: number;
+  readonly ctime?: number;
+}
+
+/**
+ * Bytes written at `offset`. On append `data` is given; the store moves it to
+ * the data log and keeps `ref` instead. Segments carry `data` inline.
+ */
+export interface ExtentWritten extends Base {
+  readonly type: "ExtentWritten";
+  readonly ino: Ino;
+  readonly offset: number;
+  readonly length: number;
+  /** CRC-32 of the bytes. */
+  readonly crc: number;
+  readonly data?: Uint8Array;
+  readonly ref?: DataRef;
+}
+
+export interface Truncated extends Base {
+  readonly type: "Truncated";
+  readonly ino: Ino;
+  readonly size: number;
+}
+
+export interface XattrSet extends Base {
+  readonly type: "XattrSet";
+  readonly ino: Ino;
+  readonly name: string;
+  readonly value: Uint8Array;
+}
+
+export interface XattrRemoved extends Base {
+  readonly type: "XattrRemoved";
+  readonly ino: Ino;
+  readonly name: string;
+}
+
+/** The last link and the last open handle are gone: the inode and its data are freed. */
+export interface InodeDropped extends Base {
+  readonly type: "InodeDropped";
+  readonly ino: Ino;
+}
+
+// ---- remote observations ---------------------------------------------------
+
+/** Identity of one version of a remote object. */
+export interface ObjectVersion {
+  readonly key: string;
+  readonly size: number;
+  readonly etag: string;
+  /** Milliseconds since the epoch (Last-Modified or x-amz-meta-mtime). */
+  readonly mtime: number;
+  readonly versionId?: string;
+  /** POSIX attributes found in user metadata, if any. */
+  readonly mode?: number;
+  readonly uid?: number;
+  readonly gid?: number;
+}
+
+export interface ObjectDiscovered extends Base {
+  readonly type: "ObjectDiscovered";
+  readonly ino: Ino;
+  readonly object: ObjectVersion;
+}
+
+export interface ObjectChanged extends Base {
+  readonly type: "ObjectChanged";
+  readonly ino: Ino;
+  readonly object: ObjectVersion;
+}
+
+export interface ObjectDeleted extends Base {
+  readonly type: "ObjectDeleted";
+  readonly ino: Ino;
+  readonly key: string;
+}
+
+// ---- replication facts -----------------------------------------------------
+
+export interface SegmentSealed extends Base {
+  readonly type: "SegmentSealed";
+  readonly minSeq: Seq;
+  readonly maxSeq: Seq;
+  readonly bytes: number;
+  readonly checksum: number;
+}
+
+export interface SegmentReplicated extends Base {
+  readonly type: "SegmentReplicated";
+  readonly minSeq: Seq;
+  readonly maxSeq: Seq;
+  readonly key: string;
+  readonly etag: string;
+}
+
+export interface ObjectMaterialized extends Base {
+  readonly type: "ObjectMaterialized";
+  readonly ino: Ino;
+  /** The journal position whose state the object reflects. */
+  readonly asOf: Seq;
+  readonly object: ObjectVersion;
+}
+
+export interface ConflictDetected extends Base {
+  readonly type: "ConflictDetected";
+  readonly ino: Ino;
+  readonly key: string;
+  readonly localEtag?: string;
+  readonly remoteEtag?: string;
+  /** Where the losing version was kept. */
+  readonly conflictKey: string;
+}
+
+// ---- session markers -------------------------------------------------------
+
+export interface Mounted extends Base {
+  readonly type: "Mounted";
+  readonly clientId: string;
+  readonly host: string;
+  readonly version: string;
+  readonly pid: number;
+}
+
+export interface Unmounted extends Base {
+  readonly type: "Unmounted";
+  readonly clientId: string;
+  readonly clean: boolean;
+}
+
+export type JournalEvent =
+  | InodeCreated
+  | DirentLinked
+  | DirentUnlinked
+  | Renamed
+  | AttrsChanged
+  | ExtentWritten
+  | Truncated
+  | XattrSet
+  | XattrRemoved
+  | InodeDropped
+  | ObjectDiscovered
+  | ObjectChanged
+  | ObjectDeleted
+  | SegmentSealed
+  | SegmentReplicated
+  | ObjectMaterialized
+  | ConflictDetected
+  | Mounted
+  | Unmounted;
+
+export type EventType = JournalEvent["type"];
+
+/** Every event type, for exhaustive tests and tools. */
+export const EVENT_TYPES: readonly EventType[] = [
+  "InodeCreated",
+  "DirentLinked",
+  "DirentUnlinked",
+  "Renamed",
+  "AttrsChanged",
+  "ExtentWritten",
+  "Truncated",
+  "XattrSet",
+  "XattrRemoved",
+  "InodeDropped",
+  "ObjectDiscovered",
+  "ObjectChanged",
+  "ObjectDeleted",
+  "SegmentSealed",
+  "SegmentReplicated",
+  "ObjectMaterialized",
+  "ConflictDetected",
+  "Mounted",
+  "Unmounted",
+];
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+/** An event as handed to `append`: the store assigns `seq` and `time`. */
+export type NewEvent = DistributiveOmit<JournalEvent, "seq" | "time"> & { readonly time?: number };

@@ -1,0 +1,185 @@
+/**
+ * Segments: an immutable, self-checking blob holding a contiguous seq range of
+ * events, with their data inline. The replicator ships them to
+ * `.objectfs/journal/<clientId>/<minSeq:016x>-<maxSeq:016x>.seg`.
+ *
+ * Layout (integers big-endian):
+ *
+ *   header   0  magic "OFSSEG\0\1"         8 bytes
+ *            8  format version (1)         u16
+ *           10  flags (0)                  u16
+ *           12  event count                u32
+ *           16  minSeq                     u64
+ *           24  maxSeq                     u64
+ *           32  previous segment checksum  u32   (0 for the first segment)
+ *           36  header CRC-32              u32   (of bytes 0..35)
+ *   events  per event: payload length u32, payload CRC-32 u32, payload (codec.ts, data inline)
+ *   trailer  magic "OFSEND\0\1"            8 bytes
+ *            state checksum slot           32 bytes (supplied by the projections; zeros if none)
+ *            segment checksum              u32   CRC-32 of every byte before it, seeded with
+ *                                                the previous segment checksum (a chain)
+ *
+ * Any single flipped byte is detected: CRC-32 catches every burst of up to 32
+ * bits, and the segment checksum covers every byte but itself.
+ */
+import { crc32 } from "node:zlib";
+import { decodeEvent, encodeEvent } from "./codec.ts";
+import { JournalError, SegmentCorruptError } from "./errors.ts";
+import { asSeq, type JournalEvent, type Seq } from "./events.ts";
+import { readU64, writeU64 } from "./keys.ts";
+
+const HEADER_MAGIC = Buffer.from("OFSSEG\x00\x01", "latin1");
+const TRAILER_MAGIC = Buffer.from("OFSEND\x00\x01", "latin1");
+const FORMAT_VERSION = 1;
+export const SEGMENT_HEADER_BYTES = 40;
+export const SEGMENT_TRAILER_BYTES = 8 + 32 + 4;
+export const STATE_CHECKSUM_BYTES = 32;
+
+export interface SealOptions {
+  /** Checksum of the segment this one follows (0 for the first). */
+  readonly prevChecksum: number;
+  /** Up to 32 bytes that summarize the projected state after `maxSeq`. */
+  readonly stateChecksum?: Uint8Array;
+}
+
+export interface Segment {
+  readonly minSeq: Seq;
+  readonly maxSeq: Seq;
+  readonly prevChecksum: number;
+  readonly checksum: number;
+  readonly stateChecksum: Uint8Array;
+  readonly events: readonly JournalEvent[];
+}
+
+export interface SealedSegment {
+  readonly bytes: Uint8Array;
+  readonly minSeq: Seq;
+  readonly maxSeq: Seq;
+  readonly checksum: number;
+}
+
+/** `<minSeq:016x>-<maxSeq:016x>.seg` */
+export function segmentName(minSeq: number, maxSeq: number): string {
+  return `${minSeq.toString(16).padStart(16, "0")}-${maxSeq.toString(16).padStart(16, "0")}.seg`;
+}
+
+/** Parse a segment name back into its range, or undefined if it is not one. */
+export function parseSegmentName(name: string): { minSeq: Seq; maxSeq: Seq } | undefined {
+  const m = /^([0-9a-f]{16})-([0-9a-f]{16})\.seg$/.exec(name);
+  if (!m) return undefined;
+  return { minSeq: asSeq(parseInt(m[1]!, 16)), maxSeq: asSeq(parseInt(m[2]!, 16)) };
+}
+
+/**
+ * Seal contiguous events (ExtentWritten with `data` inline) into a segment.
+ */
+export function sealSegment(events: readonly JournalEvent[], options: SealOptions): SealedSegment {
+  if (events.length === 0) throw new JournalError("unsupported", "Cannot seal an empty segment");
+  const payloads: Uint8Array[] = [];
+  let total = SEGMENT_HEADER_BYTES + SEGMENT_TRAILER_BYTES;
+  for (let i = 0; i < events.length; i++) {
+    const e = events[i]!;
+    if (i > 0 && e.seq !== events[i - 1]!.seq + 1) {
+      throw new JournalError("discontinuous", `Cannot seal a segment with a gap: seq ${events[i - 1]!.seq} is followed by ${e.seq}`);
+    }
+    let stored: JournalEvent = e;
+    if (e.type === "ExtentWritten") {
+      if (!e.data) throw new JournalError("unsupported", `Cannot seal event ${e.seq}: its data is not inline (read it with data: true)`);
+      const { ref: _ref, ...rest } = e;
+      stored = rest as JournalEvent;
+    }
+    const p = encodeEvent(stored);
+    payloads.push(p);
+    total += 8 + p.length;
+  }
+  const minSeq = events[0]!.seq;
+  const maxSeq = events[events.length - 1]!.seq;
+  const out = Buffer.allocUnsafe(total);
+  HEADER_MAGIC.copy(out, 0);
+  out.writeUInt16BE(FORMAT_VERSION, 8);
+  out.writeUInt16BE(0, 10);
+  out.writeUInt32BE(events.length, 12);
+  writeU64(out, 16, minSeq);
+  writeU64(out, 24, maxSeq);
+  out.writeUInt32BE(options.prevChecksum >>> 0, 32);
+  out.writeUInt32BE(crc32(out.subarray(0, 36)), 36);
+  let at = SEGMENT_HEADER_BYTES;
+  for (const p of payloads) {
+    out.writeUInt32BE(p.length, at);
+    out.writeUInt32BE(crc32(p), at + 4);
+    out.set(p, at + 8);
+    at += 8 + p.length;
+  }
+  TRAILER_MAGIC.copy(out, at);
+  at += 8;
+  out.fill(0, at, at + STATE_CHECKSUM_BYTES);
+  if (options.stateChecksum) {
+    if (options.stateChecksum.length > STATE_CHECKSUM_BYTES) throw new JournalError("unsupported", `A state checksum holds at most ${STATE_CHECKSUM_BYTES} bytes`);
+    out.set(options.stateChecksum, at);
+  }
+  at += STATE_CHECKSUM_BYTES;
+  const checksum = crc32(out.subarray(0, at), options.prevChecksum >>> 0);
+  out.writeUInt32BE(checksum, at);
+  return { bytes: out, minSeq, maxSeq, checksum };
+}
+
+export interface DecodeOptions {
+  /** Name used in error messages. @default "(unnamed)" */
+  readonly name?: string;
+  /** The segment this one must follow: its maxSeq and checksum. */
+  readonly after?: { readonly maxSeq: number; readonly checksum: number };
+}
+
+/** Verify and decode a segment; throws {@link SegmentCorruptError} or a `discontinuous` JournalError. */
+export function decodeSegment(bytes: Uint8Array, options: DecodeOptions = {}): Segment {
+  const name = options.name ?? "(unnamed)";
+  const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const corrupt = (offset: number, detail: string) => new SegmentCorruptError(name, offset, detail);
+  if (b.length < SEGMENT_HEADER_BYTES + SEGMENT_TRAILER_BYTES) throw corrupt(0, `${b.length} bytes is shorter than an empty segment`);
+  if (!b.subarray(0, 8).equals(HEADER_MAGIC)) throw corrupt(0, "header magic is wrong (not an objectfs segment)");
+  const headerCrc = crc32(b.subarray(0, 36));
+  if (b.readUInt32BE(36) !== headerCrc) throw corrupt(36, `header CRC expected ${b.readUInt32BE(36)}, computed ${headerCrc}`);
+  const version = b.readUInt16BE(8);
+  if (version !== FORMAT_VERSION) throw corrupt(8, `format version ${version} is not supported (this build reads ${FORMAT_VERSION})`);
+  const count = b.readUInt32BE(12);
+  const minSeq = readU64(b, 16);
+  const maxSeq = readU64(b, 24);
+  const prevChecksum = b.readUInt32BE(32);
+  if (maxSeq < minSeq || maxSeq - minSeq + 1 !== count) throw corrupt(12, `range ${minSeq}-${maxSeq} does not hold ${count} events`);
+  const sumAt = b.length - 4;
+  const checksum = crc32(b.subarray(0, sumAt), prevChecksum);
+  if (b.readUInt32BE(sumAt) !== checksum) throw corrupt(sumAt, `segment checksum expected ${b.readUInt32BE(sumAt)}, computed ${checksum}`);
+  if (options.after) {
+    if (minSeq !== options.after.maxSeq + 1) {
+      throw new JournalError("discontinuous", `Segment ${name} starts at seq ${minSeq} but the previous segment ended at seq ${options.after.maxSeq}`);
+    }
+    if (prevChecksum !== options.after.checksum >>> 0) {
+      throw new JournalError("discontinuous", `Segment ${name} follows checksum ${prevChecksum} but the previous segment's checksum is ${options.after.checksum >>> 0}`);
+    }
+  }
+  const trailerAt = b.length - SEGMENT_TRAILER_BYTES;
+  if (!b.subarray(trailerAt, trailerAt + 8).equals(TRAILER_MAGIC)) throw corrupt(trailerAt, "trailer magic is wrong");
+  const events: JournalEvent[] = [];
+  let at = SEGMENT_HEADER_BYTES;
+  for (let i = 0; i < count; i++) {
+    if (at + 8 > trailerAt) throw corrupt(at, `event #${i} header runs past the trailer`);
+    const len = b.readUInt32BE(at);
+    const crc = b.readUInt32BE(at + 4);
+    if (at + 8 + len > trailerAt) throw corrupt(at, `event #${i} of ${len} bytes runs past the trailer`);
+    const payload = b.subarray(at + 8, at + 8 + len);
+    const actual = crc32(payload);
+    if (actual !== crc) throw corrupt(at + 4, `event #${i} CRC expected ${crc}, computed ${actual}`);
+    let event: JournalEvent;
+    try {
+      event = decodeEvent(payload);
+    } catch (cause) {
+      throw corrupt(at + 8, `event #${i} does not decode: ${(cause as Error).message}`);
+    }
+    if (event.seq !== minSeq + i) throw corrupt(at + 8, `event #${i} has seq ${event.seq}, expected ${minSeq + i}`);
+    events.push(event);
+    at += 8 + len;
+  }
+  if (at !== trailerAt) throw corrupt(at, `${trailerAt - at} unexpected bytes before the trailer`);
+  const stateChecksum = new Uint8Array(b.subarray(trailerAt + 8, trailerAt + 8 + STATE_CHECKSUM_BYTES));
+  return { minSeq: asSeq(minSeq), maxSeq: asSeq(maxSeq), prevChecksum, checksum, stateChecksum, events };
+}

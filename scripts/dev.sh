@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Set up this checkout on a Debian machine (idempotent), then run a job:
+#   bash scripts/dev.sh start [ARGS]   the main job (objectfs demo / mount)
+#   bash scripts/dev.sh test           type-check and run every test
+#   bash scripts/dev.sh setup          only install what is missing
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BUN_VERSION=1.4.5
+APT_PACKAGES=(libfuse2 libfuse-dev fuse3 build-essential python3 pkg-config git rsync sqlite3 curl ca-certificates)
+
+log() { printf '\033[1mobjectfs setup:\033[0m %s\n' "$*" >&2; }
+
+need_apt=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$p")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "objectfs setup: missing Debian packages ${need_apt[*]}; run this as root or install them with apt-get" >&2
+    exit 1
+  fi
+  log "installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v bun >/dev/null 2>&1 || [ "$(bun --version 2>/dev/null)" != "$BUN_VERSION" ]; then
+  log "installing bun $BUN_VERSION from the npm registry"
+  npm install -g --silent "bun@$BUN_VERSION" >/dev/null 2>&1 || npm install -g "bun@$BUN_VERSION"
+fi
+
+# Native addons (fuse-native, classic-level) build against the system's Node headers.
+export npm_config_nodedir=${npm_config_nodedir:-/usr}
+if [ ! -f node_modules/.objectfs-installed ] || [ bun.lock -nt node_modules/.objectfs-installed ] || [ package.json -nt node_modules/.objectfs-installed ]; then
+  log "installing dependencies from bun.lock"
+  bun install --frozen-lockfile
+  touch node_modules/.objectfs-installed
+fi
+
+job=${1:-setup}
+shift || true
+case "$job" in
+  setup) ;;
+  start) exec bun src/main.ts demo "$@" ;;
+  test)
+    bun x tsc --noEmit -p .
+    set +e
+    bun test "$@" 2>&1 | tee /tmp/objectfs-test.log
+    rc=${PIPESTATUS[0]}
+    set -e
+    pass=$(grep -Eo '^ *[0-9]+ pass$' /tmp/objectfs-test.log | tail -1 | grep -Eo '[0-9]+' || echo 0)
+    fail=$(grep -Eo '^ *[0-9]+ fail$' /tmp/objectfs-test.log | tail -1 | grep -Eo '[0-9]+' || echo 0)
+    echo "bun test: $pass passed, $fail failed"
+    exit "$rc"
+    ;;
+  *) echo "usage: bash scripts/dev.sh start|test|setup" >&2; exit 2 ;;
+esac

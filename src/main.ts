@@ -1,0 +1,48 @@
+#!/usr/bin/env bun
+/** objectfs command-line entry. */
+import { JournalError } from "../journal/mod.ts";
+import { UsageError, type Command } from "./cli/command.ts";
+import { demo } from "./cli/demo.ts";
+
+const COMMANDS: readonly Command[] = [demo];
+
+const HELP = `objectfs: an S3-backed POSIX filesystem with a local event journal
+
+Usage: objectfs <command> [options]
+
+Commands:
+${COMMANDS.map((c) => `  ${c.name.padEnd(10)} ${c.summary}`).join("\n")}
+
+Run "objectfs <command> --help" for a command's options.`;
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === "--help" || name === "-h" || name === "help") {
+    console.log(HELP);
+    return name ? 0 : 2;
+  }
+  const command = COMMANDS.find((c) => c.name === name);
+  if (!command) {
+    console.error(`objectfs: unknown command "${name}"; run "objectfs --help" for the list`);
+    return 2;
+  }
+  if (rest.includes("--help") || rest.includes("-h")) {
+    console.log(`Usage: ${command.usage}`);
+    return 0;
+  }
+  try {
+    return await command.run(rest);
+  } catch (e) {
+    if (e instanceof UsageError || (e as { code?: string }).code?.startsWith("ERR_PARSE_ARGS")) {
+      console.error(`objectfs ${name}: ${(e as Error).message}; see "objectfs ${name} --help"`);
+      return 2;
+    }
+    if (e instanceof JournalError) {
+      console.error(`objectfs ${name}: ${e.message}`);
+      return 1;
+    }
+    throw e;
+  }
+}
+
+if (import.meta.main) process.exit(await main(process.argv.slice(2)));

@@ -1,0 +1,2 @@
+/** objectfs library entry. */
+export * from "../journal/mod.ts";

@@ -1,0 +1,50 @@
+import { describe, expect, test } from "bun:test";
+import fc from "fast-check";
+import { decodeEvent, encodeEvent, EVENT_TYPES, JournalError, SCHEMA_VERSION } from "../../journal/mod.ts";
+import { encodeEventV1 } from "../../journal/codec.ts";
+import { anyEvent, eventOf, normalize } from "../support/event_arbitraries.ts";
+
+
+describe("codec", () => {
+  for (const type of EVENT_TYPES) {
+    test(`${type} round-trips through the current schema`, () => {
+      fc.assert(
+        fc.property(eventOf(type), (event) => {
+          const bytes = encodeEvent(event);
+          expect(bytes[0]).toBe(SCHEMA_VERSION);
+          expect(normalize(decodeEvent(bytes))).toEqual(normalize(event));
+        }),
+        { numRuns: 200 },
+      );
+    });
+  }
+
+  test("version 1 records are upcast to the current shape", () => {
+    fc.assert(
+      fc.property(anyEvent, (event) => {
+        const v1 = encodeEventV1(event);
+        expect(v1[0]).toBe(1);
+        const expected = event.type === "Unmounted" ? { ...event, clean: true } : event;
+        expect(normalize(decodeEvent(v1))).toEqual(normalize(expected));
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  test("an unknown schema version is refused with a message naming it", () => {
+    const bytes = encodeEvent({ type: "InodeDropped", seq: 1, time: 0, ino: 5 } as never);
+    bytes[0] = 99;
+    expect(() => decodeEvent(bytes)).toThrow(/schema version 99/);
+  });
+
+  test("garbage is reported as corrupt, not thrown as a random error", () => {
+    const bytes = new Uint8Array([2, 0xc1, 0xc1, 0xc1]);
+    try {
+      decodeEvent(bytes);
+      throw new Error("decoded garbage");
+    } catch (e) {
+      expect(e).toBeInstanceOf(JournalError);
+      expect((e as JournalError).reason).toBe("corrupt");
+    }
+  });
+});

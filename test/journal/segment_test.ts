@@ -1,0 +1,88 @@
+import { describe, expect, test } from "bun:test";
+import fc from "fast-check";
+import { decodeSegment, JournalError, parseSegmentName, sealSegment, SegmentCorruptError, segmentName, type JournalEvent } from "../../journal/mod.ts";
+import { anyEvent, normalize } from "../support/event_arbitraries.ts";
+
+
+/** Events renumbered to a contiguous range starting at `first`. */
+const contiguous = (events: JournalEvent[], first: number) => events.map((e, i) => ({ ...e, seq: first + i }) as JournalEvent);
+
+describe("segments", () => {
+  test("seal then decode returns the same events, range and state checksum", () => {
+    fc.assert(
+      fc.property(fc.array(anyEvent, { minLength: 1, maxLength: 30 }), fc.integer({ min: 1, max: 2 ** 40 }), fc.uint8Array({ minLength: 32, maxLength: 32 }), (events, first, state) => {
+        const evs = contiguous(events, first);
+        const sealed = sealSegment(evs, { prevChecksum: 1234, stateChecksum: state });
+        const seg = decodeSegment(sealed.bytes);
+        expect(seg.minSeq).toBe(first);
+        expect(seg.maxSeq).toBe(first + evs.length - 1);
+        expect(seg.checksum).toBe(sealed.checksum);
+        expect(Array.from(seg.stateChecksum)).toEqual(Array.from(state));
+        expect(normalize(seg.events)).toEqual(normalize(evs));
+      }),
+      { numRuns: 100 },
+    );
+  });
+
+  test("flipping any single byte of a segment is detected", () => {
+    const events = fc.sample(fc.array(anyEvent, { minLength: 3, maxLength: 6 }), { numRuns: 1, seed: 42 })[0]!;
+    const sealed = sealSegment(contiguous(events, 100), { prevChecksum: 7 });
+    const bytes = sealed.bytes;
+    for (let i = 0; i < bytes.length; i++) {
+      for (const mask of [0x01, 0x80, 0xff]) {
+        const copy = new Uint8Array(bytes);
+        copy[i]! ^= mask;
+        let threw: unknown;
+        try {
+          decodeSegment(copy, { name: "s.seg" });
+        } catch (e) {
+          threw = e;
+        }
+        if (!(threw instanceof SegmentCorruptError)) throw new Error(`flip of byte ${i} with mask ${mask} went undetected (${String(threw)})`);
+        expect(threw.message).toContain("s.seg");
+      }
+    }
+  });
+
+  test("the error names the segment, the offset and what was expected", () => {
+    const sealed = sealSegment(contiguous([{ type: "InodeDropped", seq: 1, time: 1, ino: 3 } as JournalEvent], 5), { prevChecksum: 0 });
+    const copy = new Uint8Array(sealed.bytes);
+    copy[50]! ^= 1;
+    expect(() => decodeSegment(copy, { name: "0000000000000005-0000000000000005.seg" })).toThrow(
+      /Segment 0000000000000005-0000000000000005\.seg is corrupt at byte \d+: .*expected/,
+    );
+  });
+
+  test("a truncated segment is detected", () => {
+    const sealed = sealSegment(contiguous([{ type: "InodeDropped", seq: 1, time: 1, ino: 3 } as JournalEvent], 1), { prevChecksum: 0 });
+    for (let n = 0; n < sealed.bytes.length; n++) expect(() => decodeSegment(sealed.bytes.subarray(0, n))).toThrow(SegmentCorruptError);
+  });
+
+  test("a segment that does not follow the previous one is rejected", () => {
+    const ev = (seq: number) => ({ type: "InodeDropped", seq, time: 1, ino: 3 }) as JournalEvent;
+    const a = sealSegment([ev(1), ev(2)], { prevChecksum: 0 });
+    const b = sealSegment([ev(3)], { prevChecksum: a.checksum });
+    expect(decodeSegment(b.bytes, { after: a }).minSeq).toBe(3);
+    const gap = sealSegment([ev(4)], { prevChecksum: a.checksum });
+    expect(() => decodeSegment(gap.bytes, { after: a, name: "gap" })).toThrow(/starts at seq 4 but the previous segment ended at seq 2/);
+    const forked = sealSegment([ev(3)], { prevChecksum: 999 });
+    try {
+      decodeSegment(forked.bytes, { after: a });
+      throw new Error("accepted");
+    } catch (e) {
+      expect((e as JournalError).reason).toBe("discontinuous");
+    }
+  });
+
+  test("sealing refuses gaps and events whose data is not inline", () => {
+    const ev = (seq: number) => ({ type: "InodeDropped", seq, time: 1, ino: 3 }) as JournalEvent;
+    expect(() => sealSegment([ev(1), ev(3)], { prevChecksum: 0 })).toThrow(/gap/);
+    expect(() => sealSegment([{ type: "ExtentWritten", seq: 1, time: 1, ino: 2, offset: 0, length: 3, crc: 0, ref: { file: 0, pos: 0 } } as JournalEvent], { prevChecksum: 0 })).toThrow(/not inline/);
+  });
+
+  test("names encode the range and parse back", () => {
+    expect(segmentName(1, 255)).toBe("0000000000000001-00000000000000ff.seg");
+    expect(parseSegmentName(segmentName(2 ** 40, 2 ** 40 + 5))).toEqual({ minSeq: 2 ** 40, maxSeq: 2 ** 40 + 5 } as never);
+    expect(parseSegmentName("../x.seg")).toBeUndefined();
+  });
+});

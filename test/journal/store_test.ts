@@ -1,0 +1,181 @@
+import { afterEach, describe, expect, test } from "bun:test";
+import { appendFile, mkdtemp, readdir, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { asIno, Journal, JournalError, type JournalEvent, type NewEvent } from "../../journal/mod.ts";
+
+const dirs: string[] = [];
+async function freshDir(): Promise<string> {
+  const d = await mkdtemp(join(tmpdir(), "objectfs-journal-"));
+  dirs.push(d);
+  return d;
+}
+afterEach(async () => {
+  for (const d of dirs.splice(0)) await rm(d, { recursive: true, force: true });
+});
+
+const dropped = (ino: number): NewEvent => ({ type: "InodeDropped", ino: asIno(ino) });
+const written = (ino: number, data: Uint8Array, offset = 0): NewEvent => ({ type: "ExtentWritten", ino: asIno(ino), offset, length: data.length, crc: 0, data });
+async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const x of it) out.push(x);
+  return out;
+}
+
+describe("journal store", () => {
+  test("appends get consecutive seqs and read back by range, forward and reverse", async () => {
+    const j = await Journal.open(await freshDir());
+    for (let i = 1; i <= 50; i++) await j.append([dropped(i)]);
+    expect(j.head).toBe(50);
+    const mid = await collect(j.read({ gte: 10, lte: 20 }));
+    expect(mid.map((e) => e.seq)).toEqual(Array.from({ length: 11 }, (_, i) => 10 + i));
+    expect(mid.map((e) => (e as { ino: number }).ino)).toEqual(Array.from({ length: 11 }, (_, i) => 10 + i));
+    const last3 = await collect(j.read({ reverse: true, limit: 3 }));
+    expect(last3.map((e) => e.seq)).toEqual([50, 49, 48]);
+    expect((await j.get(7))?.type).toBe("InodeDropped");
+    expect(await j.get(51)).toBeUndefined();
+    await j.close();
+  });
+
+  test("events and their data survive a reopen, and the bytes live in the data log, not LevelDB", async () => {
+    const dir = await freshDir();
+    let j = await Journal.open(dir);
+    const blob = new Uint8Array(256 * 1024).map((_, i) => (i * 7) & 0xff);
+    const [ev] = await j.append([written(9, blob, 4096)], { sync: true });
+    expect(ev!.type === "ExtentWritten" && ev.ref).toEqual({ file: 0, pos: 0 });
+    await j.close();
+    expect((await stat(join(dir, "data", "00000000.dat"))).size).toBe(blob.length);
+    j = await Journal.open(dir);
+    expect(j.head).toBe(1);
+    const [back] = await collect(j.read({ data: true }));
+    expect(back!.type).toBe("ExtentWritten");
+    if (back!.type !== "ExtentWritten") throw new Error("unreachable");
+    expect(back.offset).toBe(4096);
+    expect(Buffer.from(back.data!).equals(Buffer.from(blob))).toBe(true);
+    const slice = await j.readData(back, 1000, 10);
+    expect(Array.from(slice)).toEqual(Array.from(blob.subarray(1000, 1010)));
+    await j.close();
+  });
+
+  test("projection rows are written in the same batch as their events", async () => {
+    const dir = await freshDir();
+    let j = await Journal.open(dir);
+    let rows = j.sublevel("t");
+    await j.append([dropped(1), dropped(2)], {
+      project: (events) => events.map((e) => ({ type: "put", sublevel: rows, key: Buffer.from(`k${e.seq}`), value: Buffer.from(e.type) })),
+    });
+    expect((await rows.get(Buffer.from("k2")))?.toString()).toBe("InodeDropped");
+    await j.close();
+    j = await Journal.open(dir);
+    rows = j.sublevel("t");
+    expect((await rows.get(Buffer.from("k1")))?.toString()).toBe("InodeDropped");
+    await j.close();
+  });
+
+  test("64 concurrent appenders are group-committed into fewer synced batches, nothing lost", async () => {
+    const j = await Journal.open(await freshDir());
+    const before = { ...j.stats };
+    const results = await Promise.all(
+      Array.from({ length: 64 }, async (_, w) => {
+        const seqs: number[] = [];
+        for (let i = 0; i < 20; i++) {
+          const [e] = await j.append([w % 2 ? dropped(w * 1000 + i) : written(w * 1000 + i, new Uint8Array(4096).fill(w))], { sync: true });
+          seqs.push(e!.seq);
+        }
+        return seqs;
+      }),
+    );
+    const all = results.flat().sort((a, b) => a - b);
+    expect(all).toEqual(Array.from({ length: 64 * 20 }, (_, i) => i + 1));
+    const commits = j.stats.syncedCommits - before.syncedCommits;
+    expect(j.stats.appends - before.appends).toBe(64 * 20);
+    expect(commits).toBeLessThan(64 * 20 / 4);
+    expect(j.durable).toBe(64 * 20);
+    for (const r of results) for (let i = 1; i < r.length; i++) expect(r[i]!).toBeGreaterThan(r[i - 1]!);
+    await j.close();
+  });
+
+  test("tail yields what is committed, then new events as they commit, until aborted", async () => {
+    const j = await Journal.open(await freshDir());
+    await j.append([dropped(1), dropped(2)]);
+    const ac = new AbortController();
+    const seen: JournalEvent[] = [];
+    const done = (async () => {
+      for await (const e of j.tail(2, { signal: ac.signal })) {
+        seen.push(e);
+        if (seen.length === 3) ac.abort();
+      }
+    })();
+    await j.append([dropped(3)]);
+    await Bun.sleep(10);
+    await j.append([dropped(4), dropped(5)]);
+    await done;
+    expect(seen.map((e) => e.seq)).toEqual([2, 3, 4]);
+    await j.close();
+  });
+
+  test("retention deletes events before a seq and keeps the rest", async () => {
+    const j = await Journal.open(await freshDir());
+    for (let i = 0; i < 10; i++) await j.append([dropped(i)]);
+    await j.deleteBefore(6);
+    expect(await j.firstSeq()).toBe(6);
+    expect((await collect(j.read())).map((e) => e.seq)).toEqual([6, 7, 8, 9, 10]);
+    await j.append([dropped(11)]);
+    expect(j.head).toBe(11);
+    await j.close();
+  });
+
+  test("a second open of the same directory is refused with a clear message", async () => {
+    const dir = await freshDir();
+    const j = await Journal.open(dir);
+    try {
+      await Journal.open(dir);
+      throw new Error("opened twice");
+    } catch (e) {
+      expect(e).toBeInstanceOf(JournalError);
+      expect((e as JournalError).reason).toBe("locked");
+      expect((e as Error).message).toContain("in use by another process");
+    }
+    await j.close();
+  });
+
+  test("data log bytes of a commit that never happened are cut off on reopen", async () => {
+    const dir = await freshDir();
+    let j = await Journal.open(dir);
+    await j.append([written(1, new Uint8Array(100).fill(1))], { sync: true });
+    await j.close();
+    await appendFile(join(dir, "data", "00000000.dat"), new Uint8Array(50).fill(9));
+    await appendFile(join(dir, "data", "00000001.dat"), new Uint8Array(50).fill(9));
+    j = await Journal.open(dir);
+    expect((await stat(join(dir, "data", "00000000.dat"))).size).toBe(100);
+    expect(await readdir(join(dir, "data"))).toEqual(["00000000.dat"]);
+    const [e] = await j.append([written(1, new Uint8Array(10).fill(2))]);
+    expect(e!.type === "ExtentWritten" && e.ref).toEqual({ file: 0, pos: 100 });
+    await j.close();
+  });
+
+  test("the data log rolls over to a new file at its size limit", async () => {
+    const dir = await freshDir();
+    const j = await Journal.open(dir, { dataFileBytes: 1000 });
+    const evs = await j.append([written(1, new Uint8Array(600)), written(1, new Uint8Array(600)), written(1, new Uint8Array(300))]);
+    expect(evs.map((e) => e.type === "ExtentWritten" && e.ref)).toEqual([
+      { file: 0, pos: 0 },
+      { file: 1, pos: 0 },
+      { file: 1, pos: 600 },
+    ]);
+    const back = await collect(j.read({ data: true }));
+    expect(back.map((e) => e.type === "ExtentWritten" && e.data!.length)).toEqual([600, 600, 300]);
+    await j.close();
+  });
+
+  test("a damaged data log is named when its data is read", async () => {
+    const dir = await freshDir();
+    const j = await Journal.open(dir);
+    await j.append([written(1, new Uint8Array(64).fill(5))], { sync: true });
+    const fh = await (await import("node:fs/promises")).open(join(dir, "data", "00000000.dat"), "r+");
+    await fh.write(new Uint8Array([6]), 0, 1, 10);
+    await fh.close();
+    await expect(collect(j.read({ data: true }))).rejects.toThrow(/fails its checksum/);
+    await j.close();
+  });
+});
