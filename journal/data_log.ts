@@ -33,6 +33,9 @@ const fileName = (n: number) => `${n.toString(16).padStart(8, "0")}.dat`;
 export class DataLog {
   private readonly handles = new Map<number, Promise<FileHandle>>();
   private pending: PendingWrite[] = [];
+  /** Writes handed to the running flush, kept readable until they are durable. */
+  private inflight: PendingWrite[] = [];
+  private unflushedBytes = 0;
   private file: number;
   private end: number;
   /** End of the data handed to the last flush: what a commit may record. */
@@ -73,6 +76,22 @@ export class DataLog {
     return this.flushedTo;
   }
 
+  /** A point to go back to if the events being staged are abandoned. */
+  mark(): { file: number; end: number; pending: number } {
+    return { file: this.file, end: this.end, pending: this.pending.length };
+  }
+
+  rollback(m: { file: number; end: number; pending: number }): void {
+    this.file = m.file;
+    this.end = m.end;
+    for (const w of this.pending.splice(m.pending)) this.unflushedBytes -= w.bytes.length;
+  }
+
+  /** Bytes reserved but not yet durable (for back-pressure). */
+  get pendingBytes(): number {
+    return this.unflushedBytes;
+  }
+
   /** Reserve room for `bytes` and queue them for the next {@link flush}. */
   reserve(bytes: Uint8Array): DataRef {
     if (this.end > 0 && this.end + bytes.length > this.maxFileBytes) {
@@ -81,6 +100,7 @@ export class DataLog {
     }
     const ref = { file: this.file, pos: this.end };
     this.pending.push({ file: this.file, pos: this.end, bytes });
+    this.unflushedBytes += bytes.length;
     this.end += bytes.length;
     return ref;
   }
@@ -90,6 +110,7 @@ export class DataLog {
     if (this.pending.length === 0) return;
     const writes = this.pending;
     this.pending = [];
+    this.inflight = writes;
     const lastWrite = writes[writes.length - 1]!;
     const covered = { file: lastWrite.file, end: lastWrite.pos + lastWrite.bytes.length };
     const touched = new Set<number>();
@@ -120,26 +141,59 @@ export class DataLog {
     }
     for (const f of touched) await (await this.handle(f)).datasync();
     this.flushedTo = covered;
+    this.inflight = [];
+    for (const w of writes) this.unflushedBytes -= w.bytes.length;
   }
 
   /** Drop queued reservations after a failed commit (the journal is then closed). */
   discardPending(): void {
     this.pending = [];
+    this.inflight = [];
+    this.unflushedBytes = 0;
   }
 
-  /** Read `length` bytes at `offset` within the data that `ref` points at. */
+  /**
+   * Read `length` bytes at `offset` within the data that `ref` points at.
+   * Bytes not yet durable are served from memory.
+   */
   async read(ref: DataRef, offset: number, length: number, into?: Uint8Array, intoOffset = 0): Promise<Uint8Array> {
-    const fh = await this.handle(ref.file);
     const buf = into ?? new Uint8Array(length);
-    let done = 0;
-    while (done < length) {
-      const { bytesRead } = await fh.read(buf, intoOffset + done, length - done, ref.pos + offset + done);
-      if (bytesRead === 0) {
-        throw new JournalError("corrupt", `Data log ${fileName(ref.file)} ends before byte ${ref.pos + offset + done}; the data directory is damaged`);
+    const start = ref.pos + offset;
+    const ft = this.flushedTo;
+    // The part below the durable end is on disk; the rest is in pending or inflight writes.
+    const onDisk = ref.file < ft.file ? length : ref.file === ft.file ? Math.max(0, Math.min(length, ft.end - start)) : 0;
+    if (onDisk < length) this.copyUnflushed(ref.file, start + onDisk, length - onDisk, buf, intoOffset + onDisk);
+    if (onDisk > 0) {
+      const fh = await this.handle(ref.file);
+      let done = 0;
+      while (done < onDisk) {
+        const { bytesRead } = await fh.read(buf, intoOffset + done, onDisk - done, start + done);
+        if (bytesRead === 0) {
+          throw new JournalError("corrupt", `Data log ${fileName(ref.file)} ends before byte ${start + done}; the data directory is damaged`);
+        }
+        done += bytesRead;
       }
-      done += bytesRead;
     }
     return into ? buf.subarray(intoOffset, intoOffset + length) : buf;
+  }
+
+  private copyUnflushed(file: number, pos: number, length: number, into: Uint8Array, at: number): void {
+    let need = pos;
+    const end = pos + length;
+    for (const list of [this.inflight, this.pending]) {
+      for (const w of list) {
+        if (w.file !== file) continue;
+        const wEnd = w.pos + w.bytes.length;
+        if (wEnd <= need || w.pos >= end) continue;
+        if (w.pos > need) break;
+        const from = need - w.pos;
+        const n = Math.min(wEnd, end) - need;
+        into.set(w.bytes.subarray(from, from + n), at + (need - pos));
+        need += n;
+        if (need >= end) return;
+      }
+    }
+    if (need < end) throw new JournalError("corrupt", `Data log ${fileName(file)} has no bytes ${need}-${end} in memory or on disk`);
   }
 
   /** Remove whole data files below `file` (retention). */

@@ -177,6 +177,8 @@ export class Journal {
     if (this.failed) return Promise.reject(this.failed);
     if (this.closed) return Promise.reject(new JournalError("closed", "Cannot append: the journal is closed"));
     const now = Date.now();
+    const firstSeq = this.nextSeq;
+    const mark = this.data.mark();
     const events: JournalEvent[] = [];
     const values: Bytes[] = [];
     for (const ne of newEvents) {
@@ -191,7 +193,15 @@ export class Journal {
       }
       events.push(event);
     }
-    const rows = options.project ? options.project(events) : [];
+    let rows: readonly RowOp[] = [];
+    try {
+      if (options.project) rows = options.project(events);
+    } catch (e) {
+      // Nothing was queued: give back the seqs and the data log space.
+      this.nextSeq = firstSeq;
+      this.data.rollback(mark);
+      return Promise.reject(e);
+    }
     return new Promise((resolve, reject) => {
       this.queue.push({ events, values, rows, sync: options.sync ?? false, resolve, reject });
       if (!this.writing) {
@@ -206,6 +216,21 @@ export class Journal {
     if (this.failed) throw this.failed;
     if (this.durableSeq >= this.nextSeq - 1 && this.queue.length === 0 && !this.writing) return;
     await this.append([], { sync: true });
+  }
+
+  /** Bytes appended but not yet durable in the data log (for back-pressure). */
+  get pendingDataBytes(): number {
+    return this.data.pendingBytes;
+  }
+
+  /** Appends waiting for the next commit. */
+  get queued(): number {
+    return this.queue.length;
+  }
+
+  /** True while appends are queued or being committed. */
+  get busy(): boolean {
+    return this.writing || this.queue.length > 0;
   }
 
   /** Resolve once every append made so far has been committed. */

@@ -14,8 +14,8 @@ describe("segments", () => {
         const evs = contiguous(events, first);
         const sealed = sealSegment(evs, { prevChecksum: 1234, stateChecksum: state });
         const seg = decodeSegment(sealed.bytes);
-        expect(seg.minSeq).toBe(first);
-        expect(seg.maxSeq).toBe(first + evs.length - 1);
+        expect(seg.minSeq as number).toBe(first);
+        expect(seg.maxSeq as number).toBe(first + evs.length - 1);
         expect(seg.checksum).toBe(sealed.checksum);
         expect(Array.from(seg.stateChecksum)).toEqual(Array.from(state));
         expect(normalize(seg.events)).toEqual(normalize(evs));
@@ -62,7 +62,7 @@ describe("segments", () => {
     const ev = (seq: number) => ({ type: "InodeDropped", seq, time: 1, ino: 3 }) as JournalEvent;
     const a = sealSegment([ev(1), ev(2)], { prevChecksum: 0 });
     const b = sealSegment([ev(3)], { prevChecksum: a.checksum });
-    expect(decodeSegment(b.bytes, { after: a }).minSeq).toBe(3);
+    expect(decodeSegment(b.bytes, { after: a }).minSeq as number).toBe(3);
     const gap = sealSegment([ev(4)], { prevChecksum: a.checksum });
     expect(() => decodeSegment(gap.bytes, { after: a, name: "gap" })).toThrow(/starts at seq 4 but the previous segment ended at seq 2/);
     const forked = sealSegment([ev(3)], { prevChecksum: 999 });

@@ -26,12 +26,12 @@ describe("journal store", () => {
   test("appends get consecutive seqs and read back by range, forward and reverse", async () => {
     const j = await Journal.open(await freshDir());
     for (let i = 1; i <= 50; i++) await j.append([dropped(i)]);
-    expect(j.head).toBe(50);
+    expect(j.head as number).toBe(50);
     const mid = await collect(j.read({ gte: 10, lte: 20 }));
-    expect(mid.map((e) => e.seq)).toEqual(Array.from({ length: 11 }, (_, i) => 10 + i));
+    expect(mid.map((e) => e.seq as number)).toEqual(Array.from({ length: 11 }, (_, i) => 10 + i));
     expect(mid.map((e) => (e as { ino: number }).ino)).toEqual(Array.from({ length: 11 }, (_, i) => 10 + i));
     const last3 = await collect(j.read({ reverse: true, limit: 3 }));
-    expect(last3.map((e) => e.seq)).toEqual([50, 49, 48]);
+    expect(last3.map((e) => e.seq as number)).toEqual([50, 49, 48]);
     expect((await j.get(7))?.type).toBe("InodeDropped");
     expect(await j.get(51)).toBeUndefined();
     await j.close();
@@ -46,7 +46,7 @@ describe("journal store", () => {
     await j.close();
     expect((await stat(join(dir, "data", "00000000.dat"))).size).toBe(blob.length);
     j = await Journal.open(dir);
-    expect(j.head).toBe(1);
+    expect(j.head as number).toBe(1);
     const [back] = await collect(j.read({ data: true }));
     expect(back!.type).toBe("ExtentWritten");
     if (back!.type !== "ExtentWritten") throw new Error("unreachable");
@@ -80,7 +80,7 @@ describe("journal store", () => {
         const seqs: number[] = [];
         for (let i = 0; i < 20; i++) {
           const [e] = await j.append([w % 2 ? dropped(w * 1000 + i) : written(w * 1000 + i, new Uint8Array(4096).fill(w))], { sync: true });
-          seqs.push(e!.seq);
+          seqs.push(e!.seq as number);
         }
         return seqs;
       }),
@@ -90,7 +90,7 @@ describe("journal store", () => {
     const commits = j.stats.syncedCommits - before.syncedCommits;
     expect(j.stats.appends - before.appends).toBe(64 * 20);
     expect(commits).toBeLessThan(64 * 20 / 4);
-    expect(j.durable).toBe(64 * 20);
+    expect(j.durable as number).toBe(64 * 20);
     for (const r of results) for (let i = 1; i < r.length; i++) expect(r[i]!).toBeGreaterThan(r[i - 1]!);
     await j.close();
   });
@@ -110,7 +110,7 @@ describe("journal store", () => {
     await Bun.sleep(10);
     await j.append([dropped(4), dropped(5)]);
     await done;
-    expect(seen.map((e) => e.seq)).toEqual([2, 3, 4]);
+    expect(seen.map((e) => e.seq as number)).toEqual([2, 3, 4]);
     await j.close();
   });
 
@@ -118,10 +118,10 @@ describe("journal store", () => {
     const j = await Journal.open(await freshDir());
     for (let i = 0; i < 10; i++) await j.append([dropped(i)]);
     await j.deleteBefore(6);
-    expect(await j.firstSeq()).toBe(6);
-    expect((await collect(j.read())).map((e) => e.seq)).toEqual([6, 7, 8, 9, 10]);
+    expect((await j.firstSeq()) as number).toBe(6);
+    expect((await collect(j.read())).map((e) => e.seq as number)).toEqual([6, 7, 8, 9, 10]);
     await j.append([dropped(11)]);
-    expect(j.head).toBe(11);
+    expect(j.head as number).toBe(11);
     await j.close();
   });
 

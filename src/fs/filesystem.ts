@@ -1,0 +1,787 @@
+/**
+ * The filesystem core: POSIX semantics over the journal.
+ *
+ * Every operation loads the rows it needs, decides synchronously against the
+ * projection state (an errno, or events), and appends the events; the
+ * projection rows derived from them (evolve) go in the same journal batch.
+ * The API is inode-based like FUSE's low-level protocol and knows nothing of
+ * FUSE or S3.
+ *
+ * Durability: in `fsync` mode an operation returns once its events are staged
+ * (visible to every later operation, committed within milliseconds by group
+ * commit), and fsync, and flush on close, wait until everything the process
+ * has staged is synced. In `strict` mode every mutating operation waits for its
+ * own synced commit.
+ */
+import { constants as osConstants, hostname } from "node:os";
+import { statfs as statfsDir } from "node:fs/promises";
+import {
+  Journal,
+  ROOT_INO,
+  type Ino,
+  type InodeKind,
+  type JournalEvent,
+  type NewEvent,
+} from "../../journal/mod.ts";
+import { evolve, S_IFMT, TYPE_BITS } from "../projection/evolve.ts";
+import { extentsIn, NotLoaded, SUBLEVELS, TreeState, type Backing, type Inode, type Need } from "../projection/state.ts";
+import { fsck, type FsckReport } from "../projection/fsck.ts";
+import { permits, inGroup, R_OK, S_ISGID, S_ISUID, S_ISVTX, W_OK, X_OK, type Ctx } from "./context.ts";
+import { fail, FsError } from "./errors.ts";
+import { key, readU64 } from "../../journal/keys.ts";
+import { unpackValue } from "../../journal/codec.ts";
+
+export type Durability = "fsync" | "strict";
+
+export interface FilesystemOptions {
+  /** @default "fsync" */
+  readonly durability?: Durability;
+  /** Owner of the root directory when it is first created. @default the process's uid/gid */
+  readonly rootOwner?: { readonly uid: number; readonly gid: number };
+  /** Permission bits of the root directory when it is first created. @default 0o755 */
+  readonly rootMode?: number;
+  /** Cached rows of each kind before clean ones are dropped. @default 200000 */
+  readonly cacheEntries?: number;
+  /** Staged data bytes after which writers wait for the commit. @default 64 MiB */
+  readonly maxPendingBytes?: number;
+  /** Data log file size. @default 1 GiB */
+  readonly dataFileBytes?: number;
+  /** Recorded in the Mounted event. @default "objectfs" */
+  readonly version?: string;
+}
+
+export interface Attr {
+  readonly ino: Ino;
+  readonly kind: InodeKind;
+  readonly mode: number;
+  readonly nlink: number;
+  readonly uid: number;
+  readonly gid: number;
+  readonly rdev: number;
+  readonly size: number;
+  readonly blocks: number;
+  readonly blksize: number;
+  readonly atime: number;
+  readonly mtime: number;
+  readonly ctime: number;
+}
+
+export interface DirEntry {
+  readonly name: string;
+  readonly ino: Ino;
+  readonly kind: InodeKind;
+  /** Pass back to readdir to continue after this entry. */
+  readonly offset: number;
+}
+
+export interface SetAttr {
+  readonly mode?: number;
+  readonly uid?: number;
+  readonly gid?: number;
+  readonly size?: number;
+  /** Milliseconds, or "now". */
+  readonly atime?: number | "now";
+  readonly mtime?: number | "now";
+}
+
+export interface StatFs {
+  readonly bsize: number;
+  readonly frsize: number;
+  readonly blocks: number;
+  readonly bfree: number;
+  readonly bavail: number;
+  readonly files: number;
+  readonly ffree: number;
+  readonly namemax: number;
+}
+
+interface Handle {
+  readonly ino: Ino;
+  readonly readable: boolean;
+  readonly writable: boolean;
+  readonly append: boolean;
+  /** Something was staged through this handle since its last flush. */
+  dirty: boolean;
+}
+
+const O = osConstants as unknown as Record<string, number>;
+const O_ACCMODE = 3;
+const O_WRONLY = 1;
+const O_RDWR = 2;
+const O_CREAT = O.O_CREAT ?? 0o100;
+const O_EXCL = O.O_EXCL ?? 0o200;
+const O_TRUNC = O.O_TRUNC ?? 0o1000;
+const O_APPEND = O.O_APPEND ?? 0o2000;
+export const XATTR_CREATE = 1;
+export const XATTR_REPLACE = 2;
+const NAME_MAX = 255;
+const BLOCK = 4096;
+
+const KIND_OF_TYPE = new Map<number, InodeKind>(Object.entries(TYPE_BITS).map(([k, v]) => [v, k as InodeKind]));
+
+export class Filesystem {
+  private readonly handles = new Map<number, Handle>();
+  private readonly openCount = new Map<number, number>();
+  private nextFh = 1;
+  private failed: Error | undefined;
+  private closed = false;
+
+  private constructor(
+    readonly journal: Journal,
+    private readonly state: TreeState,
+    private readonly backing: Backing,
+    private readonly options: Required<Pick<FilesystemOptions, "durability" | "cacheEntries" | "maxPendingBytes">>,
+  ) {}
+
+  /** Open (or create) a filesystem whose journal lives in `dir`. */
+  static async open(dir: string, options: FilesystemOptions = {}): Promise<Filesystem> {
+    const journal = await Journal.open(dir, { dataFileBytes: options.dataFileBytes });
+    try {
+      const backing: Backing = {
+        inodes: journal.sublevel(SUBLEVELS.inodes),
+        dirents: journal.sublevel(SUBLEVELS.dirents),
+        cookies: journal.sublevel(SUBLEVELS.cookies),
+        extents: journal.sublevel(SUBLEVELS.extents),
+        orphans: journal.sublevel(SUBLEVELS.orphans),
+        meta: journal.sublevel(SUBLEVELS.meta),
+      };
+      const state = await TreeState.open(backing);
+      const fs = new Filesystem(journal, state, backing, {
+        durability: options.durability ?? "fsync",
+        cacheEntries: options.cacheEntries ?? 200_000,
+        maxPendingBytes: options.maxPendingBytes ?? 64 << 20,
+      });
+      journal.subscribe(() => fs.maybeEvict());
+      await fs.start(options);
+      return fs;
+    } catch (e) {
+      await journal.close().catch(() => {});
+      throw e;
+    }
+  }
+
+  private async start(options: FilesystemOptions): Promise<void> {
+    await this.state.load([{ inode: ROOT_INO }]);
+    const events: NewEvent[] = [];
+    if (!this.state.inode(ROOT_INO)) {
+      const owner = options.rootOwner ?? { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
+      events.push({ type: "InodeCreated", ino: ROOT_INO, kind: "dir", mode: TYPE_BITS.dir | (options.rootMode ?? 0o755), uid: owner.uid, gid: owner.gid });
+    }
+    // No handle survives a restart: inodes that were unlinked while open are freed now.
+    const orphans = this.state.orphans();
+    await this.state.load(orphans.map((ino) => ({ extents: ino })));
+    for (const ino of orphans) events.push({ type: "InodeDropped", ino });
+    events.push({ type: "Mounted", clientId: this.journal.clientId, host: hostname(), version: options.version ?? "objectfs", pid: process.pid });
+    await this.commit(events, true);
+  }
+
+  // ---- the decide/append loop ------------------------------------------------
+
+  /**
+   * Load `needs`, run `decide` against the state (retrying if it touches
+   * something not loaded), append its events with their projection rows.
+   */
+  private async run<T>(needs: readonly Need[], decide: () => { events: NewEvent[]; result: T; sync?: boolean }): Promise<T> {
+    if (this.failed) throw new FsError("EIO", `filesystem stopped after an error: ${this.failed.message}`);
+    if (this.closed) throw new FsError("EIO", "filesystem is closed");
+    await this.state.load(needs);
+    for (let attempt = 0; ; attempt++) {
+      let decision: { events: NewEvent[]; result: T; sync?: boolean };
+      try {
+        decision = decide();
+      } catch (e) {
+        if (e instanceof NotLoaded && attempt < 100) {
+          await this.state.load([e.what]);
+          continue;
+        }
+        throw e;
+      }
+      if (decision.events.length > 0) await this.commit(decision.events, decision.sync ?? false);
+      return decision.result;
+    }
+  }
+
+  /** Append events, projecting them into the state in the same batch. */
+  private async commit(events: readonly NewEvent[], sync: boolean): Promise<readonly JournalEvent[]> {
+    let stagedOk = false;
+    const done = this.journal.append(events, {
+      sync: sync || this.options.durability === "strict",
+      project: (evs) => {
+        try {
+          for (const e of evs) evolve(this.state, e);
+        } catch (e) {
+          // A half-applied state cannot be trusted: stop, nothing was queued.
+          this.failed = e as Error;
+          throw e;
+        }
+        stagedOk = true;
+        return this.state.takeRows();
+      },
+    });
+    done.catch((e) => {
+      this.failed ??= e as Error;
+    });
+    if (!stagedOk) await done; // throws the projection error
+    if (this.options.durability === "strict" || sync) return await this.guard(done);
+    if (this.journal.pendingDataBytes > this.options.maxPendingBytes) await this.guard(this.journal.flushed());
+    // Staged: visible to every later operation. Errors surface at fsync/close (and stop the fs).
+    return [];
+  }
+
+  private async guard<T>(p: Promise<T>): Promise<T> {
+    try {
+      return await p;
+    } catch (e) {
+      this.failed ??= e as Error;
+      throw new FsError("EIO", (e as Error).message);
+    }
+  }
+
+  /** After a commit that left nothing staged, drop clean cache entries beyond the limit. */
+  private maybeEvict(): void {
+    if (this.journal.queued > 0) return;
+    this.state.evict(this.options.cacheEntries, new Set<number>(this.openCount.keys()));
+  }
+
+  // ---- helpers -------------------------------------------------------------------
+
+  private inode(ino: Ino): Inode {
+    return this.state.inode(ino) ?? fail("ENOENT", `no inode ${ino}`);
+  }
+
+  private dir(ctx: Ctx, ino: Ino, mask: number): Inode {
+    const d = this.inode(ino);
+    if (d.kind !== "dir") fail("ENOTDIR");
+    if (!permits(ctx, d, mask)) fail("EACCES");
+    return d;
+  }
+
+  private static checkName(name: string): void {
+    if (name.length === 0 || name.includes("/") || name.includes("\0")) fail("EINVAL", `invalid name ${JSON.stringify(name)}`);
+    if (Buffer.byteLength(name) > NAME_MAX) fail("ENAMETOOLONG");
+  }
+
+  /** Refuse a new entry at parent/name: the parent must be writable and the name free. */
+  private creatable(ctx: Ctx, parent: Ino, name: string): Inode {
+    Filesystem.checkName(name);
+    const p = this.dir(ctx, parent, W_OK | X_OK);
+    if (name === "." || name === ".." || this.state.dirent(parent, name)) fail("EEXIST");
+    if (p.nlink === 0) fail("ENOENT", "directory was removed");
+    return p;
+  }
+
+  /** Sticky directories: only the owner of the entry or the directory (or root) may remove or rename it. */
+  private static stickyDenies(ctx: Ctx, dir: Inode, victim: Inode): boolean {
+    return (dir.mode & S_ISVTX) !== 0 && ctx.uid !== 0 && ctx.uid !== dir.uid && ctx.uid !== victim.uid;
+  }
+
+  private newInode(ctx: Ctx, parent: Inode, kind: InodeKind, mode: number, extra: { rdev?: number; target?: string } = {}): NewEvent[] {
+    const ino = this.state.nextIno;
+    let perm = mode & 0o7777;
+    let gid = ctx.gid;
+    if (parent.mode & S_ISGID) {
+      gid = parent.gid;
+      if (kind === "dir") perm |= S_ISGID;
+    }
+    if (kind !== "dir" && perm & S_ISGID && ctx.uid !== 0 && !inGroup(ctx, gid)) perm &= ~S_ISGID;
+    return [
+      { type: "InodeCreated", ino, kind, mode: TYPE_BITS[kind] | perm, uid: ctx.uid, gid, caller: ctx, ...extra },
+    ];
+  }
+
+  private attrOf(inode: Inode): Attr {
+    return {
+      ino: inode.ino,
+      kind: inode.kind,
+      mode: inode.mode,
+      nlink: inode.nlink,
+      uid: inode.uid,
+      gid: inode.gid,
+      rdev: inode.rdev,
+      size: inode.kind === "dir" ? BLOCK : inode.size,
+      blocks: Math.ceil((inode.kind === "dir" ? BLOCK : inode.size) / 512),
+      blksize: BLOCK,
+      atime: inode.atime,
+      mtime: inode.mtime,
+      ctime: inode.ctime,
+    };
+  }
+
+  private handle(fh: number): Handle {
+    return this.handles.get(fh) ?? fail("EBADF");
+  }
+
+  private addHandle(ino: Ino, flags: number, dirty: boolean): number {
+    const acc = flags & O_ACCMODE;
+    const fh = this.nextFh++;
+    this.handles.set(fh, { ino, readable: acc !== O_WRONLY, writable: acc === O_WRONLY || acc === O_RDWR, append: (flags & O_APPEND) !== 0, dirty });
+    this.openCount.set(ino, (this.openCount.get(ino) ?? 0) + 1);
+    return fh;
+  }
+
+  /** Events that free an inode whose last link went, unless it is still open. */
+  private dropIfUnused(ino: Ino, nlinkAfter: number): NewEvent[] {
+    return nlinkAfter <= 0 && !this.openCount.has(ino) ? [{ type: "InodeDropped", ino }] : [];
+  }
+
+  // ---- POSIX operations ------------------------------------------------------------
+
+  async lookup(ctx: Ctx, parent: Ino, name: string): Promise<Attr> {
+    return this.run([{ inode: parent }, { dirent: [parent, name] }], () => {
+      const p = this.dir(ctx, parent, X_OK);
+      if (name === ".") return { events: [], result: this.attrOf(p) };
+      if (name === "..") return { events: [], result: this.attrOf(this.inode(p.parent ?? ROOT_INO)) };
+      if (Buffer.byteLength(name) > NAME_MAX) fail("ENAMETOOLONG");
+      const d = this.state.dirent(parent, name) ?? fail("ENOENT");
+      return { events: [], result: this.attrOf(this.inode(d.ino)) };
+    });
+  }
+
+  async getattr(_ctx: Ctx, ino: Ino): Promise<Attr> {
+    return this.run([{ inode: ino }], () => ({ events: [], result: this.attrOf(this.inode(ino)) }));
+  }
+
+  async setattr(ctx: Ctx, ino: Ino, change: SetAttr, fh?: number): Promise<Attr> {
+    return this.run([{ inode: ino }, { extents: ino }], () => {
+      const inode = this.inode(ino);
+      const owner = ctx.uid === 0 || ctx.uid === inode.uid;
+      const events: NewEvent[] = [];
+      const attrs: { mode?: number; uid?: number; gid?: number; atime?: number; mtime?: number } = {};
+      let mode = inode.mode & 0o7777;
+      if (change.uid !== undefined || change.gid !== undefined) {
+        const uid = change.uid ?? inode.uid;
+        const gid = change.gid ?? inode.gid;
+        if (ctx.uid !== 0) {
+          if (uid !== inode.uid || ctx.uid !== inode.uid) fail("EPERM");
+          if (gid !== inode.gid && !inGroup(ctx, gid)) fail("EPERM");
+        }
+        attrs.uid = uid;
+        attrs.gid = gid;
+        // Changing owner drops set-user-ID, and set-group-ID where it means "run as group".
+        if (inode.kind !== "dir") {
+          if (mode & S_ISUID) mode &= ~S_ISUID;
+          if (mode & S_ISGID && mode & 0o010) mode &= ~S_ISGID;
+          if (mode !== (inode.mode & 0o7777)) attrs.mode = mode;
+        }
+      }
+      if (change.mode !== undefined) {
+        if (!owner) fail("EPERM");
+        mode = change.mode & 0o7777;
+        const gid = attrs.gid ?? inode.gid;
+        if (ctx.uid !== 0 && inode.kind !== "dir" && mode & S_ISGID && !inGroup(ctx, gid)) mode &= ~S_ISGID;
+        attrs.mode = mode;
+      }
+      for (const which of ["atime", "mtime"] as const) {
+        const t = change[which];
+        if (t === undefined) continue;
+        if (t === "now") {
+          if (!owner && !permits(ctx, inode, W_OK)) fail("EACCES");
+          attrs[which] = Date.now();
+        } else {
+          if (!owner) fail("EPERM");
+          attrs[which] = t;
+        }
+      }
+      if (change.size !== undefined) {
+        if (inode.kind === "dir") fail("EISDIR");
+        if (inode.kind !== "file") fail("EINVAL");
+        if (change.size < 0) fail("EINVAL");
+        const h = fh !== undefined ? this.handles.get(fh) : undefined;
+        if (!(h?.writable) && !permits(ctx, inode, W_OK)) fail("EACCES");
+        this.state.extents(ino); // evolve trims extents
+        events.push({ type: "Truncated", ino, size: change.size, caller: ctx });
+        if (ctx.uid !== 0 && (mode & S_ISUID || (mode & S_ISGID && mode & 0o010))) {
+          attrs.mode = mode & ~S_ISUID & ~(mode & 0o010 ? S_ISGID : 0);
+        }
+        if (h) h.dirty = true;
+      }
+      if (Object.keys(attrs).length > 0 || events.length === 0) events.push({ type: "AttrsChanged", ino, ...attrs, caller: ctx });
+      return { events, result: undefined };
+    }).then(() => this.getattr(ctx, ino));
+  }
+
+  async access(ctx: Ctx, ino: Ino, mask: number): Promise<void> {
+    return this.run([{ inode: ino }], () => {
+      if (!permits(ctx, this.inode(ino), mask & 7)) fail("EACCES");
+      return { events: [], result: undefined };
+    });
+  }
+
+  async mknod(ctx: Ctx, parent: Ino, name: string, mode: number, rdev = 0): Promise<Attr> {
+    const kind = KIND_OF_TYPE.get(mode & S_IFMT) ?? (mode & S_IFMT ? fail("EINVAL") : "file");
+    if (kind === "dir" || kind === "symlink") fail("EINVAL");
+    if ((kind === "char" || kind === "block") && ctx.uid !== 0) fail("EPERM");
+    return this.make(ctx, parent, name, kind, mode, { rdev });
+  }
+
+  async mkdir(ctx: Ctx, parent: Ino, name: string, mode: number): Promise<Attr> {
+    return this.make(ctx, parent, name, "dir", mode);
+  }
+
+  async symlink(ctx: Ctx, parent: Ino, name: string, target: string): Promise<Attr> {
+    if (target.length === 0) fail("ENOENT");
+    if (Buffer.byteLength(target) > 4095) fail("ENAMETOOLONG");
+    return this.make(ctx, parent, name, "symlink", 0o777, { target });
+  }
+
+  private async make(ctx: Ctx, parent: Ino, name: string, kind: InodeKind, mode: number, extra: { rdev?: number; target?: string } = {}): Promise<Attr> {
+    const ino = await this.run([{ inode: parent }, { dirent: [parent, name] }], () => {
+      const p = this.creatable(ctx, parent, name);
+      const events = this.newInode(ctx, p, kind, mode, extra);
+      const ino = (events[0] as { ino: Ino }).ino;
+      events.push({ type: "DirentLinked", parent, name, ino, caller: ctx });
+      return { events, result: ino };
+    });
+    return this.getattr(ctx, ino);
+  }
+
+  /** Create and open a regular file. */
+  async create(ctx: Ctx, parent: Ino, name: string, mode: number, flags: number): Promise<{ attr: Attr; fh: number }> {
+    const existing = await this.run([{ inode: parent }, { dirent: [parent, name] }], () => {
+      this.dir(ctx, parent, X_OK);
+      return { events: [], result: this.state.dirent(parent, name) };
+    });
+    if (existing) {
+      if (flags & O_EXCL) fail("EEXIST");
+      const fh = await this.open(ctx, existing.ino, flags & ~O_CREAT);
+      return { attr: await this.getattr(ctx, existing.ino), fh };
+    }
+    const ino = await this.run([{ inode: parent }, { dirent: [parent, name] }], () => {
+      const p = this.creatable(ctx, parent, name);
+      const events = this.newInode(ctx, p, "file", mode);
+      const ino = (events[0] as { ino: Ino }).ino;
+      events.push({ type: "DirentLinked", parent, name, ino, caller: ctx });
+      return { events, result: ino };
+    });
+    const fh = this.addHandle(ino, flags, true);
+    return { attr: await this.getattr(ctx, ino), fh };
+  }
+
+  async open(ctx: Ctx, ino: Ino, flags: number): Promise<number> {
+    const trunc = await this.run([{ inode: ino }, { extents: ino }], () => {
+      const inode = this.inode(ino);
+      const acc = flags & O_ACCMODE;
+      const mask = (acc === O_WRONLY ? W_OK : acc === O_RDWR ? R_OK | W_OK : R_OK) | (flags & O_TRUNC && acc === 0 ? W_OK : 0);
+      if (inode.kind === "dir" && mask & W_OK) fail("EISDIR");
+      if (inode.kind === "symlink") fail("ELOOP");
+      if (!permits(ctx, inode, mask)) fail("EACCES");
+      return { events: [], result: Boolean(flags & O_TRUNC) && inode.kind === "file" && inode.size > 0 };
+    });
+    const fh = this.addHandle(ino, flags, false);
+    if (trunc) {
+      try {
+        await this.setattr(ctx, ino, { size: 0 }, fh);
+      } catch (e) {
+        await this.release(ctx, fh);
+        throw e;
+      }
+    }
+    return fh;
+  }
+
+  async read(_ctx: Ctx, fh: number, offset: number, length: number): Promise<Uint8Array> {
+    const h = this.handle(fh);
+    if (!h.readable) fail("EBADF");
+    if (offset < 0 || length < 0) fail("EINVAL");
+    const { extents, size, kind } = await this.run([{ inode: h.ino }, { extents: h.ino }], () => {
+      const inode = this.inode(h.ino);
+      const n = Math.max(0, Math.min(length, inode.size - offset));
+      return { events: [], result: { extents: extentsIn(this.state.extents(h.ino), offset, n), size: n, kind: inode.kind } };
+    });
+    if (kind === "dir") fail("EISDIR");
+    const out = new Uint8Array(size); // holes read as zeros
+    const end = offset + size;
+    await Promise.all(
+      extents.map((e) => {
+        const from = Math.max(e.offset, offset);
+        const to = Math.min(e.offset + e.length, end);
+        return this.journal.readData({ ref: { file: e.file, pos: e.pos }, length: e.length }, from - e.offset, to - from, out, from - offset);
+      }),
+    );
+    return out;
+  }
+
+  async write(ctx: Ctx, fh: number, offset: number, data: Uint8Array): Promise<number> {
+    const h = this.handle(fh);
+    if (!h.writable) fail("EBADF");
+    if (offset < 0) fail("EINVAL");
+    if (data.length === 0) return 0;
+    // The caller's buffer may be reused once we return: keep a copy until it is durable.
+    const bytes = new Uint8Array(data);
+    await this.run([{ inode: h.ino }, { extents: h.ino }], () => {
+      const inode = this.inode(h.ino);
+      this.state.extents(h.ino);
+      const at = h.append ? inode.size : offset;
+      const events: NewEvent[] = [{ type: "ExtentWritten", ino: h.ino, offset: at, length: bytes.length, crc: 0, data: bytes, caller: ctx }];
+      // A write by anyone but root drops set-user-ID and group-executable set-group-ID.
+      if (ctx.uid !== 0 && (inode.mode & S_ISUID || (inode.mode & S_ISGID && inode.mode & 0o010))) {
+        events.push({ type: "AttrsChanged", ino: h.ino, mode: inode.mode & 0o7777 & ~S_ISUID & ~(inode.mode & 0o010 ? S_ISGID : 0), caller: ctx });
+      }
+      h.dirty = true;
+      return { events, result: undefined };
+    });
+    return data.length;
+  }
+
+  /** Called on every close of a descriptor: in fsync mode, makes what was written through it durable. */
+  async flush(_ctx: Ctx, fh: number): Promise<void> {
+    const h = this.handle(fh);
+    if (h.dirty) {
+      await this.guard(this.journal.sync());
+      h.dirty = false;
+    }
+  }
+
+  async fsync(_ctx: Ctx, fh: number, _datasync = false): Promise<void> {
+    const h = this.handle(fh);
+    await this.guard(this.journal.sync());
+    h.dirty = false;
+  }
+
+  /** Sync everything staged so far (fsync on a directory, syncfs). */
+  async syncAll(): Promise<void> {
+    await this.guard(this.journal.sync());
+  }
+
+  async release(ctx: Ctx, fh: number): Promise<void> {
+    const h = this.handles.get(fh);
+    if (!h) return;
+    this.handles.delete(fh);
+    const left = (this.openCount.get(h.ino) ?? 1) - 1;
+    if (left > 0) {
+      this.openCount.set(h.ino, left);
+      return;
+    }
+    this.openCount.delete(h.ino);
+    await this.run([{ inode: h.ino }, { extents: h.ino }], () => {
+      const inode = this.state.inode(h.ino);
+      if (!inode || inode.nlink > 0 || this.openCount.has(h.ino)) return { events: [], result: undefined };
+      return { events: [{ type: "InodeDropped", ino: h.ino, caller: ctx }], result: undefined };
+    });
+  }
+
+  async unlink(ctx: Ctx, parent: Ino, name: string): Promise<void> {
+    const target = await this.run([{ inode: parent }, { dirent: [parent, name] }], () => {
+      this.dir(ctx, parent, X_OK);
+      return { events: [], result: this.state.dirent(parent, name) };
+    });
+    if (!target) fail("ENOENT");
+    await this.run([{ inode: parent }, { dirent: [parent, name] }, { inode: target!.ino }, { extents: target!.ino }], () => {
+      const p = this.dir(ctx, parent, W_OK | X_OK);
+      const d = this.state.dirent(parent, name) ?? fail("ENOENT");
+      const victim = this.inode(d.ino);
+      this.state.extents(d.ino);
+      if (victim.kind === "dir") fail("EISDIR");
+      if (Filesystem.stickyDenies(ctx, p, victim)) fail("EPERM");
+      return {
+        events: [{ type: "DirentUnlinked", parent, name, ino: d.ino, caller: ctx }, ...this.dropIfUnused(d.ino, victim.nlink - 1)],
+        result: undefined,
+      };
+    });
+  }
+
+  async rmdir(ctx: Ctx, parent: Ino, name: string): Promise<void> {
+    if (name === ".") fail("EINVAL");
+    if (name === "..") fail("ENOTEMPTY");
+    const target = await this.run([{ inode: parent }, { dirent: [parent, name] }], () => {
+      this.dir(ctx, parent, X_OK);
+      return { events: [], result: this.state.dirent(parent, name) };
+    });
+    if (!target) fail("ENOENT");
+    await this.run([{ inode: parent }, { dirent: [parent, name] }, { inode: target!.ino }, { extents: target!.ino }], () => {
+      const p = this.dir(ctx, parent, W_OK | X_OK);
+      const d = this.state.dirent(parent, name) ?? fail("ENOENT");
+      const victim = this.inode(d.ino);
+      this.state.extents(d.ino);
+      if (victim.kind !== "dir") fail("ENOTDIR");
+      if ((victim.entries ?? 0) > 0) fail("ENOTEMPTY");
+      if (Filesystem.stickyDenies(ctx, p, victim)) fail("EPERM");
+      return {
+        events: [{ type: "DirentUnlinked", parent, name, ino: d.ino, caller: ctx }, ...this.dropIfUnused(d.ino, 0)],
+        result: undefined,
+      };
+    });
+  }
+
+  async rename(ctx: Ctx, parent: Ino, name: string, newParent: Ino, newName: string, flags = 0): Promise<void> {
+    Filesystem.checkName(newName);
+    if (name === "." || name === ".." || newName === "." || newName === "..") fail("EINVAL");
+    const RENAME_NOREPLACE = 1;
+    if (flags & ~RENAME_NOREPLACE) fail("EINVAL");
+    // Load both entries, then the ancestors of the target directory (for the subtree check).
+    const [src, dst] = await this.run([{ inode: parent }, { inode: newParent }, { dirent: [parent, name] }, { dirent: [newParent, newName] }], () => {
+      this.dir(ctx, parent, X_OK);
+      this.dir(ctx, newParent, X_OK);
+      return { events: [], result: [this.state.dirent(parent, name), this.state.dirent(newParent, newName)] as const };
+    });
+    if (!src) fail("ENOENT");
+    const needs: Need[] = [{ inode: parent }, { inode: newParent }, { dirent: [parent, name] }, { dirent: [newParent, newName] }, { inode: src!.ino }];
+    if (dst) needs.push({ inode: dst.ino }, { extents: dst.ino });
+    await this.run(needs, () => {
+      const from = this.dir(ctx, parent, W_OK | X_OK);
+      const to = this.dir(ctx, newParent, W_OK | X_OK);
+      const s = this.state.dirent(parent, name) ?? fail("ENOENT");
+      const moving = this.inode(s.ino);
+      const d = this.state.dirent(newParent, newName);
+      if (d && flags & RENAME_NOREPLACE) fail("EEXIST");
+      if (d && d.ino === s.ino) return { events: [], result: undefined }; // same file: nothing to do
+      if (Filesystem.stickyDenies(ctx, from, moving)) fail("EPERM");
+      let replaced: Inode | undefined;
+      if (d) {
+        replaced = this.inode(d.ino);
+        this.state.extents(d.ino);
+        if (Filesystem.stickyDenies(ctx, to, replaced)) fail("EPERM");
+        if (moving.kind === "dir" && replaced.kind !== "dir") fail("ENOTDIR");
+        if (moving.kind !== "dir" && replaced.kind === "dir") fail("EISDIR");
+        if (replaced.kind === "dir" && (replaced.entries ?? 0) > 0) fail("ENOTEMPTY");
+      }
+      if (moving.kind === "dir" && parent !== newParent) {
+        // A directory cannot move below itself; walk up from the target.
+        for (let at: Ino = newParent; ; ) {
+          if (at === moving.ino) fail("EINVAL", "cannot move a directory into its own subtree");
+          if (at === ROOT_INO) break;
+          at = this.inode(at).parent ?? ROOT_INO;
+        }
+        // Its ".." changes: that needs write permission on the directory itself.
+        if (!permits(ctx, moving, W_OK)) fail("EACCES");
+      }
+      const events: NewEvent[] = [
+        { type: "Renamed", ino: moving.ino, fromParent: parent, fromName: name, toParent: newParent, toName: newName, ...(replaced ? { replaced: replaced.ino } : {}), caller: ctx },
+      ];
+      if (replaced) events.push(...this.dropIfUnused(replaced.ino, replaced.kind === "dir" ? 0 : replaced.nlink - 1));
+      return { events, result: undefined };
+    });
+  }
+
+  async link(ctx: Ctx, ino: Ino, newParent: Ino, newName: string): Promise<Attr> {
+    await this.run([{ inode: ino }, { inode: newParent }, { dirent: [newParent, newName] }], () => {
+      const inode = this.inode(ino);
+      if (inode.kind === "dir") fail("EPERM");
+      this.creatable(ctx, newParent, newName);
+      if (inode.nlink === 0) fail("ENOENT");
+      return { events: [{ type: "DirentLinked", parent: newParent, name: newName, ino, caller: ctx }], result: undefined };
+    });
+    return this.getattr(ctx, ino);
+  }
+
+  async readlink(_ctx: Ctx, ino: Ino): Promise<string> {
+    return this.run([{ inode: ino }], () => {
+      const inode = this.inode(ino);
+      if (inode.kind !== "symlink") fail("EINVAL");
+      return { events: [], result: inode.target ?? "" };
+    });
+  }
+
+  async opendir(ctx: Ctx, ino: Ino): Promise<void> {
+    await this.run([{ inode: ino }], () => {
+      this.dir(ctx, ino, R_OK);
+      return { events: [], result: undefined };
+    });
+  }
+
+  /**
+   * Entries after `offset` (0 for the start), "." and ".." first. Offsets are
+   * stable: an entry keeps its offset until it is removed, and entries added
+   * later come after every existing one.
+   */
+  async readdir(ctx: Ctx, ino: Ino, offset = 0, limit = Infinity): Promise<DirEntry[]> {
+    const dir = await this.run([{ inode: ino }], () => {
+      const d = this.dir(ctx, ino, R_OK);
+      return { events: [], result: { parent: d.parent ?? ROOT_INO } };
+    });
+    const out: DirEntry[] = [];
+    if (offset < 1 && out.length < limit) out.push({ name: ".", ino, kind: "dir", offset: 1 });
+    if (offset < 2 && out.length < limit) out.push({ name: "..", ino: dir.parent, kind: "dir", offset: 2 });
+    if (out.length >= limit) return out;
+    await this.guard(this.journal.flushed()); // rows of staged operations are committed
+    const start = Math.max(offset, 2);
+    for await (const [k, v] of this.backing.cookies.iterator({ gt: key(ino, start), lt: key(ino + 1), limit: limit === Infinity ? -1 : limit - out.length } as never)) {
+      const [name, child, kind] = unpackValue<[string, Ino, InodeKind]>(v as Buffer);
+      out.push({ name, ino: child, kind, offset: readU64(k as Buffer, 8) });
+    }
+    return out;
+  }
+
+  async statfs(_ctx?: Ctx): Promise<StatFs> {
+    const s = await statfsDir(this.journal.dir);
+    const scale = s.bsize / BLOCK;
+    return {
+      bsize: BLOCK,
+      frsize: BLOCK,
+      blocks: Math.floor(s.blocks * scale),
+      bfree: Math.floor(s.bfree * scale),
+      bavail: Math.floor(s.bavail * scale),
+      files: this.state.nextIno + s.ffree,
+      ffree: s.ffree,
+      namemax: NAME_MAX,
+    };
+  }
+
+  async getxattr(ctx: Ctx, ino: Ino, name: string): Promise<Uint8Array> {
+    return this.run([{ inode: ino }], () => {
+      const inode = this.inode(ino);
+      if (!permits(ctx, inode, R_OK)) fail("EACCES");
+      const v = inode.xattrs?.[name] ?? fail("ENODATA");
+      return { events: [], result: v };
+    });
+  }
+
+  async listxattr(ctx: Ctx, ino: Ino): Promise<string[]> {
+    return this.run([{ inode: ino }], () => {
+      const inode = this.inode(ino);
+      if (!permits(ctx, inode, R_OK)) fail("EACCES");
+      return { events: [], result: Object.keys(inode.xattrs ?? {}) };
+    });
+  }
+
+  async setxattr(ctx: Ctx, ino: Ino, name: string, value: Uint8Array, flags = 0): Promise<void> {
+    if (name.length === 0 || Buffer.byteLength(name) > 255) fail("ERANGE");
+    if (value.length > 65536) fail("E2BIG");
+    await this.run([{ inode: ino }], () => {
+      const inode = this.inode(ino);
+      this.xattrWritable(ctx, inode, name);
+      const exists = inode.xattrs?.[name] !== undefined;
+      if (flags & XATTR_CREATE && exists) fail("EEXIST");
+      if (flags & XATTR_REPLACE && !exists) fail("ENODATA");
+      return { events: [{ type: "XattrSet", ino, name, value: new Uint8Array(value), caller: ctx }], result: undefined };
+    });
+  }
+
+  async removexattr(ctx: Ctx, ino: Ino, name: string): Promise<void> {
+    await this.run([{ inode: ino }], () => {
+      const inode = this.inode(ino);
+      this.xattrWritable(ctx, inode, name);
+      if (inode.xattrs?.[name] === undefined) fail("ENODATA");
+      return { events: [{ type: "XattrRemoved", ino, name, caller: ctx }], result: undefined };
+    });
+  }
+
+  private xattrWritable(ctx: Ctx, inode: Inode, name: string): void {
+    if (name.startsWith("user.")) {
+      if (inode.kind !== "file" && inode.kind !== "dir") fail("EPERM");
+      if (!permits(ctx, inode, W_OK)) fail("EACCES");
+    } else if (ctx.uid !== 0) fail("EPERM");
+  }
+
+  // ---- maintenance -------------------------------------------------------------------
+
+  /** Rebuild every projection from the journal alone and compare with the persisted rows. */
+  async fsck(): Promise<FsckReport> {
+    await this.guard(this.journal.flushed());
+    return fsck(this.journal, this.backing);
+  }
+
+  /** Sync, record the unmount, close the journal. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (!this.failed) {
+      try {
+        await this.journal.append([{ type: "Unmounted", clientId: this.journal.clientId, clean: true }], { sync: true });
+      } catch {
+        // the journal reports its own failure on close
+      }
+    }
+    this.closed = true;
+    await this.journal.close();
+  }
+}

@@ -1,0 +1,425 @@
+/**
+ * Projection state: the inode tree (inodes, dirents, directory cookies),
+ * file extents and orphans, as rows persisted beside the journal.
+ *
+ * `TreeState` is the synchronous view that `evolve` and the fs core's
+ * `decide` work on. With a backing store it is a bounded cache of LevelDB
+ * rows: callers `load` what an operation will touch, then decide and evolve
+ * synchronously; touching something not loaded throws {@link NotLoaded} (the
+ * caller loads it and tries again). Every change is recorded, and
+ * `takeRows()` turns the changes into row writes for the same journal batch.
+ * Without a backing store (fsck, tests) everything is in memory and a miss
+ * means "absent".
+ *
+ * Rows (sublevels of the journal's LevelDB, integers u64 big-endian):
+ *   i!<ino>                  inode            msgpack Inode
+ *   d!<parent><name utf8>    dirent           msgpack [ino, cookie, kind]
+ *   c!<parent><cookie>       readdir cursor   msgpack [name, ino, kind] (cookies only grow: stable offsets)
+ *   x!<ino><offset>          extent           msgpack [length, dataFile, dataPos]
+ *   o!<ino>                  orphan           empty (nlink 0, kept while open)
+ *   pm!nextIno               next inode number msgpack number
+ */
+import { key, readU64, type Ino, type InodeKind, type RowOp, type Sublevel } from "../../journal/mod.ts";
+import { packValue, unpackValue } from "../../journal/codec.ts";
+
+export interface Inode {
+  readonly ino: Ino;
+  readonly kind: InodeKind;
+  /** Full st_mode (type and permission bits). */
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  nlink: number;
+  atime: number;
+  mtime: number;
+  ctime: number;
+  rdev: number;
+  target?: string;
+  xattrs?: Record<string, Uint8Array>;
+  /** Directories: the parent directory (for "..", and to refuse moving a directory into itself). */
+  parent?: Ino;
+  /** Directories: the next readdir cookie (1 and 2 are "." and ".."). */
+  nextCookie?: number;
+  /** Directories: number of entries (not counting "." and ".."). */
+  entries?: number;
+}
+
+export interface Dirent {
+  readonly ino: Ino;
+  readonly cookie: number;
+  readonly kind: InodeKind;
+}
+
+/** Bytes [offset, offset+length) of a file live at dataPos in data log file dataFile. */
+export interface Extent {
+  readonly offset: number;
+  readonly length: number;
+  readonly file: number;
+  readonly pos: number;
+}
+
+/** Thrown when evolve or decide touches state that was not loaded. */
+export class NotLoaded extends Error {
+  constructor(readonly what: Need) {
+    super(`not loaded: ${JSON.stringify(what)}`);
+  }
+}
+
+export type Need =
+  | { readonly inode: Ino }
+  | { readonly dirent: readonly [Ino, string] }
+  | { readonly extents: Ino };
+
+export interface Backing {
+  readonly inodes: Sublevel;
+  readonly dirents: Sublevel;
+  readonly cookies: Sublevel;
+  readonly extents: Sublevel;
+  readonly orphans: Sublevel;
+  readonly meta: Sublevel;
+}
+
+export const SUBLEVELS = { inodes: "i", dirents: "d", cookies: "c", extents: "x", orphans: "o", meta: "pm" } as const;
+
+const direntKey = (parent: number, name: string) => `${parent}/${name}`;
+const NEXT_INO = Buffer.from("nextIno");
+
+export class TreeState {
+  private readonly inodes = new Map<number, Inode | null>();
+  private readonly dirents = new Map<string, Dirent | null>();
+  private readonly extentLists = new Map<number, Extent[]>();
+  private orphanSet = new Set<number>();
+  private nextInoValue = 2;
+
+  private readonly dirtyInodes = new Set<number>();
+  private readonly dirtyDirents = new Map<string, { parent: Ino; name: string; oldCookie?: number }>();
+  private readonly dirtyExtents = new Map<number, Set<number>>();
+  private readonly dirtyOrphans = new Set<number>();
+  private dirtyMeta = false;
+
+  private constructor(private readonly backing: Backing | undefined) {}
+
+  /** A state with every row in memory, starting empty. */
+  static memory(): TreeState {
+    return new TreeState(undefined);
+  }
+
+  /** A cache over persisted rows. */
+  static async open(backing: Backing): Promise<TreeState> {
+    const s = new TreeState(backing);
+    const raw = await backing.meta.get(NEXT_INO);
+    if (raw) s.nextInoValue = unpackValue<number>(raw);
+    for await (const k of backing.orphans.keys()) s.orphanSet.add(readU64(k as Buffer));
+    return s;
+  }
+
+  get persistent(): boolean {
+    return this.backing !== undefined;
+  }
+
+  // ---- loading -----------------------------------------------------------
+
+  /** Load rows that an operation needs. Already cached entries are kept as they are. */
+  async load(needs: readonly Need[]): Promise<void> {
+    const b = this.backing;
+    if (!b) return;
+    for (const need of needs) {
+      if ("inode" in need) {
+        if (this.inodes.has(need.inode)) continue;
+        const raw = await b.inodes.get(key(need.inode));
+        if (!this.inodes.has(need.inode)) this.inodes.set(need.inode, raw ? unpackValue<Inode>(raw) : null);
+      } else if ("dirent" in need) {
+        const [parent, name] = need.dirent;
+        const k = direntKey(parent, name);
+        if (this.dirents.has(k)) continue;
+        const raw = await b.dirents.get(key(parent, name));
+        if (!this.dirents.has(k)) {
+          if (raw) {
+            const [ino, cookie, kind] = unpackValue<[Ino, number, InodeKind]>(raw);
+            this.dirents.set(k, { ino, cookie, kind });
+          } else this.dirents.set(k, null);
+        }
+      } else {
+        if (this.extentLists.has(need.extents)) continue;
+        const list: Extent[] = [];
+        const prefix = key(need.extents);
+        for await (const [k, v] of b.extents.iterator({ gte: prefix, lt: key(need.extents + 1) } as never)) {
+          const [length, file, pos] = unpackValue<[number, number, number]>(v as Buffer);
+          list.push({ offset: readU64(k as Buffer, 8), length, file, pos });
+        }
+        if (!this.extentLists.has(need.extents)) this.extentLists.set(need.extents, list);
+      }
+    }
+  }
+
+  /**
+   * Drop clean cached entries when the cache holds more than `max` of a kind.
+   * Only call when no operation is between `load` and its append.
+   */
+  evict(max: number, keep: ReadonlySet<number> = new Set()): void {
+    if (!this.backing) return;
+    if (this.inodes.size > max) {
+      for (const ino of this.inodes.keys()) {
+        if (this.inodes.size <= max / 2) break;
+        if (!this.dirtyInodes.has(ino) && !keep.has(ino) && ino !== 1) this.inodes.delete(ino);
+      }
+    }
+    if (this.dirents.size > max) {
+      for (const k of this.dirents.keys()) {
+        if (this.dirents.size <= max / 2) break;
+        if (!this.dirtyDirents.has(k)) this.dirents.delete(k);
+      }
+    }
+    if (this.extentLists.size > max / 16) {
+      for (const ino of this.extentLists.keys()) {
+        if (this.extentLists.size <= max / 32) break;
+        if (!this.dirtyExtents.has(ino) && !keep.has(ino)) this.extentLists.delete(ino);
+      }
+    }
+  }
+
+  // ---- reads (synchronous) -------------------------------------------------
+
+  inode(ino: Ino): Inode | undefined {
+    const v = this.inodes.get(ino);
+    if (v === undefined) {
+      if (this.backing) throw new NotLoaded({ inode: ino });
+      return undefined;
+    }
+    return v ?? undefined;
+  }
+
+  dirent(parent: Ino, name: string): Dirent | undefined {
+    const v = this.dirents.get(direntKey(parent, name));
+    if (v === undefined) {
+      if (this.backing) throw new NotLoaded({ dirent: [parent, name] });
+      return undefined;
+    }
+    return v ?? undefined;
+  }
+
+  extents(ino: Ino): readonly Extent[] {
+    let list = this.extentLists.get(ino);
+    if (!list) {
+      if (this.backing) throw new NotLoaded({ extents: ino });
+      list = [];
+      this.extentLists.set(ino, list);
+    }
+    return list;
+  }
+
+  get nextIno(): Ino {
+    return this.nextInoValue as Ino;
+  }
+
+  orphans(): readonly Ino[] {
+    return [...this.orphanSet] as Ino[];
+  }
+
+  // ---- changes (used by evolve) ---------------------------------------------
+
+  putInode(inode: Inode): void {
+    this.inodes.set(inode.ino, inode);
+    this.dirtyInodes.add(inode.ino);
+    if (inode.ino >= this.nextInoValue) {
+      this.nextInoValue = inode.ino + 1;
+      this.dirtyMeta = true;
+    }
+  }
+
+  /** Mark an inode changed in place. */
+  touchInode(inode: Inode): void {
+    this.dirtyInodes.add(inode.ino);
+  }
+
+  dropInode(ino: Ino): void {
+    this.inodes.set(ino, null);
+    this.dirtyInodes.add(ino);
+    const list = this.extentLists.get(ino) ?? (this.backing ? undefined : []);
+    if (list === undefined) throw new NotLoaded({ extents: ino });
+    for (const e of list) this.markExtent(ino, e.offset);
+    this.extentLists.set(ino, []);
+    this.setOrphan(ino, false);
+  }
+
+  setOrphan(ino: Ino, orphan: boolean): void {
+    if (orphan === this.orphanSet.has(ino)) return;
+    if (orphan) this.orphanSet.add(ino);
+    else this.orphanSet.delete(ino);
+    this.dirtyOrphans.add(ino);
+  }
+
+  putDirent(parent: Ino, name: string, dirent: Dirent): void {
+    const k = direntKey(parent, name);
+    this.noteDirent(k, parent, name);
+    this.dirents.set(k, dirent);
+  }
+
+  delDirent(parent: Ino, name: string): void {
+    const k = direntKey(parent, name);
+    this.noteDirent(k, parent, name);
+    this.dirents.set(k, null);
+  }
+
+  private noteDirent(k: string, parent: Ino, name: string): void {
+    if (this.dirtyDirents.has(k)) return;
+    const before = this.dirents.get(k);
+    this.dirtyDirents.set(k, { parent, name, oldCookie: before ? before.cookie : undefined });
+  }
+
+  /** Record that bytes [offset, offset+length) now live at (file, pos). */
+  writeExtent(ino: Ino, ext: Extent): void {
+    const list = this.extents(ino) as Extent[];
+    const end = ext.offset + ext.length;
+    // First extent that ends after the new one starts.
+    let i = lowerBoundEnd(list, ext.offset);
+    const replaced: Extent[] = [];
+    let j = i;
+    while (j < list.length && list[j]!.offset < end) replaced.push(list[j++]!);
+    const pieces: Extent[] = [];
+    const first = replaced[0];
+    if (first && first.offset < ext.offset) pieces.push({ ...first, length: ext.offset - first.offset });
+    let inserted = ext;
+    const prev = pieces.length === 0 ? list[i - 1] : undefined;
+    if (prev && prev.offset + prev.length === ext.offset && prev.file === ext.file && prev.pos + prev.length === ext.pos) {
+      // Coalesce with a neighbour whose bytes are contiguous in the data log.
+      inserted = { offset: prev.offset, length: prev.length + ext.length, file: ext.file, pos: prev.pos };
+      i -= 1;
+      replaced.unshift(prev);
+    }
+    pieces.push(inserted);
+    const last = replaced[replaced.length - 1];
+    if (last && last.offset + last.length > end) {
+      const cut = end - last.offset;
+      pieces.push({ offset: end, length: last.length - cut, file: last.file, pos: last.pos + cut });
+    }
+    list.splice(i, replaced.length, ...pieces);
+    for (const r of replaced) this.markExtent(ino, r.offset);
+    for (const p of pieces) this.markExtent(ino, p.offset);
+  }
+
+  /** Drop extent bytes at and past `size`. */
+  truncateExtents(ino: Ino, size: number): void {
+    const list = this.extents(ino) as Extent[];
+    let i = lowerBoundEnd(list, size);
+    const e = list[i];
+    if (e && e.offset < size) {
+      list[i] = { ...e, length: size - e.offset };
+      this.markExtent(ino, e.offset);
+      i++;
+    }
+    for (let k = i; k < list.length; k++) this.markExtent(ino, list[k]!.offset);
+    list.length = i;
+  }
+
+  private markExtent(ino: Ino, offset: number): void {
+    let set = this.dirtyExtents.get(ino);
+    if (!set) this.dirtyExtents.set(ino, (set = new Set()));
+    set.add(offset);
+  }
+
+  // ---- persistence ---------------------------------------------------------
+
+  /** Row writes for every change since the last call. */
+  takeRows(): RowOp[] {
+    const b = this.backing;
+    if (!b) {
+      this.clearDirty();
+      return [];
+    }
+    const ops: RowOp[] = [];
+    for (const ino of this.dirtyInodes) {
+      const inode = this.inodes.get(ino);
+      if (inode) ops.push({ type: "put", sublevel: b.inodes, key: key(ino), value: Buffer.from(packValue(inode)) });
+      else ops.push({ type: "del", sublevel: b.inodes, key: key(ino) });
+    }
+    for (const [k, { parent, name, oldCookie }] of this.dirtyDirents) {
+      const d = this.dirents.get(k);
+      if (oldCookie !== undefined && oldCookie !== d?.cookie) ops.push({ type: "del", sublevel: b.cookies, key: key(parent, oldCookie) });
+      if (d) {
+        ops.push({ type: "put", sublevel: b.dirents, key: key(parent, name), value: Buffer.from(packValue([d.ino, d.cookie, d.kind])) });
+        if (oldCookie !== d.cookie) ops.push({ type: "put", sublevel: b.cookies, key: key(parent, d.cookie), value: Buffer.from(packValue([name, d.ino, d.kind])) });
+      } else ops.push({ type: "del", sublevel: b.dirents, key: key(parent, name) });
+    }
+    for (const [ino, offsets] of this.dirtyExtents) {
+      const list = this.extentLists.get(ino) ?? [];
+      for (const off of offsets) {
+        const e = findExtent(list, off);
+        if (e) ops.push({ type: "put", sublevel: b.extents, key: key(ino, off), value: Buffer.from(packValue([e.length, e.file, e.pos])) });
+        else ops.push({ type: "del", sublevel: b.extents, key: key(ino, off) });
+      }
+    }
+    for (const ino of this.dirtyOrphans) {
+      if (this.orphanSet.has(ino)) ops.push({ type: "put", sublevel: b.orphans, key: key(ino), value: Buffer.alloc(0) });
+      else ops.push({ type: "del", sublevel: b.orphans, key: key(ino) });
+    }
+    if (this.dirtyMeta) ops.push({ type: "put", sublevel: b.meta, key: NEXT_INO, value: Buffer.from(packValue(this.nextInoValue)) });
+    this.clearDirty();
+    return ops;
+  }
+
+  private clearDirty(): void {
+    this.dirtyInodes.clear();
+    this.dirtyDirents.clear();
+    this.dirtyExtents.clear();
+    this.dirtyOrphans.clear();
+    this.dirtyMeta = false;
+  }
+
+  /**
+   * Every row of an in-memory state, as sublevel name → (hex key → value), for
+   * comparison with persisted rows (fsck).
+   */
+  rows(): Map<string, Map<string, Buffer>> {
+    const out = new Map<string, Map<string, Buffer>>(Object.values(SUBLEVELS).map((n) => [n, new Map()]));
+    const put = (sub: string, k: Buffer, v: Uint8Array) => out.get(sub)!.set(k.toString("hex"), Buffer.from(v));
+    for (const [ino, inode] of this.inodes) if (inode) put(SUBLEVELS.inodes, key(ino), packValue(inode));
+    for (const [k, d] of this.dirents) {
+      if (!d) continue;
+      const slash = k.indexOf("/");
+      const parent = Number(k.slice(0, slash));
+      const name = k.slice(slash + 1);
+      put(SUBLEVELS.dirents, key(parent, name), packValue([d.ino, d.cookie, d.kind]));
+      put(SUBLEVELS.cookies, key(parent, d.cookie), packValue([name, d.ino, d.kind]));
+    }
+    for (const [ino, list] of this.extentLists) for (const e of list) put(SUBLEVELS.extents, key(ino, e.offset), packValue([e.length, e.file, e.pos]));
+    for (const ino of this.orphanSet) put(SUBLEVELS.orphans, key(ino), new Uint8Array(0));
+    if (this.nextInoValue !== 2 || this.inodes.size > 0) put(SUBLEVELS.meta, NEXT_INO, packValue(this.nextInoValue));
+    return out;
+  }
+}
+
+/** Index of the first extent whose end is past `offset`. */
+function lowerBoundEnd(list: readonly Extent[], offset: number): number {
+  let lo = 0;
+  let hi = list.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    const e = list[mid]!;
+    if (e.offset + e.length <= offset) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function findExtent(list: readonly Extent[], offset: number): Extent | undefined {
+  let lo = 0;
+  let hi = list.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const e = list[mid]!;
+    if (e.offset === offset) return e;
+    if (e.offset < offset) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return undefined;
+}
+
+/** Extents overlapping [offset, offset+length), in order. */
+export function extentsIn(list: readonly Extent[], offset: number, length: number): Extent[] {
+  const out: Extent[] = [];
+  const end = offset + length;
+  for (let i = lowerBoundEnd(list, offset); i < list.length && list[i]!.offset < end; i++) out.push(list[i]!);
+  return out;
+}
