@@ -5,13 +5,15 @@
  *
  * Files are `<dir>/<n:08x>.dat`, at most {@link DEFAULT_DATA_FILE_BYTES} each.
  * Space is reserved synchronously (so the event can name its position before
- * the write happens) and written by the journal's commit loop, which makes the
- * bytes durable (fdatasync) before it commits any event that points at them.
- * The journal head row records the end of the log; on open anything past it is
- * cut off: it belongs to a commit that never happened.
+ * the write happens) and written by the journal's commit loop before it
+ * commits the events that point at it; a synced commit fdatasyncs every file
+ * written since the last one first. The journal head row records the end of
+ * the log; on open anything past it is cut off: it belongs to a commit that
+ * never happened.
  */
 import { mkdir, open, readdir, rm, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
+import { crc32 } from "node:zlib";
 import { JournalError } from "./errors.ts";
 import type { DataRef } from "./events.ts";
 
@@ -36,6 +38,8 @@ export class DataLog {
   /** Writes handed to the running flush, kept readable until they are durable. */
   private inflight: PendingWrite[] = [];
   private unflushedBytes = 0;
+  /** Files written since their last fdatasync. */
+  private readonly unsynced = new Set<number>();
   private file: number;
   private end: number;
   /** End of the data handed to the last flush: what a commit may record. */
@@ -76,6 +80,30 @@ export class DataLog {
     return this.flushedTo;
   }
 
+  /** A read-only view for checking data after an unclean stop. */
+  static async openForCheck(dir: string): Promise<{ check(ref: DataRef, length: number, crc: number): Promise<boolean>; close(): Promise<void> }> {
+    await mkdir(dir, { recursive: true });
+    const log = new DataLog(dir, { file: 0, end: 0 }, DEFAULT_DATA_FILE_BYTES);
+    return {
+      async check(ref, length, crc) {
+        if (length === 0) return true;
+        try {
+          const fh = await open(join(dir, fileName(ref.file)), "r");
+          try {
+            const buf = new Uint8Array(length);
+            const { bytesRead } = await fh.read(buf, 0, length, ref.pos);
+            return bytesRead === length && crc32(buf) === crc;
+          } finally {
+            await fh.close();
+          }
+        } catch {
+          return false;
+        }
+      },
+      close: () => log.close(),
+    };
+  }
+
   /** A point to go back to if the events being staged are abandoned. */
   mark(): { file: number; end: number; pending: number } {
     return { file: this.file, end: this.end, pending: this.pending.length };
@@ -105,15 +133,17 @@ export class DataLog {
     return ref;
   }
 
-  /** Write every queued reservation and make it durable. */
-  async flush(): Promise<void> {
-    if (this.pending.length === 0) return;
+  /** Write every queued reservation; with `sync`, make everything written so far durable. */
+  async flush(sync: boolean): Promise<void> {
+    if (this.pending.length === 0) {
+      if (sync) await this.syncFiles();
+      return;
+    }
     const writes = this.pending;
     this.pending = [];
     this.inflight = writes;
     const lastWrite = writes[writes.length - 1]!;
     const covered = { file: lastWrite.file, end: lastWrite.pos + lastWrite.bytes.length };
-    const touched = new Set<number>();
     let i = 0;
     while (i < writes.length) {
       // Gather a contiguous run in one file into a single writev.
@@ -136,13 +166,20 @@ export class DataLog {
         if (bytesWritten === 0) throw new JournalError("io", `Cannot write to data log ${fileName(first.file)}: no progress`);
         written += bytesWritten;
       }
-      touched.add(first.file);
+      this.unsynced.add(first.file);
       i = j;
     }
-    for (const f of touched) await (await this.handle(f)).datasync();
+    if (sync) await this.syncFiles();
     this.flushedTo = covered;
     this.inflight = [];
     for (const w of writes) this.unflushedBytes -= w.bytes.length;
+  }
+
+  private async syncFiles(): Promise<void> {
+    for (const f of [...this.unsynced]) {
+      await (await this.handle(f)).datasync();
+      this.unsynced.delete(f);
+    }
   }
 
   /** Drop queued reservations after a failed commit (the journal is then closed). */

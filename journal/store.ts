@@ -3,13 +3,19 @@
  * data log, projection rows in sublevels written in the same batch.
  *
  * Appends are group-committed: every append made while a commit is in flight
- * joins the next one, which writes the data log (fdatasync), then one LevelDB
- * batch holding the events, their projection rows and the head row, synced if
- * any of its appends asked for it. Seqs are assigned when `append` is called,
+ * joins the next one, which writes the data log, then one LevelDB batch
+ * holding the events, their projection rows and the head row. If any of its
+ * appends asked for `sync`, the data log is fdatasynced before the batch and
+ * the batch is written with sync. Seqs are assigned when `append` is called,
  * so callers see their events (and can derive projection rows) at once.
  *
- * Invariant: a committed event never points at data log bytes that are not
- * durable, so a crash leaves a prefix of the journal, every event intact.
+ * Crash safety: the head row records the last synced seq. Events after it
+ * were never promised durable; after an unclean stop (power loss) their data
+ * may be missing while LevelDB kept the event, so on open the data of every
+ * event after the last synced seq is checked against its CRC, and the journal
+ * is cut back before the first event that fails (`recovery.truncatedFrom`:
+ * the projections must then be rebuilt). A crash thus always leaves a prefix
+ * of the journal, every event intact, everything synced kept.
  * After a failed commit the store refuses further appends (fail-stop): reopen
  * it to continue from what is on disk.
  */
@@ -63,6 +69,16 @@ interface Head {
   seq: number;
   dataFile: number;
   dataEnd: number;
+  /** Last seq whose commit was synced (data and events). */
+  synced?: number;
+}
+
+/** What opening found after an unclean stop. */
+export interface Recovery {
+  /** Events after the last synced commit whose data was checked. */
+  readonly checked: number;
+  /** The first seq removed because its data did not survive, if any. */
+  readonly truncatedFrom?: Seq;
 }
 
 interface Pending {
@@ -88,6 +104,8 @@ export class Journal {
   private closed = false;
   private readonly listeners = new Set<Listener>();
   private readonly idle: (() => void)[] = [];
+  /** Set when the journal was cut back on open: projections derived from the removed events must be rebuilt. */
+  recovery: Recovery | undefined;
   /** Counters for tests and benchmarks: LevelDB batches written, synced, and appends in them. */
   readonly stats = { commits: 0, syncedCommits: 0, appends: 0 };
 
@@ -140,13 +158,53 @@ export class Journal {
       await meta.put(Buffer.from("client"), Buffer.from(clientId), { sync: true } as never);
     }
     let data: DataLog;
+    let recovery: Recovery | undefined;
     try {
+      if ((head.synced ?? 0) < head.seq) recovery = await Journal.recover(db, events, meta, dir, head);
       data = await DataLog.open(join(dir, "data"), { file: head.dataFile, end: head.dataEnd }, options.dataFileBytes);
     } catch (e) {
       await db.close();
       throw e;
     }
-    return new Journal(dir, db, events, meta, data, head, clientId);
+    const journal = new Journal(dir, db, events, meta, data, head, clientId);
+    journal.recovery = recovery;
+    if (recovery) await journal.sync(); // what survived is now durable; mark it so
+    return journal;
+  }
+
+  /**
+   * After an unclean stop: check the data of every event after the last synced
+   * seq; cut the journal back before the first one whose bytes did not survive.
+   * Mutates `head` to the position to continue from.
+   */
+  private static async recover(db: Level<Bytes, Bytes>, events: Sublevel, meta: Sublevel, dir: string, head: Head): Promise<Recovery> {
+    const probe = await DataLog.openForCheck(join(dir, "data"));
+    let checked = 0;
+    let bad: { seq: number; ref: { file: number; pos: number } } | undefined;
+    try {
+      for await (const value of events.values({ gt: u64Key(head.synced ?? 0) } as never)) {
+        const e = decodeEvent(value as Bytes);
+        checked++;
+        if (e.type !== "ExtentWritten" || !e.ref) continue;
+        const ok = await probe.check(e.ref, e.length, e.crc);
+        if (!ok) {
+          bad = { seq: e.seq, ref: e.ref };
+          break;
+        }
+      }
+    } finally {
+      await probe.close();
+    }
+    if (!bad) {
+      return { checked };
+    }
+    await events.clear({ gte: u64Key(bad.seq) } as never);
+    head.seq = bad.seq - 1;
+    head.dataFile = bad.ref.file;
+    head.dataEnd = bad.ref.pos;
+    head.synced = head.seq;
+    await db.batch([{ type: "put", sublevel: meta, key: Buffer.from("head"), value: Buffer.from(packValue(head)) }] as never, { sync: true } as never);
+    return { checked, truncatedFrom: asSeq(bad.seq) };
   }
 
   /** Last seq that was committed (visible to readers). */
@@ -268,12 +326,12 @@ export class Journal {
   }
 
   private async commit(batch: readonly Pending[]): Promise<void> {
-    await this.data.flush();
-    const ops: unknown[] = [];
     let sync = false;
+    for (const p of batch) sync ||= p.sync;
+    await this.data.flush(sync);
+    const ops: unknown[] = [];
     let last = this.committedSeq;
     for (const p of batch) {
-      sync ||= p.sync;
       for (let i = 0; i < p.events.length; i++) {
         const seq = p.events[i]!.seq;
         ops.push({ type: "put", sublevel: this.events, key: u64Key(seq), value: p.values[i] });
@@ -282,7 +340,7 @@ export class Journal {
       for (const r of p.rows) ops.push(r);
     }
     const pos = this.data.position;
-    const head: Head = { seq: last, dataFile: pos.file, dataEnd: pos.end };
+    const head: Head = { seq: last, dataFile: pos.file, dataEnd: pos.end, synced: sync ? last : this.durableSeq };
     ops.push({ type: "put", sublevel: this.meta, key: Buffer.from("head"), value: Buffer.from(packValue(head)) });
     await this.db.batch(ops as never, { sync } as never);
     this.stats.commits++;

@@ -25,7 +25,7 @@ import {
 } from "../../journal/mod.ts";
 import { evolve, S_IFMT, TYPE_BITS } from "../projection/evolve.ts";
 import { extentsIn, NotLoaded, SUBLEVELS, TreeState, type Backing, type Inode, type Need } from "../projection/state.ts";
-import { fsck, type FsckReport } from "../projection/fsck.ts";
+import { fsck, rebuild, type FsckReport } from "../projection/fsck.ts";
 import { permits, inGroup, R_OK, S_ISGID, S_ISUID, S_ISVTX, W_OK, X_OK, type Ctx } from "./context.ts";
 import { fail, FsError } from "./errors.ts";
 import { key, readU64 } from "../../journal/keys.ts";
@@ -145,6 +145,8 @@ export class Filesystem {
         orphans: journal.sublevel(SUBLEVELS.orphans),
         meta: journal.sublevel(SUBLEVELS.meta),
       };
+      // The journal was cut back after an unclean stop: rows derived from the removed events go too.
+      if (journal.recovery?.truncatedFrom !== undefined) await rebuild(journal, backing);
       const state = await TreeState.open(backing);
       const fs = new Filesystem(journal, state, backing, {
         durability: options.durability ?? "fsync",

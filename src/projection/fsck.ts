@@ -44,15 +44,7 @@ export async function fsck(journal: Journal, backing: Backing, options: { maxDif
     events++;
   }
   const expected = memory.rows();
-  const subs: Record<string, Backing[keyof Backing]> = {
-    [SUBLEVELS.inodes]: backing.inodes,
-    [SUBLEVELS.dirents]: backing.dirents,
-    [SUBLEVELS.cookies]: backing.cookies,
-    [SUBLEVELS.extents]: backing.extents,
-    [SUBLEVELS.orphans]: backing.orphans,
-    [SUBLEVELS.meta]: backing.meta,
-  };
-  for (const [sub, level] of Object.entries(subs)) {
+  for (const [sub, level] of Object.entries(bySublevelName(backing))) {
     const want = new Map(expected.get(sub)!);
     for await (const [k, v] of level.iterator()) {
       const hex = (k as Buffer).toString("hex");
@@ -71,6 +63,17 @@ export async function fsck(journal: Journal, backing: Backing, options: { maxDif
     }
   }
   return { ok: differences.length === 0, events, differences };
+}
+
+function bySublevelName(b: Backing): Record<string, Backing[keyof Backing]> {
+  return {
+    [SUBLEVELS.inodes]: b.inodes,
+    [SUBLEVELS.dirents]: b.dirents,
+    [SUBLEVELS.cookies]: b.cookies,
+    [SUBLEVELS.extents]: b.extents,
+    [SUBLEVELS.orphans]: b.orphans,
+    [SUBLEVELS.meta]: b.meta,
+  };
 }
 
 function describe(sub: string, k: Buffer): string {
@@ -120,3 +123,32 @@ const show = (v: Uint8Array) => {
   const s = stable(decode(v));
   return s.length > 200 ? `${s.slice(0, 200)}…` : s;
 };
+
+/**
+ * Replace every projection row with what the journal alone produces. Used
+ * after the journal was cut back on open (an unclean stop lost unsynced
+ * data), and by `fsck --repair`.
+ */
+export async function rebuild(journal: Journal, backing: Backing): Promise<{ events: number }> {
+  const memory = TreeState.memory();
+  let events = 0;
+  for await (const e of journal.read()) {
+    evolve(memory, e);
+    events++;
+  }
+  const rows = memory.rows();
+  for (const [sub, level] of Object.entries(bySublevelName(backing))) {
+    await level.clear();
+    let ops: { type: "put"; key: Buffer; value: Buffer }[] = [];
+    for (const [hex, value] of rows.get(sub)!) {
+      ops.push({ type: "put", key: Buffer.from(hex, "hex"), value });
+      if (ops.length >= 10_000) {
+        await level.batch(ops);
+        ops = [];
+      }
+    }
+    if (ops.length > 0) await level.batch(ops);
+  }
+  await journal.sync();
+  return { events };
+}

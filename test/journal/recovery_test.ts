@@ -1,0 +1,83 @@
+import { afterEach, expect, test } from "bun:test";
+import { mkdtemp, open, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Journal } from "../../journal/mod.ts";
+import { ROOT_INO } from "../../journal/mod.ts";
+import { Filesystem } from "../../src/fs/filesystem.ts";
+
+const child = join(import.meta.dir, "../support/unclean_child.ts");
+const dirs: string[] = [];
+afterEach(async () => {
+  for (const d of dirs.splice(0)) await rm(d, { recursive: true, force: true });
+});
+
+/** Run the child until it reports, then SIGKILL it: an unclean stop. */
+async function runAndKill(mode: string, dir: string): Promise<any> {
+  const proc = Bun.spawn([process.execPath, child, mode, dir], { stdout: "pipe", stderr: "inherit" });
+  const reader = proc.stdout.getReader();
+  let text = "";
+  while (!text.includes("\n")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`child exited early: ${await proc.exited}`);
+    text += new TextDecoder().decode(value);
+  }
+  proc.kill("SIGKILL");
+  await proc.exited;
+  return JSON.parse(text);
+}
+
+/** What a power loss can do to data that was written but never synced. */
+async function loseBytes(dir: string, ref: { file: number; pos: number }, length: number) {
+  const fh = await open(join(dir, "data", `${ref.file.toString(16).padStart(8, "0")}.dat`), "r+");
+  await fh.write(new Uint8Array(length), 0, length, ref.pos);
+  await fh.close();
+}
+
+test("after an unclean stop whose unsynced data did not survive, the journal is cut back before it and synced events stay", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "objectfs-recover-"));
+  dirs.push(dir);
+  const { synced, unsynced } = await runAndKill("journal", dir);
+  await loseBytes(dir, unsynced.ref, 1000);
+  const j = await Journal.open(dir);
+  expect(j.recovery?.truncatedFrom as number | undefined).toBe(unsynced.seq);
+  expect(j.head as number).toBe(synced.seq);
+  const events = [];
+  for await (const e of j.read({ data: true })) events.push(e);
+  expect(events.length).toBe(synced.seq);
+  const last = events[events.length - 1]!;
+  expect(last.type === "ExtentWritten" && Array.from(last.data!.subarray(0, 3))).toEqual([1, 1, 1]);
+  // Appends continue from the cut.
+  const [next] = await j.append([{ type: "InodeDropped", ino: 9 as never }], { sync: true });
+  expect(next!.seq as number).toBe(synced.seq + 1);
+  await j.close();
+});
+
+test("after an unclean stop whose unsynced data survived, nothing is cut", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "objectfs-recover-"));
+  dirs.push(dir);
+  const { unsynced } = await runAndKill("journal", dir);
+  const j = await Journal.open(dir);
+  expect(j.recovery?.truncatedFrom).toBeUndefined();
+  expect(j.recovery?.checked).toBeGreaterThan(0);
+  expect(j.head as number).toBe(unsynced.seq + 1);
+  await j.close();
+});
+
+test("a filesystem whose unsynced tail was lost reopens at its last fsync with projections rebuilt and fsck clean", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "objectfs-recover-"));
+  dirs.push(dir);
+  const { ino, ref } = await runAndKill("fs", dir);
+  await loseBytes(dir, ref, 9);
+  const fs = await Filesystem.open(dir);
+  const ctx = { uid: 0, gid: 0, pid: process.pid };
+  const attr = await fs.lookup(ctx, ROOT_INO, "f");
+  expect(attr.ino).toBe(ino);
+  expect(attr.size).toBe(7);
+  const fh = await fs.open(ctx, attr.ino, 0);
+  expect(new TextDecoder().decode(await fs.read(ctx, fh, 0, 100))).toBe("durable");
+  await fs.release(ctx, fh);
+  await expect(fs.lookup(ctx, ROOT_INO, "later")).rejects.toMatchObject({ code: "ENOENT" });
+  expect(await fs.fsck()).toMatchObject({ ok: true });
+  await fs.close();
+});
