@@ -3,8 +3,11 @@
 import { JournalError } from "../journal/mod.ts";
 import { UsageError, type Command } from "./cli/command.ts";
 import { demo } from "./cli/demo.ts";
+import { fsckCommand, mount, unmount } from "./cli/mount.ts";
+import { FsError } from "./fs/errors.ts";
+import { MountError } from "./fuse/mount.ts";
 
-const COMMANDS: readonly Command[] = [demo];
+const COMMANDS: readonly Command[] = [mount, unmount, fsckCommand, demo];
 
 const HELP = `objectfs: an S3-backed POSIX filesystem with a local event journal
 
@@ -37,7 +40,7 @@ export async function main(argv: string[]): Promise<number> {
       console.error(`objectfs ${name}: ${(e as Error).message}; see "objectfs ${name} --help"`);
       return 2;
     }
-    if (e instanceof JournalError) {
+    if (e instanceof JournalError || e instanceof MountError || e instanceof FsError) {
       console.error(`objectfs ${name}: ${e.message}`);
       return 1;
     }

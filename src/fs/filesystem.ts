@@ -13,7 +13,8 @@
  * has staged is synced. In `strict` mode every mutating operation waits for its
  * own synced commit.
  */
-import { constants as osConstants, hostname } from "node:os";
+import { hostname } from "node:os";
+import { constants as fsConstants } from "node:fs";
 import { statfs as statfsDir } from "node:fs/promises";
 import {
   Journal,
@@ -48,6 +49,8 @@ export interface FilesystemOptions {
   readonly dataFileBytes?: number;
   /** Recorded in the Mounted event. @default "objectfs" */
   readonly version?: string;
+  /** Refuse every change with EROFS (nothing is appended, not even session markers). @default false */
+  readonly readOnly?: boolean;
 }
 
 export interface Attr {
@@ -104,14 +107,8 @@ interface Handle {
   dirty: boolean;
 }
 
-const O = osConstants as unknown as Record<string, number>;
+const { O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_APPEND } = fsConstants;
 const O_ACCMODE = 3;
-const O_WRONLY = 1;
-const O_RDWR = 2;
-const O_CREAT = O.O_CREAT ?? 0o100;
-const O_EXCL = O.O_EXCL ?? 0o200;
-const O_TRUNC = O.O_TRUNC ?? 0o1000;
-const O_APPEND = O.O_APPEND ?? 0o2000;
 export const XATTR_CREATE = 1;
 export const XATTR_REPLACE = 2;
 const NAME_MAX = 255;
@@ -130,7 +127,7 @@ export class Filesystem {
     readonly journal: Journal,
     private readonly state: TreeState,
     private readonly backing: Backing,
-    private readonly options: Required<Pick<FilesystemOptions, "durability" | "cacheEntries" | "maxPendingBytes">>,
+    private readonly options: Required<Pick<FilesystemOptions, "durability" | "cacheEntries" | "maxPendingBytes" | "readOnly">>,
   ) {}
 
   /** Open (or create) a filesystem whose journal lives in `dir`. */
@@ -152,6 +149,7 @@ export class Filesystem {
         durability: options.durability ?? "fsync",
         cacheEntries: options.cacheEntries ?? 200_000,
         maxPendingBytes: options.maxPendingBytes ?? 64 << 20,
+        readOnly: options.readOnly ?? false,
       });
       journal.subscribe(() => fs.maybeEvict());
       await fs.start(options);
@@ -164,6 +162,10 @@ export class Filesystem {
 
   private async start(options: FilesystemOptions): Promise<void> {
     await this.state.load([{ inode: ROOT_INO }]);
+    if (this.options.readOnly) {
+      if (!this.state.inode(ROOT_INO)) throw new FsError("EROFS", `cannot mount read-only: ${this.journal.dir} holds no filesystem yet`);
+      return;
+    }
     const events: NewEvent[] = [];
     if (!this.state.inode(ROOT_INO)) {
       const owner = options.rootOwner ?? { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
@@ -205,6 +207,7 @@ export class Filesystem {
 
   /** Append events, projecting them into the state in the same batch. */
   private async commit(events: readonly NewEvent[], sync: boolean): Promise<readonly JournalEvent[]> {
+    if (this.options.readOnly) fail("EROFS");
     let stagedOk = false;
     const done = this.journal.append(events, {
       sync: sync || this.options.durability === "strict",
@@ -263,12 +266,17 @@ export class Filesystem {
     if (Buffer.byteLength(name) > NAME_MAX) fail("ENAMETOOLONG");
   }
 
-  /** Refuse a new entry at parent/name: the parent must be writable and the name free. */
+  /**
+   * Refuse a new entry at parent/name: the name must be free and the parent
+   * writable, in Linux's order (an existing name is EEXIST even to a caller
+   * who may not write the directory).
+   */
   private creatable(ctx: Ctx, parent: Ino, name: string): Inode {
     Filesystem.checkName(name);
-    const p = this.dir(ctx, parent, W_OK | X_OK);
+    const p = this.dir(ctx, parent, X_OK);
     if (name === "." || name === ".." || this.state.dirent(parent, name)) fail("EEXIST");
     if (p.nlink === 0) fail("ENOENT", "directory was removed");
+    if (!permits(ctx, p, W_OK | X_OK)) fail("EACCES");
     return p;
   }
 
@@ -277,9 +285,28 @@ export class Filesystem {
     return (dir.mode & S_ISVTX) !== 0 && ctx.uid !== 0 && ctx.uid !== dir.uid && ctx.uid !== victim.uid;
   }
 
+  /**
+   * Linux's setattr_should_drop_sgid: set-group-ID is dropped by a chown, write or
+   * truncate where it is group-executable, or where the caller (not root) is
+   * not in the file's group and so could not have set it.
+   */
+  private static dropsSgid(ctx: Ctx, inode: Inode): boolean {
+    return (inode.mode & S_ISGID) !== 0 && ((inode.mode & 0o010) !== 0 || (ctx.uid !== 0 && !inGroup(ctx, inode.gid)));
+  }
+
+  /** Permission bits after a write or truncate by `ctx`: anyone but root drops set-user-ID, and set-group-ID as above. */
+  private static afterWrite(ctx: Ctx, inode: Inode): number {
+    let mode = inode.mode & 0o7777;
+    if (ctx.uid === 0 || inode.kind !== "file") return mode;
+    mode &= ~S_ISUID;
+    if (Filesystem.dropsSgid(ctx, inode)) mode &= ~S_ISGID;
+    return mode;
+  }
+
   private newInode(ctx: Ctx, parent: Inode, kind: InodeKind, mode: number, extra: { rdev?: number; target?: string } = {}): NewEvent[] {
     const ino = this.state.nextIno;
-    let perm = mode & 0o7777;
+    // mkdir keeps only the permission and sticky bits of the mode it is given (as Linux does).
+    let perm = mode & (kind === "dir" ? 0o1777 : 0o7777);
     let gid = ctx.gid;
     if (parent.mode & S_ISGID) {
       gid = parent.gid;
@@ -313,12 +340,31 @@ export class Filesystem {
     return this.handles.get(fh) ?? fail("EBADF");
   }
 
+  /** The inode an open handle refers to (it may have no name any more). */
+  handleIno(fh: number): Ino | undefined {
+    return this.handles.get(fh)?.ino;
+  }
+
   private addHandle(ino: Ino, flags: number, dirty: boolean): number {
     const acc = flags & O_ACCMODE;
     const fh = this.nextFh++;
     this.handles.set(fh, { ino, readable: acc !== O_WRONLY, writable: acc === O_WRONLY || acc === O_RDWR, append: (flags & O_APPEND) !== 0, dirty });
     this.openCount.set(ino, (this.openCount.get(ino) ?? 0) + 1);
     return fh;
+  }
+
+  /**
+   * The directory just below `top` on the way up from directory `below` to the
+   * root (`below` itself if `top` is its parent), or undefined when `top` is not
+   * above `below`.
+   */
+  private childBelow(top: Ino, below: Ino): Ino | undefined {
+    for (let at = below; at !== ROOT_INO; ) {
+      const up = this.inode(at).parent ?? ROOT_INO;
+      if (up === top) return at;
+      at = up;
+    }
+    return undefined;
   }
 
   /** Events that free an inode whose last link went, unless it is still open. */
@@ -359,10 +405,10 @@ export class Filesystem {
         }
         attrs.uid = uid;
         attrs.gid = gid;
-        // Changing owner drops set-user-ID, and set-group-ID where it means "run as group".
+        // Changing owner drops set-user-ID (even for root), and set-group-ID as dropsSgid says.
         if (inode.kind !== "dir") {
           if (mode & S_ISUID) mode &= ~S_ISUID;
-          if (mode & S_ISGID && mode & 0o010) mode &= ~S_ISGID;
+          if (Filesystem.dropsSgid(ctx, inode)) mode &= ~S_ISGID;
           if (mode !== (inode.mode & 0o7777)) attrs.mode = mode;
         }
       }
@@ -370,7 +416,8 @@ export class Filesystem {
         if (!owner) fail("EPERM");
         mode = change.mode & 0o7777;
         const gid = attrs.gid ?? inode.gid;
-        if (ctx.uid !== 0 && inode.kind !== "dir" && mode & S_ISGID && !inGroup(ctx, gid)) mode &= ~S_ISGID;
+        // chmod(2): without privilege, set-group-ID is silently dropped outside the file's group (directories too).
+        if (ctx.uid !== 0 && mode & S_ISGID && !inGroup(ctx, gid)) mode &= ~S_ISGID;
         attrs.mode = mode;
       }
       for (const which of ["atime", "mtime"] as const) {
@@ -392,9 +439,8 @@ export class Filesystem {
         if (!(h?.writable) && !permits(ctx, inode, W_OK)) fail("EACCES");
         this.state.extents(ino); // evolve trims extents
         events.push({ type: "Truncated", ino, size: change.size, caller: ctx });
-        if (ctx.uid !== 0 && (mode & S_ISUID || (mode & S_ISGID && mode & 0o010))) {
-          attrs.mode = mode & ~S_ISUID & ~(mode & 0o010 ? S_ISGID : 0);
-        }
+        const kept = Filesystem.afterWrite(ctx, { ...inode, mode, gid: attrs.gid ?? inode.gid });
+        if (kept !== mode) attrs.mode = kept;
         if (h) h.dirty = true;
       }
       if (Object.keys(attrs).length > 0 || events.length === 0) events.push({ type: "AttrsChanged", ino, ...attrs, caller: ctx });
@@ -445,6 +491,7 @@ export class Filesystem {
     });
     if (existing) {
       if (flags & O_EXCL) fail("EEXIST");
+      if (existing.kind === "dir") fail("EISDIR");
       const fh = await this.open(ctx, existing.ino, flags & ~O_CREAT);
       return { attr: await this.getattr(ctx, existing.ino), fh };
     }
@@ -466,8 +513,11 @@ export class Filesystem {
       const mask = (acc === O_WRONLY ? W_OK : acc === O_RDWR ? R_OK | W_OK : R_OK) | (flags & O_TRUNC && acc === 0 ? W_OK : 0);
       if (inode.kind === "dir" && mask & W_OK) fail("EISDIR");
       if (inode.kind === "symlink") fail("ELOOP");
+      if (mask & W_OK && this.options.readOnly) fail("EROFS");
       if (!permits(ctx, inode, mask)) fail("EACCES");
-      return { events: [], result: Boolean(flags & O_TRUNC) && inode.kind === "file" && inode.size > 0 };
+      // O_TRUNC truncates even an empty file, which drops set-user-ID for anyone but root.
+      const trunc = Boolean(flags & O_TRUNC) && inode.kind === "file" && (inode.size > 0 || Filesystem.afterWrite(ctx, inode) !== (inode.mode & 0o7777));
+      return { events: [], result: trunc };
     });
     const fh = this.addHandle(ino, flags, false);
     if (trunc) {
@@ -515,10 +565,8 @@ export class Filesystem {
       this.state.extents(h.ino);
       const at = h.append ? inode.size : offset;
       const events: NewEvent[] = [{ type: "ExtentWritten", ino: h.ino, offset: at, length: bytes.length, crc: 0, data: bytes, caller: ctx }];
-      // A write by anyone but root drops set-user-ID and group-executable set-group-ID.
-      if (ctx.uid !== 0 && (inode.mode & S_ISUID || (inode.mode & S_ISGID && inode.mode & 0o010))) {
-        events.push({ type: "AttrsChanged", ino: h.ino, mode: inode.mode & 0o7777 & ~S_ISUID & ~(inode.mode & 0o010 ? S_ISGID : 0), caller: ctx });
-      }
+      const mode = Filesystem.afterWrite(ctx, inode);
+      if (mode !== (inode.mode & 0o7777)) events.push({ type: "AttrsChanged", ino: h.ino, mode, caller: ctx });
       h.dirty = true;
       return { events, result: undefined };
     });
@@ -573,8 +621,9 @@ export class Filesystem {
       const d = this.state.dirent(parent, name) ?? fail("ENOENT");
       const victim = this.inode(d.ino);
       this.state.extents(d.ino);
-      if (victim.kind === "dir") fail("EISDIR");
+      // may_delete's order: the sticky bit, then the kind
       if (Filesystem.stickyDenies(ctx, p, victim)) fail("EPERM");
+      if (victim.kind === "dir") fail("EISDIR");
       return {
         events: [{ type: "DirentUnlinked", parent, name, ino: d.ino, caller: ctx }, ...this.dropIfUnused(d.ino, victim.nlink - 1)],
         result: undefined,
@@ -595,9 +644,9 @@ export class Filesystem {
       const d = this.state.dirent(parent, name) ?? fail("ENOENT");
       const victim = this.inode(d.ino);
       this.state.extents(d.ino);
+      if (Filesystem.stickyDenies(ctx, p, victim)) fail("EPERM");
       if (victim.kind !== "dir") fail("ENOTDIR");
       if ((victim.entries ?? 0) > 0) fail("ENOTEMPTY");
-      if (Filesystem.stickyDenies(ctx, p, victim)) fail("EPERM");
       return {
         events: [{ type: "DirentUnlinked", parent, name, ino: d.ino, caller: ctx }, ...this.dropIfUnused(d.ino, 0)],
         result: undefined,
@@ -620,33 +669,36 @@ export class Filesystem {
     const needs: Need[] = [{ inode: parent }, { inode: newParent }, { dirent: [parent, name] }, { dirent: [newParent, newName] }, { inode: src!.ino }];
     if (dst) needs.push({ inode: dst.ino }, { extents: dst.ino });
     await this.run(needs, () => {
-      const from = this.dir(ctx, parent, W_OK | X_OK);
-      const to = this.dir(ctx, newParent, W_OK | X_OK);
+      const from = this.dir(ctx, parent, X_OK);
+      const to = this.dir(ctx, newParent, X_OK);
       const s = this.state.dirent(parent, name) ?? fail("ENOENT");
       const moving = this.inode(s.ino);
       const d = this.state.dirent(newParent, newName);
       if (d && flags & RENAME_NOREPLACE) fail("EEXIST");
+      // Checked in Linux's order (do_renameat2, lock_rename, vfs_rename, may_delete).
+      // First the ancestry: the source may not be an ancestor of the target's
+      // directory, nor the target an ancestor of the source's.
+      if (parent !== newParent) {
+        const below = this.childBelow(parent, newParent);
+        if (below !== undefined) {
+          if (below === moving.ino) fail("EINVAL", "cannot move a directory into its own subtree");
+        } else if (d && this.childBelow(newParent, parent) === d.ino) fail("ENOTEMPTY");
+      }
       if (d && d.ino === s.ino) return { events: [], result: undefined }; // same file: nothing to do
+      if (!permits(ctx, from, W_OK | X_OK)) fail("EACCES");
       if (Filesystem.stickyDenies(ctx, from, moving)) fail("EPERM");
       let replaced: Inode | undefined;
       if (d) {
         replaced = this.inode(d.ino);
         this.state.extents(d.ino);
+        if (!permits(ctx, to, W_OK | X_OK)) fail("EACCES");
         if (Filesystem.stickyDenies(ctx, to, replaced)) fail("EPERM");
         if (moving.kind === "dir" && replaced.kind !== "dir") fail("ENOTDIR");
         if (moving.kind !== "dir" && replaced.kind === "dir") fail("EISDIR");
-        if (replaced.kind === "dir" && (replaced.entries ?? 0) > 0) fail("ENOTEMPTY");
-      }
-      if (moving.kind === "dir" && parent !== newParent) {
-        // A directory cannot move below itself; walk up from the target.
-        for (let at: Ino = newParent; ; ) {
-          if (at === moving.ino) fail("EINVAL", "cannot move a directory into its own subtree");
-          if (at === ROOT_INO) break;
-          at = this.inode(at).parent ?? ROOT_INO;
-        }
-        // Its ".." changes: that needs write permission on the directory itself.
-        if (!permits(ctx, moving, W_OK)) fail("EACCES");
-      }
+      } else if (!permits(ctx, to, W_OK | X_OK)) fail("EACCES");
+      // A directory that changes parent has its ".." rewritten: that needs write permission on it.
+      if (moving.kind === "dir" && parent !== newParent && !permits(ctx, moving, W_OK)) fail("EACCES");
+      if (replaced && replaced.kind === "dir" && (replaced.entries ?? 0) > 0) fail("ENOTEMPTY");
       const events: NewEvent[] = [
         { type: "Renamed", ino: moving.ino, fromParent: parent, fromName: name, toParent: newParent, toName: newName, ...(replaced ? { replaced: replaced.ino } : {}), caller: ctx },
       ];
@@ -658,8 +710,9 @@ export class Filesystem {
   async link(ctx: Ctx, ino: Ino, newParent: Ino, newName: string): Promise<Attr> {
     await this.run([{ inode: ino }, { inode: newParent }, { dirent: [newParent, newName] }], () => {
       const inode = this.inode(ino);
-      if (inode.kind === "dir") fail("EPERM");
+      // Linux's order: the new name must be free and its directory writable before a directory is refused.
       this.creatable(ctx, newParent, newName);
+      if (inode.kind === "dir") fail("EPERM");
       if (inode.nlink === 0) fail("ENOENT");
       return { events: [{ type: "DirentLinked", parent: newParent, name: newName, ino, caller: ctx }], result: undefined };
     });
@@ -722,17 +775,18 @@ export class Filesystem {
   async getxattr(ctx: Ctx, ino: Ino, name: string): Promise<Uint8Array> {
     return this.run([{ inode: ino }], () => {
       const inode = this.inode(ino);
-      if (!permits(ctx, inode, R_OK)) fail("EACCES");
+      Filesystem.xattrReadable(ctx, inode, name);
       const v = inode.xattrs?.[name] ?? fail("ENODATA");
       return { events: [], result: v };
     });
   }
 
+  /** Names of the extended attributes; as on Linux, no permission is needed, and trusted.* names are shown to root only. */
   async listxattr(ctx: Ctx, ino: Ino): Promise<string[]> {
     return this.run([{ inode: ino }], () => {
       const inode = this.inode(ino);
-      if (!permits(ctx, inode, R_OK)) fail("EACCES");
-      return { events: [], result: Object.keys(inode.xattrs ?? {}) };
+      const names = Object.keys(inode.xattrs ?? {});
+      return { events: [], result: ctx.uid === 0 ? names : names.filter((n) => !n.startsWith("trusted.")) };
     });
   }
 
@@ -758,11 +812,20 @@ export class Filesystem {
     });
   }
 
+  /** Linux's xattr_permission for writing: user.* only on files and directories, not on another's sticky directory; other namespaces are root's. */
   private xattrWritable(ctx: Ctx, inode: Inode, name: string): void {
     if (name.startsWith("user.")) {
       if (inode.kind !== "file" && inode.kind !== "dir") fail("EPERM");
+      if (inode.kind === "dir" && inode.mode & S_ISVTX && ctx.uid !== 0 && ctx.uid !== inode.uid) fail("EPERM");
       if (!permits(ctx, inode, W_OK)) fail("EACCES");
     } else if (ctx.uid !== 0) fail("EPERM");
+  }
+
+  /** xattr_permission for reading: what a caller may not see reads as absent (ENODATA). */
+  private static xattrReadable(ctx: Ctx, inode: Inode, name: string): void {
+    if (name.startsWith("trusted.") && ctx.uid !== 0) fail("ENODATA");
+    if (name.startsWith("user.") && inode.kind !== "file" && inode.kind !== "dir") fail("ENODATA");
+    if (!permits(ctx, inode, R_OK)) fail("EACCES");
   }
 
   // ---- maintenance -------------------------------------------------------------------
@@ -776,7 +839,7 @@ export class Filesystem {
   /** Sync, record the unmount, close the journal. */
   async close(): Promise<void> {
     if (this.closed) return;
-    if (!this.failed) {
+    if (!this.failed && !this.options.readOnly) {
       try {
         await this.journal.append([{ type: "Unmounted", clientId: this.journal.clientId, clean: true }], { sync: true });
       } catch {

@@ -385,7 +385,8 @@ export class TreeState {
     }
     for (const [ino, list] of this.extentLists) for (const e of list) put(SUBLEVELS.extents, key(ino, e.offset), packValue([e.length, e.file, e.pos]));
     for (const ino of this.orphanSet) put(SUBLEVELS.orphans, key(ino), new Uint8Array(0));
-    if (this.nextInoValue !== 2 || this.inodes.size > 0) put(SUBLEVELS.meta, NEXT_INO, packValue(this.nextInoValue));
+    // Persisted only once an inode past the root raised it (putInode), so never while it is 2.
+    if (this.nextInoValue !== 2) put(SUBLEVELS.meta, NEXT_INO, packValue(this.nextInoValue));
     return out;
   }
 }

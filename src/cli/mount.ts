@@ -1,0 +1,232 @@
+/** `objectfs mount`, `objectfs unmount`, `objectfs fsck`. */
+import { spawn } from "node:child_process";
+import { closeSync, openSync } from "node:fs";
+import { mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { homedir } from "node:os";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { Filesystem } from "../fs/filesystem.ts";
+import { alive, exited, forceUnmount, mountEntry, mountFilesystem, MountError, servingPid } from "../fuse/mount.ts";
+import { UsageError, type Command } from "./command.ts";
+import { loadConfig, type Config } from "./config.ts";
+
+const VERSION = "objectfs 0.1.0";
+
+/** Default data directory for a mountpoint: one per mountpoint under the user's data home. */
+export function defaultDataDir(mountpoint: string): string {
+  const base = process.env.XDG_DATA_HOME || join(homedir(), ".local", "share");
+  const name = resolve(mountpoint).replace(/^\/+/, "").replace(/[^A-Za-z0-9._-]+/g, "_") || "root";
+  return join(base, "objectfs", name);
+}
+
+/**
+ * The data directory's pid file: refuses a second mount of the same data
+ * directory while the first one's process lives; a pid file left by a crash
+ * is taken over.
+ */
+async function lockDataDir(dataDir: string, mountpoint: string): Promise<string> {
+  await mkdir(dataDir, { recursive: true });
+  const file = join(dataDir, "objectfs.pid");
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fd = openSync(file, "wx");
+      await writeFile(file, `${process.pid} ${mountpoint}\n`);
+      closeSync(fd);
+      return file;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+      const [pid, mnt] = (await readFile(file, "utf8").catch(() => "")).trim().split(" ");
+      if (pid && Number(pid) !== process.pid && !(await exited(Number(pid), 3000))) {
+        throw new MountError(`data directory ${dataDir} is in use by objectfs (pid ${pid}, mounted at ${mnt}); unmount that first or use another --data-dir`);
+      }
+      await rm(file, { force: true }); // left by a process that is gone
+    }
+  }
+  throw new MountError(`cannot lock data directory ${dataDir}`);
+}
+
+const MOUNT_OPTIONS = {
+  "data-dir": { type: "string" },
+  durability: { type: "string" },
+  foreground: { type: "boolean" },
+  "read-only": { type: "boolean" },
+  "allow-other": { type: "boolean" },
+  "cache-timeout": { type: "string" },
+  config: { type: "string" },
+} as const;
+
+export const mount: Command = {
+  name: "mount",
+  summary: "mount a filesystem (backed by its local journal) at a directory",
+  usage: `objectfs mount MOUNTPOINT [options]
+
+  --data-dir DIR          journal and data (default: ~/.local/share/objectfs/<mountpoint>)
+  --durability MODE       fsync: data is durable once fsync or close returns (default)
+                          strict: every write is durable before it returns
+  --foreground            serve from this process instead of detaching once mounted
+  --read-only             refuse every change (EROFS)
+  --allow-other           let other users see the mount
+  --cache-timeout SEC     how long the kernel may cache names and attributes (default 1)
+  --config FILE           YAML file of the same settings (data-dir: …, durability: …)
+
+Settings come from the config file, then OBJECTFS_* environment variables
+(OBJECTFS_DATA_DIR, OBJECTFS_DURABILITY, …), then flags. Without --foreground,
+objectfs returns once the mount is ready and serves it in the background;
+SIGINT or SIGTERM, or "objectfs unmount MOUNTPOINT", unmount it after flushing.`,
+  async run(args) {
+    const { values, positionals } = parseArgs({ args, options: MOUNT_OPTIONS, allowPositionals: true, strict: true });
+    if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? "missing MOUNTPOINT" : `expected one MOUNTPOINT, got ${positionals.length}`);
+    const mountpoint = resolve(positionals[0]!);
+    const { config: configFile, ...flags } = values;
+    const config = await loadConfig({ file: configFile ?? process.env.OBJECTFS_CONFIG, env: process.env, flags });
+    const dataDir = resolve(config["data-dir"] ?? defaultDataDir(mountpoint));
+    if (!config.foreground) return daemonize(args, dataDir, mountpoint);
+    return serve(mountpoint, dataDir, config);
+  },
+};
+
+/** Start `mount … --foreground` detached; return once it reports the mount ready (or failed). */
+async function daemonize(args: string[], dataDir: string, mountpoint: string): Promise<number> {
+  await mkdir(dataDir, { recursive: true });
+  const logFile = join(dataDir, "objectfs.log");
+  const log = openSync(logFile, "a");
+  const child = spawn(process.execPath, [process.argv[1]!, "mount", ...args, "--foreground"], {
+    detached: true,
+    stdio: ["ignore", "pipe", log],
+    env: { ...process.env, _OBJECTFS_DETACHED: "1" },
+  });
+  closeSync(log);
+  const outcome = await new Promise<{ ready: boolean; code: number | null }>((done) => {
+    let out = "";
+    child.stdout!.on("data", (b: Buffer) => {
+      out += b.toString();
+      if (out.includes("\n")) done({ ready: true, code: 0 });
+    });
+    child.on("exit", (code) => done({ ready: false, code }));
+  });
+  if (outcome.ready) {
+    child.stdout!.destroy();
+    child.unref();
+    console.log(`objectfs: mounted at ${mountpoint} (pid ${child.pid}); data in ${dataDir}; log in ${logFile}`);
+    return 0;
+  }
+  const tail = (await readFile(logFile, "utf8").catch(() => "")).trim().split("\n").slice(-3).join("\n");
+  console.error(tail || `objectfs mount: the mount process exited with code ${outcome.code}`);
+  return outcome.code || 1;
+}
+
+/** Mount and serve from this process until unmounted or signalled. */
+async function serve(mountpoint: string, dataDir: string, config: Config): Promise<number> {
+  const pidFile = await lockDataDir(dataDir, mountpoint);
+  let fs: Filesystem;
+  try {
+    fs = await Filesystem.open(dataDir, { durability: config.durability, readOnly: config["read-only"], version: VERSION });
+  } catch (e) {
+    await rm(pidFile, { force: true });
+    throw e;
+  }
+  let mounted;
+  try {
+    mounted = await mountFilesystem(fs, mountpoint, { allowOther: config["allow-other"], cacheTimeout: config["cache-timeout"] });
+  } catch (e) {
+    await fs.close();
+    await rm(pidFile, { force: true });
+    throw e;
+  }
+  let stopping: Promise<void> | undefined;
+  const stop = (why: string) => {
+    stopping ??= (async () => {
+      console.error(`objectfs: ${why}: unmounting ${mountpoint}`);
+      clearInterval(watch);
+      await mounted.unmount();
+      await fs.close();
+      await rm(pidFile, { force: true });
+      console.error("objectfs: unmounted cleanly");
+      process.exit(0);
+    })().catch((e) => {
+      console.error(`objectfs: unmount failed: ${(e as Error).message}`);
+      process.exit(1);
+    });
+    return stopping;
+  };
+  for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(sig, () => void stop(sig));
+  // Unmounted by someone else (umount, fusermount -u): flush and exit too.
+  const watch = setInterval(() => {
+    void mountEntry(mountpoint).then((e) => {
+      if (!e || e.source !== `objectfs@${process.pid}`) void stop("mount went away");
+    });
+  }, 1000);
+  const ready = `objectfs: serving ${mountpoint} from ${dataDir} (pid ${process.pid}, durability ${config.durability ?? "fsync"}${config["read-only"] ? ", read-only" : ""})`;
+  // The first line on stdout tells a detaching parent that the mount is ready.
+  process.stdout.write(`${ready}\n`);
+  if (process.env._OBJECTFS_DETACHED) console.error(ready);
+  await new Promise<never>(() => {});
+  return 0;
+}
+
+export const unmount: Command = {
+  name: "unmount",
+  summary: "flush and unmount a mounted filesystem",
+  usage: `objectfs unmount MOUNTPOINT [--timeout SEC]
+
+  --timeout SEC   how long to wait for the serving process to flush and exit (default 60)`,
+  async run(args) {
+    const { values, positionals } = parseArgs({ args, options: { timeout: { type: "string" } }, allowPositionals: true, strict: true });
+    if (positionals.length !== 1) throw new UsageError("expected one MOUNTPOINT");
+    const mountpoint = resolve(positionals[0]!);
+    const timeout = Number(values.timeout ?? 60);
+    if (!Number.isFinite(timeout) || timeout <= 0) throw new UsageError(`--timeout must be a positive number of seconds (got ${values.timeout})`);
+    const entry = await mountEntry(mountpoint);
+    if (!entry) {
+      console.error(`objectfs unmount: nothing is mounted at ${mountpoint}`);
+      return 1;
+    }
+    const pid = await servingPid(mountpoint);
+    if (pid === undefined || !alive(pid)) {
+      if (!entry.fstype.startsWith("fuse")) {
+        console.error(`objectfs unmount: ${mountpoint} is a ${entry.fstype} mount, not objectfs`);
+        return 1;
+      }
+      forceUnmount(mountpoint);
+      console.log(`objectfs: cleared a stale mount at ${mountpoint} (its process was gone)`);
+      return 0;
+    }
+    process.kill(pid, "SIGTERM");
+    const until = Date.now() + timeout * 1000;
+    while (alive(pid) && Date.now() < until) await Bun.sleep(50);
+    if (alive(pid)) {
+      console.error(`objectfs unmount: pid ${pid} did not finish within ${timeout} s; it is still flushing, or stuck (see its log)`);
+      return 1;
+    }
+    if (await mountEntry(mountpoint)) forceUnmount(mountpoint);
+    console.log(`objectfs: unmounted ${mountpoint}`);
+    return 0;
+  },
+};
+
+export const fsckCommand: Command = {
+  name: "fsck",
+  summary: "rebuild projections from the journal and compare them with what is stored",
+  usage: `objectfs fsck --data-dir DIR [--json]
+
+Exit code 0 when clean, 1 when differences were found.`,
+  async run(args) {
+    const { values } = parseArgs({ args, options: { "data-dir": { type: "string" }, json: { type: "boolean" } }, strict: true });
+    if (!values["data-dir"]) throw new UsageError("missing --data-dir");
+    const dir = resolve(values["data-dir"]);
+    if (!(await stat(join(dir, "journal")).catch(() => undefined))) throw new UsageError(`${dir} holds no objectfs journal; give the --data-dir of a mount`);
+    const fs = await Filesystem.open(dir, { readOnly: true });
+    try {
+      const report = await fs.fsck();
+      if (values.json) console.log(JSON.stringify(report));
+      else if (report.ok) console.log(`fsck: clean (${report.events} events replayed)`);
+      else {
+        console.log(`fsck: ${report.differences.length} difference(s) after replaying ${report.events} events:`);
+        for (const d of report.differences) console.log(`  ${d}`);
+      }
+      return report.ok ? 0 : 1;
+    } finally {
+      await fs.close();
+    }
+  },
+};

@@ -1,0 +1,173 @@
+/**
+ * Mounting: fuse-native options, stale-mount recovery, and finding the
+ * process that serves a mountpoint.
+ *
+ * Kernel cache timeouts: every change reaches the kernel through this mount,
+ * and the kernel updates its own entries and attributes as it sends them, so
+ * caching for 1 s is safe and makes repeated stat ~60× faster than asking us
+ * each time. (Remote changes, once S3 backs the mount, are applied through
+ * the same core and invalidate the same way.)
+ */
+import Fuse from "fuse-native";
+import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { readFile, stat } from "node:fs/promises";
+import { resolve as resolvePath } from "node:path";
+import type { Filesystem } from "../fs/filesystem.ts";
+import { makeOperations } from "./adapter.ts";
+
+export interface MountOptions {
+  /** Let other users see the mount (needs user_allow_other in /etc/fuse.conf when not root). @default false */
+  readonly allowOther?: boolean;
+  /** Seconds the kernel may cache entries and attributes. @default 1 */
+  readonly cacheTimeout?: number;
+  /** libfuse debug output. @default false */
+  readonly debug?: boolean;
+  readonly log?: (message: string) => void;
+}
+
+export interface Mounted {
+  readonly mountpoint: string;
+  /** Unmount (lazily if busy). */
+  unmount(): Promise<void>;
+}
+
+/** Largest write/read request libfuse 2.9 grants (it caps max_write at 128 KiB). */
+export const MAX_REQUEST_BYTES = 128 * 1024;
+
+export interface MountEntry {
+  readonly mountpoint: string;
+  readonly fstype: string;
+  readonly source: string;
+}
+
+/** Decode the octal escapes /proc/self/mountinfo uses for spaces and the like. */
+const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+
+export async function mountEntry(mountpoint: string): Promise<MountEntry | undefined> {
+  const target = resolvePath(mountpoint);
+  const text = await readFile("/proc/self/mountinfo", "utf8");
+  let found: MountEntry | undefined;
+  for (const line of text.split("\n")) {
+    const [pre, post] = line.split(" - ");
+    if (!pre || !post) continue;
+    const mp = unescape(pre.split(" ")[4] ?? "");
+    if (mp !== target) continue;
+    const [fstype = "", source = ""] = post.split(" ");
+    found = { mountpoint: mp, fstype, source: unescape(source) }; // the last one is on top
+  }
+  return found;
+}
+
+/** pid of the objectfs process serving a mountpoint (from the fsname objectfs@PID), if any. */
+export async function servingPid(mountpoint: string): Promise<number | undefined> {
+  const e = await mountEntry(mountpoint);
+  const m = e && /^objectfs@(\d+)$/.exec(e.source);
+  return m ? Number(m[1]) : undefined;
+}
+
+/** Whether a process exists and is not a zombie. */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+/** Wait up to `ms` for a process to be gone (a killed FUSE server takes a moment to exit). */
+export async function exited(pid: number, ms: number): Promise<boolean> {
+  const until = Date.now() + ms;
+  while (alive(pid)) {
+    if (Date.now() > until) return false;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return true;
+}
+
+/** Detach whatever is mounted at `mountpoint` (lazily, so a dead mount never blocks). */
+export function forceUnmount(mountpoint: string): boolean {
+  const r = spawnSync("fusermount", ["-uz", mountpoint], { stdio: "ignore" });
+  if (r.status === 0) return true;
+  return spawnSync("umount", ["-l", mountpoint], { stdio: "ignore" }).status === 0;
+}
+
+export class MountError extends Error {
+  override readonly name = "MountError";
+}
+
+/**
+ * Make sure `mountpoint` can be mounted: it exists, is a directory, and is
+ * not mounted by a live process. A mount left by a crashed objectfs is cleared.
+ */
+export async function prepareMountpoint(mountpoint: string, log: (m: string) => void = () => {}): Promise<void> {
+  const entry = await mountEntry(mountpoint);
+  if (entry) {
+    const pid = /^objectfs@(\d+)$/.exec(entry.source)?.[1];
+    if (pid && Number(pid) !== process.pid && !(await exited(Number(pid), 3000))) {
+      throw new MountError(`${mountpoint} is already mounted by objectfs (pid ${pid}); unmount it first with "objectfs unmount ${mountpoint}"`);
+    }
+    if (!pid && !entry.fstype.startsWith("fuse")) {
+      throw new MountError(`${mountpoint} already has a ${entry.fstype} filesystem mounted on it; choose another mountpoint or unmount it first`);
+    }
+    log(`objectfs: clearing a stale mount at ${mountpoint} left by a process that is gone`);
+    if (!forceUnmount(mountpoint)) throw new MountError(`cannot clear the stale mount at ${mountpoint}; run "fusermount -uz ${mountpoint}" as its owner`);
+  }
+  let st;
+  try {
+    st = await stat(mountpoint);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") throw new MountError(`mountpoint ${mountpoint} does not exist; create it with "mkdir -p ${mountpoint}"`);
+    throw new MountError(`cannot use mountpoint ${mountpoint}: ${(e as Error).message}`);
+  }
+  if (!st.isDirectory()) throw new MountError(`mountpoint ${mountpoint} is not a directory`);
+}
+
+/** Mount `fs` at `mountpoint` and serve it from this process. */
+export async function mountFilesystem(fs: Filesystem, mountpoint: string, options: MountOptions = {}): Promise<Mounted> {
+  const log = options.log ?? ((m: string) => console.error(m));
+  await prepareMountpoint(mountpoint, log);
+  const timeout = options.cacheTimeout ?? 1;
+  let fuse: Fuse;
+  const ops = makeOperations(fs, () => fuse.context(), { log });
+  fuse = new Fuse(mountpoint, ops, {
+    fsname: `objectfs@${process.pid}`,
+    subtype: "objectfs",
+    // The core checks every permission itself; the kernel checks too, with the
+    // caller's supplementary groups, before asking (default_permissions).
+    defaultPermissions: true,
+    allowOther: options.allowOther ?? false,
+    bigWrites: true,
+    maxWrite: MAX_REQUEST_BYTES,
+    maxRead: MAX_REQUEST_BYTES,
+    useIno: true,
+    entryTimeout: timeout,
+    attrTimeout: timeout,
+    negativeTimeout: timeout,
+    debug: options.debug ?? false,
+    timeout: false,
+  });
+  await new Promise<void>((resolve, reject) =>
+    fuse.mount((err) => (err ? reject(new MountError(`cannot mount at ${mountpoint}: ${err.message}; is /dev/fuse available and fusermount installed (apt-get install fuse3)?`)) : resolve())),
+  );
+  let unmounted: Promise<void> | undefined;
+  return {
+    mountpoint,
+    unmount() {
+      unmounted ??= new Promise<void>((resolve) =>
+        fuse.unmount((err) => {
+          if (err) forceUnmount(mountpoint);
+          resolve();
+        }),
+      );
+      return unmounted;
+    },
+  };
+}
