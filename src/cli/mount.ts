@@ -66,7 +66,8 @@ export const mount: Command = {
   --foreground            serve from this process instead of detaching once mounted
   --read-only             refuse every change (EROFS)
   --allow-other           let other users see the mount
-  --cache-timeout SEC     how long the kernel may cache names and attributes (default 1)
+  --cache-timeout SEC     how long the kernel may cache names (default 1; attributes are never
+                          cached, so hard links never show stale attributes)
   --config FILE           YAML file of the same settings (data-dir: …, durability: …)
 
 Settings come from the config file, then OBJECTFS_* environment variables

@@ -2,11 +2,12 @@
  * Mounting: fuse-native options, stale-mount recovery, and finding the
  * process that serves a mountpoint.
  *
- * Kernel cache timeouts: every change reaches the kernel through this mount,
- * and the kernel updates its own entries and attributes as it sends them, so
- * caching for 1 s is safe and makes repeated stat ~60× faster than asking us
- * each time. (Remote changes, once S3 backs the mount, are applied through
- * the same core and invalidate the same way.)
+ * Kernel cache timeouts, correctness first: names (entries, and negative
+ * entries) are cached for 1 s by default, which is safe because every change
+ * of a name reaches the kernel through this mount. Attributes are not cached
+ * (timeout 0): libfuse 2's path API gives each hard link its own kernel inode,
+ * so a cached nlink, size or mtime of one name would go stale when the file
+ * changes through another. `attrTimeout` trades that for speed.
  */
 import Fuse from "fuse-native";
 import { spawnSync } from "node:child_process";
@@ -19,8 +20,10 @@ import { makeOperations } from "./adapter.ts";
 export interface MountOptions {
   /** Let other users see the mount (needs user_allow_other in /etc/fuse.conf when not root). @default false */
   readonly allowOther?: boolean;
-  /** Seconds the kernel may cache entries and attributes. @default 1 */
+  /** Seconds the kernel may cache names (and their absence). @default 1 */
   readonly cacheTimeout?: number;
+  /** Seconds the kernel may cache attributes; above 0, hard links can show stale attributes. @default 0 */
+  readonly attrTimeout?: number;
   /** libfuse debug output. @default false */
   readonly debug?: boolean;
   readonly log?: (message: string) => void;
@@ -149,7 +152,7 @@ export async function mountFilesystem(fs: Filesystem, mountpoint: string, option
     maxRead: MAX_REQUEST_BYTES,
     useIno: true,
     entryTimeout: timeout,
-    attrTimeout: timeout,
+    attrTimeout: options.attrTimeout ?? 0,
     negativeTimeout: timeout,
     debug: options.debug ?? false,
     timeout: false,
