@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up this checkout on a Debian machine (idempotent), then run a job:
-#   bash scripts/dev.sh start [ARGS]   the main job (objectfs demo / mount)
+#   bash scripts/dev.sh start [ARGS]   the main job: mount the embedded default at /mnt/objectfs
 #   bash scripts/dev.sh test           type-check and run every test
 #   bash scripts/dev.sh setup          only install what is missing
 set -euo pipefail
@@ -43,7 +43,19 @@ job=${1:-setup}
 shift || true
 case "$job" in
   setup) ;;
-  start) exec bun src/main.ts demo "$@" ;;
+  start)
+    # The main job: mount the embedded default (no S3 configured: the local journal backs it).
+    mnt=${OBJECTFS_MOUNTPOINT:-/mnt/objectfs}
+    mkdir -p "$mnt"
+    bun src/main.ts mount "$mnt" "$@"
+    data=${XDG_DATA_HOME:-$HOME/.local/share}/objectfs/$(echo "${mnt#/}" | sed 's/[^A-Za-z0-9._-]\{1,\}/_/g')
+    cat <<MSG
+
+Look inside:  ls -la $mnt; echo hello > $mnt/hello.txt; cat $mnt/hello.txt
+Unmount:      bun src/main.ts unmount $mnt   (files stay in the journal at $data; mount again to see them)
+Check it:     bun src/main.ts fsck --data-dir $data   (after unmounting)
+MSG
+    ;;
   test)
     bun x tsc --noEmit -p .
     set +e
