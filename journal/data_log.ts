@@ -133,12 +133,14 @@ export class DataLog {
     return ref;
   }
 
-  /** Write every queued reservation; with `sync`, make everything written so far durable. */
-  async flush(sync: boolean): Promise<void> {
-    if (this.pending.length === 0) {
-      if (sync) await this.syncFiles();
-      return;
-    }
+  /** Whether some file was written since its last fdatasync. */
+  get hasUnsynced(): boolean {
+    return this.unsynced.size > 0;
+  }
+
+  /** Write every queued reservation (not synced: see {@link sync}). */
+  async write(): Promise<void> {
+    if (this.pending.length === 0) return;
     const writes = this.pending;
     this.pending = [];
     this.inflight = writes;
@@ -169,13 +171,13 @@ export class DataLog {
       this.unsynced.add(first.file);
       i = j;
     }
-    if (sync) await this.syncFiles();
     this.flushedTo = covered;
     this.inflight = [];
     for (const w of writes) this.unflushedBytes -= w.bytes.length;
   }
 
-  private async syncFiles(): Promise<void> {
+  /** Make everything written so far durable. */
+  async sync(): Promise<void> {
     for (const f of [...this.unsynced]) {
       await (await this.handle(f)).datasync();
       this.unsynced.delete(f);

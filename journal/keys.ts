@@ -34,6 +34,27 @@ export function writeU64(b: Uint8Array, offset: number, n: number): void {
 
 /** Concatenate key parts (strings as UTF-8, numbers as u64). */
 export function key(...parts: (string | number | Uint8Array)[]): Buffer {
+  // Fast paths for the shapes projections use on every operation.
+  if (parts.length === 1 && typeof parts[0] === "number") return u64Key(parts[0]);
+  if (parts.length === 2 && typeof parts[0] === "number") {
+    const second = parts[1];
+    if (typeof second === "number") {
+      const b = Buffer.allocUnsafe(16);
+      b.writeUInt32BE(Math.floor(parts[0] / TWO_32), 0);
+      b.writeUInt32BE(parts[0] >>> 0, 4);
+      b.writeUInt32BE(Math.floor(second / TWO_32), 8);
+      b.writeUInt32BE(second >>> 0, 12);
+      return b;
+    }
+    if (typeof second === "string") {
+      const len = Buffer.byteLength(second);
+      const b = Buffer.allocUnsafe(8 + len);
+      b.writeUInt32BE(Math.floor(parts[0] / TWO_32), 0);
+      b.writeUInt32BE(parts[0] >>> 0, 4);
+      b.write(second, 8, "utf8");
+      return b;
+    }
+  }
   return Buffer.concat(
     parts.map((p) => (typeof p === "number" ? u64Key(p) : typeof p === "string" ? Buffer.from(p, "utf8") : Buffer.from(p.buffer, p.byteOffset, p.byteLength))),
   );
