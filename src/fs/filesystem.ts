@@ -194,7 +194,7 @@ export class Filesystem {
       try {
         decision = decide();
       } catch (e) {
-        if (e instanceof NotLoaded && attempt < 100) {
+        if (e instanceof NotLoaded && attempt < 100_000) { // each retry loads one more row: deep trees just take more
           await this.state.load([e.what]);
           continue;
         }
@@ -311,8 +311,10 @@ export class Filesystem {
     if (parent.mode & S_ISGID) {
       gid = parent.gid;
       if (kind === "dir") perm |= S_ISGID;
+      // Linux's mode_strip_sgid: a group-executable set-group-ID file made here by
+      // someone outside the directory's group (and not root) loses set-group-ID.
+      else if ((perm & (S_ISGID | 0o010)) === (S_ISGID | 0o010) && ctx.uid !== 0 && !inGroup(ctx, gid)) perm &= ~S_ISGID;
     }
-    if (kind !== "dir" && perm & S_ISGID && ctx.uid !== 0 && !inGroup(ctx, gid)) perm &= ~S_ISGID;
     return [
       { type: "InodeCreated", ino, kind, mode: TYPE_BITS[kind] | perm, uid: ctx.uid, gid, caller: ctx, ...extra },
     ];
