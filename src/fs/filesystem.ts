@@ -25,7 +25,7 @@ import {
   type NewEvent,
 } from "../../journal/mod.ts";
 import { evolve, S_IFMT, TYPE_BITS } from "../projection/evolve.ts";
-import { extentsIn, NotLoaded, SUBLEVELS, TreeState, type Backing, type Inode, type Need } from "../projection/state.ts";
+import { extentsIn, NotLoaded, SUBLEVELS, TreeState, type Backing, type Dirent, type Inode, type Need } from "../projection/state.ts";
 import { fsck, rebuild, type FsckReport } from "../projection/fsck.ts";
 import { permits, inGroup, R_OK, S_ISGID, S_ISUID, S_ISVTX, W_OK, X_OK, type Ctx } from "./context.ts";
 import { fail, FsError } from "./errors.ts";
@@ -482,30 +482,42 @@ export class Filesystem {
       events.push({ type: "DirentLinked", parent, name, ino, caller: ctx });
       return { events, result: ino };
     });
+    return this.attrNow(ctx, ino);
+  }
+
+  /** Attributes of an inode just changed: from the cache when it is still there. */
+  private attrNow(ctx: Ctx, ino: Ino): Promise<Attr> | Attr {
+    try {
+      const inode = this.state.inode(ino);
+      if (inode) return this.attrOf(inode);
+    } catch (e) {
+      if (!(e instanceof NotLoaded)) throw e;
+    }
     return this.getattr(ctx, ino);
   }
 
-  /** Create and open a regular file. */
+  /** Create and open a regular file (or open it, when it exists and O_EXCL is not given). */
   async create(ctx: Ctx, parent: Ino, name: string, mode: number, flags: number): Promise<{ attr: Attr; fh: number }> {
-    const existing = await this.run([{ inode: parent }, { dirent: [parent, name] }], () => {
+    type Made = { existing: Dirent; ino?: undefined } | { existing?: undefined; ino: Ino };
+    const made = await this.run<Made>([{ inode: parent }, { dirent: [parent, name] }], () => {
       this.dir(ctx, parent, X_OK);
-      return { events: [], result: this.state.dirent(parent, name) };
+      const existing = this.state.dirent(parent, name);
+      if (existing) return { events: [], result: { existing } };
+      const p = this.creatable(ctx, parent, name);
+      const events = this.newInode(ctx, p, "file", mode);
+      const ino = (events[0] as { ino: Ino }).ino;
+      events.push({ type: "DirentLinked", parent, name, ino, caller: ctx });
+      return { events, result: { ino } };
     });
-    if (existing) {
+    if (made.existing) {
+      const existing = made.existing;
       if (flags & O_EXCL) fail("EEXIST");
       if (existing.kind === "dir") fail("EISDIR");
       const fh = await this.open(ctx, existing.ino, flags & ~O_CREAT);
       return { attr: await this.getattr(ctx, existing.ino), fh };
     }
-    const ino = await this.run([{ inode: parent }, { dirent: [parent, name] }], () => {
-      const p = this.creatable(ctx, parent, name);
-      const events = this.newInode(ctx, p, "file", mode);
-      const ino = (events[0] as { ino: Ino }).ino;
-      events.push({ type: "DirentLinked", parent, name, ino, caller: ctx });
-      return { events, result: ino };
-    });
-    const fh = this.addHandle(ino, flags, true);
-    return { attr: await this.getattr(ctx, ino), fh };
+    const fh = this.addHandle(made.ino, flags, true);
+    return { attr: await this.attrNow(ctx, made.ino), fh };
   }
 
   async open(ctx: Ctx, ino: Ino, flags: number): Promise<number> {

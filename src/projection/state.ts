@@ -219,8 +219,10 @@ export class TreeState {
 
   // ---- changes (used by evolve) ---------------------------------------------
 
+  /** A new inode: it has no extents yet (nothing to load for it). */
   putInode(inode: Inode): void {
     this.inodes.set(inode.ino, inode);
+    if (!this.extentLists.has(inode.ino)) this.extentLists.set(inode.ino, []);
     this.dirtyInodes.add(inode.ino);
     if (inode.ino >= this.nextInoValue) {
       this.nextInoValue = inode.ino + 1;
