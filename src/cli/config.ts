@@ -86,7 +86,8 @@ export async function loadConfig(options: {
   const env = options.env ?? {};
   const envKnown = new Map([...known].map((k) => [envName(k), k as SettingName]));
   for (const [k, v] of Object.entries(env)) {
-    if (!k.startsWith("OBJECTFS_") || v === undefined) continue;
+    // OBJECTFS_TEST_* belongs to the test suite, not to the configuration.
+    if (!k.startsWith("OBJECTFS_") || k.startsWith("OBJECTFS_TEST_") || v === undefined) continue;
     const name = envKnown.get(k);
     if (!name) {
       if (k !== "OBJECTFS_CONFIG") problems.push(`unknown environment variable ${k}`);

@@ -4,8 +4,9 @@ import { closeSync, openSync } from "node:fs";
 import { mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
-import { parseArgs } from "node:util";
+import { parseArgs, type ParseArgsConfig } from "node:util";
 import { Filesystem } from "../fs/filesystem.ts";
+import { serve } from "./serve.ts";
 import { alive, exited, forceUnmount, mountEntry, mountFilesystem, MountError, servingPid } from "../fuse/mount.ts";
 import { UsageError, type Command } from "./command.ts";
 import { loadConfig, type Config } from "./config.ts";
@@ -19,30 +20,15 @@ export function defaultDataDir(mountpoint: string): string {
   return join(base, "objectfs", name);
 }
 
-/**
- * The data directory's pid file: refuses a second mount of the same data
- * directory while the first one's process lives; a pid file left by a crash
- * is taken over.
- */
-async function lockDataDir(dataDir: string, mountpoint: string): Promise<string> {
-  await mkdir(dataDir, { recursive: true });
-  const file = join(dataDir, "objectfs.pid");
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      const fd = openSync(file, "wx");
-      await writeFile(file, `${process.pid} ${mountpoint}\n`);
-      closeSync(fd);
-      return file;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
-      const [pid, mnt] = (await readFile(file, "utf8").catch(() => "")).trim().split(" ");
-      if (pid && Number(pid) !== process.pid && !(await exited(Number(pid), 3000))) {
-        throw new MountError(`data directory ${dataDir} is in use by objectfs (pid ${pid}, mounted at ${mnt}); unmount that first or use another --data-dir`);
-      }
-      await rm(file, { force: true }); // left by a process that is gone
-    }
+/** parseArgs, whose unknown-option error, when positionals are allowed, is one sentence here. */
+function parse<T extends ParseArgsConfig>(config: T): ReturnType<typeof parseArgs<T>> {
+  try {
+    return parseArgs(config);
+  } catch (e) {
+    const unknown = (e as { code?: string }).code === "ERR_PARSE_ARGS_UNKNOWN_OPTION" && /^Unknown option '([^']*)'/.exec((e as Error).message);
+    if (unknown) throw new UsageError(`unknown option ${unknown[1]}`);
+    throw e;
   }
-  throw new MountError(`cannot lock data directory ${dataDir}`);
 }
 
 const MOUNT_OPTIONS = {
@@ -75,14 +61,20 @@ Settings come from the config file, then OBJECTFS_* environment variables
 objectfs returns once the mount is ready and serves it in the background;
 SIGINT or SIGTERM, or "objectfs unmount MOUNTPOINT", unmount it after flushing.`,
   async run(args) {
-    const { values, positionals } = parseArgs({ args, options: MOUNT_OPTIONS, allowPositionals: true, strict: true });
+    const { values, positionals } = parse({ args, options: MOUNT_OPTIONS, allowPositionals: true, strict: true });
     if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? "missing MOUNTPOINT" : `expected one MOUNTPOINT, got ${positionals.length}`);
     const mountpoint = resolve(positionals[0]!);
     const { config: configFile, ...flags } = values;
     const config = await loadConfig({ file: configFile ?? process.env.OBJECTFS_CONFIG, env: process.env, flags });
     const dataDir = resolve(config["data-dir"] ?? defaultDataDir(mountpoint));
-    if (!config.foreground) return daemonize(args, dataDir, mountpoint);
-    return serve(mountpoint, dataDir, config);
+    if (!config.foreground) {
+      // Checked here too so that a mistyped mountpoint leaves no data directory behind.
+      if ((await stat(mountpoint).catch((e: NodeJS.ErrnoException) => e.code)) === "ENOENT") {
+        throw new MountError(`mountpoint ${mountpoint} does not exist; create it with "mkdir -p ${mountpoint}"`);
+      }
+      return daemonize(args, dataDir, mountpoint);
+    }
+    return serveForeground(mountpoint, dataDir, config);
   },
 };
 
@@ -90,6 +82,8 @@ SIGINT or SIGTERM, or "objectfs unmount MOUNTPOINT", unmount it after flushing.`
 async function daemonize(args: string[], dataDir: string, mountpoint: string): Promise<number> {
   await mkdir(dataDir, { recursive: true });
   const logFile = join(dataDir, "objectfs.log");
+  // Only what this child writes explains its failure, not what earlier sessions left in the log.
+  const logStart = (await stat(logFile).catch(() => undefined))?.size ?? 0;
   const log = openSync(logFile, "a");
   const child = spawn(process.execPath, [process.argv[1]!, "mount", ...args, "--foreground"], {
     detached: true,
@@ -111,57 +105,29 @@ async function daemonize(args: string[], dataDir: string, mountpoint: string): P
     console.log(`objectfs: mounted at ${mountpoint} (pid ${child.pid}); data in ${dataDir}; log in ${logFile}`);
     return 0;
   }
-  const tail = (await readFile(logFile, "utf8").catch(() => "")).trim().split("\n").slice(-3).join("\n");
+  const written = (await readFile(logFile).catch(() => Buffer.alloc(0))).subarray(logStart).toString("utf8");
+  const tail = written.trim().split("\n").slice(-3).join("\n");
   console.error(tail || `objectfs mount: the mount process exited with code ${outcome.code}`);
   return outcome.code || 1;
 }
 
 /** Mount and serve from this process until unmounted or signalled. */
-async function serve(mountpoint: string, dataDir: string, config: Config): Promise<number> {
-  const pidFile = await lockDataDir(dataDir, mountpoint);
-  let fs: Filesystem;
-  try {
-    fs = await Filesystem.open(dataDir, { durability: config.durability, readOnly: config["read-only"], version: VERSION });
-  } catch (e) {
-    await rm(pidFile, { force: true });
-    throw e;
-  }
-  let mounted;
-  try {
-    mounted = await mountFilesystem(fs, mountpoint, { allowOther: config["allow-other"], cacheTimeout: config["cache-timeout"] });
-  } catch (e) {
-    await fs.close();
-    await rm(pidFile, { force: true });
-    throw e;
-  }
-  let stopping: Promise<void> | undefined;
-  const stop = (why: string) => {
-    stopping ??= (async () => {
-      console.error(`objectfs: ${why}: unmounting ${mountpoint}`);
-      clearInterval(watch);
-      await mounted.unmount();
-      await fs.close();
-      await rm(pidFile, { force: true });
-      console.error("objectfs: unmounted cleanly");
-      process.exit(0);
-    })().catch((e) => {
-      console.error(`objectfs: unmount failed: ${(e as Error).message}`);
-      process.exit(1);
-    });
-    return stopping;
-  };
-  for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(sig, () => void stop(sig));
-  // Unmounted by someone else (umount, fusermount -u): flush and exit too.
-  const watch = setInterval(() => {
-    void mountEntry(mountpoint).then((e) => {
-      if (!e || e.source !== `objectfs@${process.pid}`) void stop("mount went away");
-    });
-  }, 1000);
-  const ready = `objectfs: serving ${mountpoint} from ${dataDir} (pid ${process.pid}, durability ${config.durability ?? "fsync"}${config["read-only"] ? ", read-only" : ""})`;
-  // The first line on stdout tells a detaching parent that the mount is ready.
-  process.stdout.write(`${ready}\n`);
-  if (process.env._OBJECTFS_DETACHED) console.error(ready);
-  await new Promise<never>(() => {});
+async function serveForeground(mountpoint: string, dataDir: string, config: Config): Promise<number> {
+  await serve({
+    mountpoint,
+    dataDir,
+    durability: config.durability,
+    readOnly: config["read-only"],
+    allowOther: config["allow-other"],
+    cacheTimeout: config["cache-timeout"],
+    version: VERSION,
+    // The first line on stdout tells a detaching parent that the mount is ready.
+    onReady: (message) => {
+      process.stdout.write(`${message}\n`);
+      if (process.env._OBJECTFS_DETACHED) console.error(message);
+    },
+    log: (message) => console.error(message),
+  });
   return 0;
 }
 
@@ -172,7 +138,7 @@ export const unmount: Command = {
 
   --timeout SEC   how long to wait for the serving process to flush and exit (default 60)`,
   async run(args) {
-    const { values, positionals } = parseArgs({ args, options: { timeout: { type: "string" } }, allowPositionals: true, strict: true });
+    const { values, positionals } = parse({ args, options: { timeout: { type: "string" } }, allowPositionals: true, strict: true });
     if (positionals.length !== 1) throw new UsageError("expected one MOUNTPOINT");
     const mountpoint = resolve(positionals[0]!);
     const timeout = Number(values.timeout ?? 60);

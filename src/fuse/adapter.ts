@@ -30,7 +30,16 @@ export interface AdapterOptions {
 }
 
 const EIO = constants.errno.EIO;
+const EOPNOTSUPP = constants.errno.EOPNOTSUPP;
 const UNCHANGED_ID = 0xffffffff;
+
+/**
+ * POSIX ACLs are not supported. Without FUSE_POSIX_ACL (libfuse 2 cannot ask
+ * for it) the kernel passes these names through as plain xattrs; storing them
+ * would let `cp -a` or `rsync -A` "set" an ACL that changes nothing, when
+ * they would fall back to chmod on EOPNOTSUPP, as on any filesystem without ACLs.
+ */
+const ACL_XATTRS = new Set(["system.posix_acl_access", "system.posix_acl_default"]);
 
 /** Supplementary groups of a process, from /proc, cached briefly (the kernel does not send them). */
 class GroupCache {
@@ -314,15 +323,18 @@ export function makeOperations(fs: Filesystem, context: () => FuseContext | null
       answer("release", cb, (ctx) => fs.release(ctx, fd));
     },
     setxattr(path: string, name: string, value: Buffer, _position: number, flags: number, cb: Cb) {
+      if (ACL_XATTRS.has(name)) return cb(-EOPNOTSUPP);
       answer("setxattr", cb, async (ctx) => fs.setxattr(ctx, await resolve(ctx, path), name, value, flags));
     },
     getxattr(path: string, name: string, _position: number, cb: Cb) {
+      if (ACL_XATTRS.has(name)) return cb(-EOPNOTSUPP);
       answer("getxattr", cb, async (ctx) => Buffer.from(await fs.getxattr(ctx, await resolve(ctx, path), name)), (v) => [v]);
     },
     listxattr(path: string, cb: Cb) {
-      answer("listxattr", cb, async (ctx) => fs.listxattr(ctx, await resolve(ctx, path)), (names) => [names]);
+      answer("listxattr", cb, async (ctx) => (await fs.listxattr(ctx, await resolve(ctx, path))).filter((n) => !ACL_XATTRS.has(n)), (names) => [names]);
     },
     removexattr(path: string, name: string, cb: Cb) {
+      if (ACL_XATTRS.has(name)) return cb(-EOPNOTSUPP);
       answer("removexattr", cb, async (ctx) => fs.removexattr(ctx, await resolve(ctx, path), name));
     },
   };

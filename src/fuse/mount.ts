@@ -24,6 +24,12 @@ export interface MountOptions {
   readonly cacheTimeout?: number;
   /** Seconds the kernel may cache attributes; above 0, hard links can show stale attributes. @default 0 */
   readonly attrTimeout?: number;
+  /**
+   * Mount read-only in the kernel too (MS_RDONLY): every change is refused
+   * with EROFS before it reaches us, as on any read-only mount, and statvfs
+   * reports ST_RDONLY. @default false
+   */
+  readonly readOnly?: boolean;
   /** libfuse debug output. @default false */
   readonly debug?: boolean;
   readonly log?: (message: string) => void;
@@ -142,7 +148,8 @@ export async function mountFilesystem(fs: Filesystem, mountpoint: string, option
   const ops = makeOperations(fs, () => fuse.context(), { log });
   fuse = new Fuse(mountpoint, ops, {
     fsname: `objectfs@${process.pid}`,
-    subtype: "objectfs",
+    // fuse-native has no "ro" option; it joins options with commas, so one can ride after the subtype.
+    subtype: options.readOnly ? "objectfs,ro" : "objectfs",
     // The core checks every permission itself; the kernel checks too, with the
     // caller's supplementary groups, before asking (default_permissions).
     defaultPermissions: true,

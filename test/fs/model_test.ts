@@ -18,7 +18,7 @@ afterEach(async () => {
 });
 
 /** Runs per durability mode; sequences are up to MAX_OPS long. */
-const NUM_RUNS = Number(process.env.OBJECTFS_MODEL_RUNS ?? 250);
+const NUM_RUNS = Number(process.env.OBJECTFS_TEST_MODEL_RUNS ?? 250);
 const MAX_OPS = 60;
 
 for (const durability of ["fsync", "strict"] as const) {
@@ -41,9 +41,9 @@ for (const durability of ["fsync", "strict"] as const) {
           await rm(dir, { recursive: true, force: true });
         }
       }),
-      { numRuns: NUM_RUNS, ...(process.env.OBJECTFS_MODEL_SEED ? { seed: Number(process.env.OBJECTFS_MODEL_SEED) } : {}) },
+      { numRuns: NUM_RUNS, ...(process.env.OBJECTFS_TEST_MODEL_SEED ? { seed: Number(process.env.OBJECTFS_TEST_MODEL_SEED) } : {}) },
     );
-    if (process.env.OBJECTFS_MODEL_STATS) console.log([...stats].sort().map(([k, n]) => `${k}: ${n}`).join("\n"));
+    if (process.env.OBJECTFS_TEST_MODEL_STATS) console.log([...stats].sort().map(([k, n]) => `${k}: ${n}`).join("\n"));
     expect(sequences).toBe(NUM_RUNS);
     expect(restarts).toBeGreaterThan(0);
   }, 600_000);

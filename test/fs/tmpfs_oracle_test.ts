@@ -19,7 +19,7 @@ import { join } from "node:path";
 import { FsSubject, ModelSubject, runSequence, sequenceArb } from "./ops.ts";
 import { as, canSwitchUsers, hardeningRefuses, TmpfsSubject, xattr } from "./tmpfs.ts";
 
-const NUM_RUNS = Number(process.env.OBJECTFS_ORACLE_RUNS ?? 150);
+const NUM_RUNS = Number(process.env.OBJECTFS_TEST_ORACLE_RUNS ?? 150);
 const MAX_OPS = 50;
 
 const oracle = canSwitchUsers && existsSync("/dev/shm");
@@ -76,8 +76,8 @@ test.skipIf(!oracle)("generated sequences give tmpfs's results, errnos and trees
         await rm(dir, { recursive: true, force: true });
       }
     }),
-    { numRuns: NUM_RUNS, ...(process.env.OBJECTFS_ORACLE_SEED ? { seed: Number(process.env.OBJECTFS_ORACLE_SEED) } : {}) },
+    { numRuns: NUM_RUNS, ...(process.env.OBJECTFS_TEST_ORACLE_SEED ? { seed: Number(process.env.OBJECTFS_TEST_ORACLE_SEED) } : {}) },
   );
   expect(sequences).toBe(NUM_RUNS);
-  if (process.env.OBJECTFS_MODEL_STATS) console.log(`steps skipped for sysctl hardening: ${skipped}`);
+  if (process.env.OBJECTFS_TEST_MODEL_STATS) console.log(`steps skipped for sysctl hardening: ${skipped}`);
 }, 600_000);

@@ -14,17 +14,31 @@ export interface MountHandle {
   readonly mnt: string;
   readonly dataDir: string;
   readonly pid: number;
-  /** SIGTERM: flush and unmount cleanly. */
+  /** SIGTERM: flush and unmount cleanly. Resolves to the exit code once stderr is read to its end. */
   stop(): Promise<number>;
   /** SIGKILL: a crash. The mount is left stale until the next mount. */
   kill(): Promise<void>;
+  /** What the mount process wrote on stderr so far. */
+  stderr(): string;
 }
 
 export interface MountOptions {
   readonly mnt?: string;
   readonly dataDir?: string;
   readonly args?: readonly string[];
+  /** Extra environment for the mount process. */
+  readonly env?: Record<string, string>;
 }
+
+/** The environment for objectfs processes: the test's own OBJECTFS_TEST_* settings are not objectfs settings. */
+export function childEnv(extra: Record<string, string> = {}): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith("OBJECTFS_TEST_")) env[k] = v;
+  return { ...env, ...extra };
+}
+
+/** `bun src/main.ts`, for running objectfs commands in a shell. */
+export const OBJECTFS = `${JSON.stringify(process.execPath)} ${JSON.stringify(MAIN)}`;
 
 /** Mount (foreground child) and wait for its ready line. */
 export async function startMount(options: MountOptions = {}): Promise<MountHandle> {
@@ -33,6 +47,7 @@ export async function startMount(options: MountOptions = {}): Promise<MountHandl
   const proc = Bun.spawn([process.execPath, MAIN, "mount", mnt, "--data-dir", dataDir, "--foreground", ...(options.args ?? [])], {
     stdout: "pipe",
     stderr: "pipe",
+    env: childEnv(options.env),
   });
   const reader = proc.stdout.getReader();
   let out = "";
@@ -48,26 +63,32 @@ export async function startMount(options: MountOptions = {}): Promise<MountHandl
   }
   clearTimeout(timer);
   reader.releaseLock();
-  void drain(proc.stderr);
+  let stderr = "";
+  const drained = drain(proc.stderr, (text) => (stderr += text)).catch(() => {});
   return {
     mnt,
     dataDir,
     pid: proc.pid,
     async stop() {
       proc.kill("SIGTERM");
-      return proc.exited;
+      const code = await proc.exited;
+      await drained;
+      return code;
     },
     async kill() {
       proc.kill("SIGKILL");
       await proc.exited;
+      await drained;
     },
+    stderr: () => stderr,
   };
 }
 
-async function drain(stream: ReadableStream<Uint8Array>): Promise<void> {
+async function drain(stream: ReadableStream<Uint8Array>, collect: (text: string) => void): Promise<void> {
   const decoder = new TextDecoder();
   for await (const chunk of stream) {
-    const text = decoder.decode(chunk);
+    const text = decoder.decode(chunk, { stream: true });
+    collect(text);
     if (process.env.OBJECTFS_TEST_VERBOSE) process.stderr.write(text);
   }
 }
@@ -76,7 +97,7 @@ async function drain(stream: ReadableStream<Uint8Array>): Promise<void> {
 export async function sh(command: string, options: { cwd?: string; env?: Record<string, string> } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   // Never pass cwd= inside a mount to Bun.spawn from a process that may serve it: cd in the shell instead.
   const script = options.cwd ? `cd ${JSON.stringify(options.cwd)} && ${command}` : command;
-  const proc = Bun.spawn(["bash", "-c", script], { stdout: "pipe", stderr: "pipe", env: { ...process.env, ...options.env } });
+  const proc = Bun.spawn(["bash", "-c", script], { stdout: "pipe", stderr: "pipe", env: childEnv(options.env) });
   const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
   return { code, stdout, stderr };
 }
@@ -91,6 +112,6 @@ export async function cleanup(...dirs: string[]): Promise<void> {
 
 /** Run `objectfs fsck` on a data directory (not mounted). */
 export async function fsckDataDir(dataDir: string): Promise<{ code: number; output: string }> {
-  const r = await sh(`${JSON.stringify(process.execPath)} ${JSON.stringify(MAIN)} fsck --data-dir ${JSON.stringify(dataDir)}`);
+  const r = await sh(`${OBJECTFS} fsck --data-dir ${JSON.stringify(dataDir)}`);
   return { code: r.code, output: r.stdout + r.stderr };
 }

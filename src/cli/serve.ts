@@ -1,0 +1,97 @@
+/**
+ * Serving a mount from this process, as one Effect scope: the data
+ * directory's pid lock, the Filesystem (its journal and LevelDB), and the FUSE
+ * mount are acquired in order and released in reverse, whatever ends the
+ * scope: a signal, an external unmount, or a failure.
+ */
+import { Effect, Exit } from "effect";
+import { closeSync, openSync } from "node:fs";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { Filesystem, type Durability } from "../fs/filesystem.ts";
+import { exited, mountEntry, mountFilesystem, MountError } from "../fuse/mount.ts";
+
+export interface ServeOptions {
+  readonly mountpoint: string;
+  readonly dataDir: string;
+  readonly durability?: Durability;
+  readonly readOnly?: boolean;
+  readonly allowOther?: boolean;
+  readonly cacheTimeout?: number;
+  readonly version: string;
+  /** Called once the mount is ready. */
+  readonly onReady: (message: string) => void;
+  readonly log: (message: string) => void;
+}
+
+/**
+ * The data directory's pid file: refuses a second mount of the same data
+ * directory while the first one's process lives; a pid file left by a crash
+ * is taken over.
+ */
+async function lockDataDir(dataDir: string, mountpoint: string): Promise<string> {
+  await mkdir(dataDir, { recursive: true });
+  const file = join(dataDir, "objectfs.pid");
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fd = openSync(file, "wx");
+      await writeFile(file, `${process.pid} ${mountpoint}\n`);
+      closeSync(fd);
+      return file;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+      const [pid, mnt] = (await readFile(file, "utf8").catch(() => "")).trim().split(" ");
+      if (pid && Number(pid) !== process.pid && !(await exited(Number(pid), 3000))) {
+        throw new MountError(`data directory ${dataDir} is in use by objectfs (pid ${pid}, mounted at ${mnt}); unmount that first or use another --data-dir`);
+      }
+      await rm(file, { force: true }); // left by a process that is gone
+    }
+  }
+  throw new MountError(`cannot lock data directory ${dataDir}`);
+}
+
+/** Resolves with the reason the mount should end: a signal, or the mount disappearing. */
+const stopRequested = (mountpoint: string) =>
+  Effect.callback<string>((resume) => {
+    const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+    const onSignal = (sig: string) => resume(Effect.succeed(sig));
+    for (const s of signals) process.on(s, onSignal);
+    // Unmounted by someone else (umount, fusermount -u): flush and exit too.
+    const watch = setInterval(() => {
+      void mountEntry(mountpoint).then((e) => {
+        if (!e || e.source !== `objectfs@${process.pid}`) resume(Effect.succeed("mount went away"));
+      });
+    }, 1000);
+    return Effect.sync(() => {
+      clearInterval(watch);
+      for (const s of signals) process.off(s, onSignal);
+    });
+  });
+
+/** Mount and serve until asked to stop; every resource is released on the way out. */
+export function serve(o: ServeOptions): Promise<void> {
+  const program = Effect.gen(function* () {
+    yield* Effect.acquireRelease(
+      Effect.tryPromise({ try: () => lockDataDir(o.dataDir, o.mountpoint), catch: (e) => e }),
+      (file) => Effect.promise(() => rm(file, { force: true })),
+    );
+    const fs = yield* Effect.acquireRelease(
+      Effect.tryPromise({ try: () => Filesystem.open(o.dataDir, { durability: o.durability, readOnly: o.readOnly, version: o.version }), catch: (e) => e }),
+      (fs) => Effect.promise(() => fs.close()),
+    );
+    yield* Effect.acquireRelease(
+      Effect.tryPromise({ try: () => mountFilesystem(fs, o.mountpoint, { allowOther: o.allowOther, cacheTimeout: o.cacheTimeout, readOnly: o.readOnly, log: o.log }), catch: (e) => e }),
+      (m, exit) =>
+        Effect.promise(async () => {
+          if (!Exit.isSuccess(exit)) o.log(`objectfs: after an error: unmounting ${o.mountpoint}`);
+          await m.unmount();
+        }),
+    );
+    o.onReady(
+      `objectfs: serving ${o.mountpoint} from ${o.dataDir} (pid ${process.pid}, durability ${o.durability ?? "fsync"}${o.readOnly ? ", read-only" : ""})`,
+    );
+    const why = yield* stopRequested(o.mountpoint);
+    o.log(`objectfs: ${why}: unmounting ${o.mountpoint}`);
+  });
+  return Effect.runPromise(Effect.scoped(program)).then(() => o.log("objectfs: unmounted cleanly"));
+}
