@@ -174,11 +174,13 @@ export const unmount: Command = {
 export const fsckCommand: Command = {
   name: "fsck",
   summary: "rebuild projections from the journal and compare them with what is stored",
-  usage: `objectfs fsck --data-dir DIR [--json]
+  usage: `objectfs fsck --data-dir DIR [--json] [--repair]
 
-Exit code 0 when clean, 1 when differences were found.`,
+  --repair   when differences are found, replace the stored projections with the journal's replay
+
+Exit code 0 when clean (or repaired), 1 when differences were found.`,
   async run(args) {
-    const { values } = parseArgs({ args, options: { "data-dir": { type: "string" }, json: { type: "boolean" } }, strict: true });
+    const { values } = parseArgs({ args, options: { "data-dir": { type: "string" }, json: { type: "boolean" }, repair: { type: "boolean" } }, strict: true });
     if (!values["data-dir"]) throw new UsageError("missing --data-dir");
     const dir = resolve(values["data-dir"]);
     if (!(await stat(join(dir, "journal")).catch(() => undefined))) throw new UsageError(`${dir} holds no objectfs journal; give the --data-dir of a mount`);
@@ -191,9 +193,12 @@ Exit code 0 when clean, 1 when differences were found.`,
         console.log(`fsck: ${report.differences.length} difference(s) after replaying ${report.events} events:`);
         for (const d of report.differences) console.log(`  ${d}`);
       }
-      return report.ok ? 0 : 1;
+      if (report.ok || !values.repair) return report.ok ? 0 : 1;
     } finally {
       await fs.close();
     }
+    const { events } = await Filesystem.repair(dir);
+    console.log(`fsck: projections rebuilt from ${events} events`);
+    return 0;
   },
 };

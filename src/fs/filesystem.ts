@@ -114,6 +114,17 @@ export const XATTR_REPLACE = 2;
 const NAME_MAX = 255;
 const BLOCK = 4096;
 
+function backingOf(journal: Journal): Backing {
+  return {
+    inodes: journal.sublevel(SUBLEVELS.inodes),
+    dirents: journal.sublevel(SUBLEVELS.dirents),
+    cookies: journal.sublevel(SUBLEVELS.cookies),
+    extents: journal.sublevel(SUBLEVELS.extents),
+    orphans: journal.sublevel(SUBLEVELS.orphans),
+    meta: journal.sublevel(SUBLEVELS.meta),
+  };
+}
+
 const KIND_OF_TYPE = new Map<number, InodeKind>(Object.entries(TYPE_BITS).map(([k, v]) => [v, k as InodeKind]));
 
 export class Filesystem {
@@ -134,14 +145,7 @@ export class Filesystem {
   static async open(dir: string, options: FilesystemOptions = {}): Promise<Filesystem> {
     const journal = await Journal.open(dir, { dataFileBytes: options.dataFileBytes });
     try {
-      const backing: Backing = {
-        inodes: journal.sublevel(SUBLEVELS.inodes),
-        dirents: journal.sublevel(SUBLEVELS.dirents),
-        cookies: journal.sublevel(SUBLEVELS.cookies),
-        extents: journal.sublevel(SUBLEVELS.extents),
-        orphans: journal.sublevel(SUBLEVELS.orphans),
-        meta: journal.sublevel(SUBLEVELS.meta),
-      };
+      const backing = backingOf(journal);
       // The journal was cut back after an unclean stop: rows derived from the removed events go too.
       if (journal.recovery?.truncatedFrom !== undefined) await rebuild(journal, backing);
       const state = await TreeState.open(backing);
@@ -625,29 +629,29 @@ export class Filesystem {
   }
 
   async unlink(ctx: Ctx, parent: Ino, name: string): Promise<void> {
-    const target = await this.run([{ inode: parent }, { dirent: [parent, name] }], () => {
-      this.dir(ctx, parent, X_OK);
-      return { events: [], result: this.state.dirent(parent, name) };
-    });
-    if (!target) fail("ENOENT");
-    await this.run([{ inode: parent }, { dirent: [parent, name] }, { inode: target!.ino }, { extents: target!.ino }], () => {
-      const p = this.dir(ctx, parent, W_OK | X_OK);
-      const d = this.state.dirent(parent, name) ?? fail("ENOENT");
-      const victim = this.inode(d.ino);
-      this.state.extents(d.ino);
-      // may_delete's order: the sticky bit, then the kind
-      if (Filesystem.stickyDenies(ctx, p, victim)) fail("EPERM");
+    await this.removeEntry(ctx, parent, name, (victim) => {
       if (victim.kind === "dir") fail("EISDIR");
-      return {
-        events: [{ type: "DirentUnlinked", parent, name, ino: d.ino, caller: ctx }, ...this.dropIfUnused(d.ino, victim.nlink - 1)],
-        result: undefined,
-      };
+      return victim.nlink - 1;
     });
   }
 
   async rmdir(ctx: Ctx, parent: Ino, name: string): Promise<void> {
     if (name === ".") fail("EINVAL");
     if (name === "..") fail("ENOTEMPTY");
+    await this.removeEntry(ctx, parent, name, (victim) => {
+      if (victim.kind !== "dir") fail("ENOTDIR");
+      if ((victim.entries ?? 0) > 0) fail("ENOTEMPTY");
+      return 0;
+    });
+  }
+
+  /**
+   * Remove parent/name after may_delete's checks (search and write on the
+   * directory, then the sticky bit), then `kindCheck`'s, which returns the
+   * victim's link count afterwards; the inode is freed when that is 0 and it
+   * is not open.
+   */
+  private async removeEntry(ctx: Ctx, parent: Ino, name: string, kindCheck: (victim: Inode) => number): Promise<void> {
     const target = await this.run([{ inode: parent }, { dirent: [parent, name] }], () => {
       this.dir(ctx, parent, X_OK);
       return { events: [], result: this.state.dirent(parent, name) };
@@ -659,10 +663,9 @@ export class Filesystem {
       const victim = this.inode(d.ino);
       this.state.extents(d.ino);
       if (Filesystem.stickyDenies(ctx, p, victim)) fail("EPERM");
-      if (victim.kind !== "dir") fail("ENOTDIR");
-      if ((victim.entries ?? 0) > 0) fail("ENOTEMPTY");
+      const nlinkAfter = kindCheck(victim);
       return {
-        events: [{ type: "DirentUnlinked", parent, name, ino: d.ino, caller: ctx }, ...this.dropIfUnused(d.ino, 0)],
+        events: [{ type: "DirentUnlinked", parent, name, ino: d.ino, caller: ctx }, ...this.dropIfUnused(d.ino, nlinkAfter)],
         result: undefined,
       };
     });
@@ -848,6 +851,16 @@ export class Filesystem {
   async fsck(): Promise<FsckReport> {
     await this.guard(this.journal.flushed());
     return fsck(this.journal, this.backing);
+  }
+
+  /** Replace every projection row with the journal's replay (after fsck found differences). */
+  static async repair(dir: string): Promise<{ events: number }> {
+    const journal = await Journal.open(dir);
+    try {
+      return await rebuild(journal, backingOf(journal));
+    } finally {
+      await journal.close();
+    }
   }
 
   /** Sync, record the unmount, close the journal. */

@@ -37,12 +37,7 @@ export async function fsck(journal: Journal, backing: Backing, options: { maxDif
       differences: [`The local journal starts at seq ${first} (older events were removed by retention), so the projections cannot be rebuilt from it alone`],
     };
   }
-  const memory = TreeState.memory();
-  let events = 0;
-  for await (const e of journal.read()) {
-    evolve(memory, e);
-    events++;
-  }
+  const { memory, events } = await replay(journal);
   const expected = memory.rows();
   for (const [sub, level] of Object.entries(bySublevelName(backing))) {
     const want = new Map(expected.get(sub)!);
@@ -63,6 +58,17 @@ export async function fsck(journal: Journal, backing: Backing, options: { maxDif
     }
   }
   return { ok: differences.length === 0, events, differences };
+}
+
+/** fold(evolve, events) over the whole journal, in memory. */
+async function replay(journal: Journal): Promise<{ memory: TreeState; events: number }> {
+  const memory = TreeState.memory();
+  let events = 0;
+  for await (const e of journal.read()) {
+    evolve(memory, e);
+    events++;
+  }
+  return { memory, events };
 }
 
 function bySublevelName(b: Backing): Record<string, Backing[keyof Backing]> {
@@ -130,12 +136,7 @@ const show = (v: Uint8Array) => {
  * data), and by `fsck --repair`.
  */
 export async function rebuild(journal: Journal, backing: Backing): Promise<{ events: number }> {
-  const memory = TreeState.memory();
-  let events = 0;
-  for await (const e of journal.read()) {
-    evolve(memory, e);
-    events++;
-  }
+  const { memory, events } = await replay(journal);
   const rows = memory.rows();
   for (const [sub, level] of Object.entries(bySublevelName(backing))) {
     await level.clear();

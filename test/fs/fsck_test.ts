@@ -1,0 +1,51 @@
+import { afterEach, expect, test } from "bun:test";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Journal, key, ROOT_INO } from "../../journal/mod.ts";
+import { Filesystem } from "../../src/fs/filesystem.ts";
+import { SUBLEVELS } from "../../src/projection/state.ts";
+import { sh } from "../support/mount_harness.ts";
+
+const MAIN = join(import.meta.dir, "../../src/main.ts");
+const ctx = { uid: 0, gid: 0, pid: process.pid };
+const dirs: string[] = [];
+afterEach(async () => {
+  for (const d of dirs.splice(0)) await rm(d, { recursive: true, force: true });
+});
+
+test("fsck names a damaged projection row, exits 1, and --repair rebuilds it from the journal", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "objectfs-fsck-"));
+  dirs.push(dir);
+  const fs = await Filesystem.open(dir);
+  const a = await fs.mkdir(ctx, ROOT_INO, "a", 0o755);
+  const { fh, attr } = await fs.create(ctx, a.ino, "f", 0o644, 0o102);
+  await fs.write(ctx, fh, 0, new TextEncoder().encode("kept"));
+  await fs.release(ctx, fh);
+  await fs.close();
+
+  // Damage: lose the file's inode row and invent a dirent.
+  const j = await Journal.open(dir);
+  await j.sublevel(SUBLEVELS.inodes).del(key(attr.ino));
+  await j.sublevel(SUBLEVELS.dirents).put(key(ROOT_INO, "ghost"), Buffer.from([0x93, 0x63, 0x03, 0xa4, 0x66, 0x69, 0x6c, 0x65]));
+  await j.close();
+
+  const cli = (args: string) => sh(`${JSON.stringify(process.execPath)} ${JSON.stringify(MAIN)} fsck --data-dir ${JSON.stringify(dir)} ${args}`);
+  const broken = await cli("");
+  expect(broken.code).toBe(1);
+  expect(broken.stdout).toContain(`inode ${attr.ino} is missing from the persisted rows`);
+  expect(broken.stdout).toContain(`dirent 1/"ghost" is persisted but the journal does not produce it`);
+
+  const repaired = await cli("--repair");
+  expect(repaired.code).toBe(0);
+  expect(repaired.stdout).toContain("projections rebuilt");
+  expect((await cli("")).stdout).toContain("fsck: clean");
+
+  const again = await Filesystem.open(dir);
+  const f = await again.lookup(ctx, a.ino, "f");
+  const h = await again.open(ctx, f.ino, 0);
+  expect(new TextDecoder().decode(await again.read(ctx, h, 0, 10))).toBe("kept");
+  await again.release(ctx, h);
+  await expect(again.lookup(ctx, ROOT_INO, "ghost")).rejects.toMatchObject({ code: "ENOENT" });
+  await again.close();
+});
