@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BUN_VERSION=1.4.5
-APT_PACKAGES=(libfuse2 libfuse-dev fuse3 build-essential python3 pkg-config git rsync sqlite3 curl ca-certificates)
+APT_PACKAGES=(libfuse2 libfuse-dev fuse3 build-essential python3 pkg-config git rsync sqlite3 curl ca-certificates
+  # a real S3 server for the tests: single-node Ceph RADOS Gateway (scripts/ceph-rgw-up.sh)
+  ceph-mon ceph-osd radosgw ceph-common)
 
 log() { printf '\033[1mobjectfs setup:\033[0m %s\n' "$*" >&2; }
 
@@ -23,7 +25,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null </dev/null
 fi
 
 if ! command -v bun >/dev/null 2>&1 || [ "$(bun --version 2>/dev/null)" != "$BUN_VERSION" ]; then
@@ -59,7 +61,8 @@ MSG
   test)
     bun x tsc --noEmit -p .
     set +e
-    bun test "$@" 2>&1 | tee /tmp/objectfs-test.log
+    # bunfig.toml cannot set the per-test timeout; real mounts and servers need more than 5 s.
+    bun test --timeout 120000 "$@" 2>&1 | tee /tmp/objectfs-test.log
     rc=${PIPESTATUS[0]}
     set -e
     pass=$(grep -Eo '^ *[0-9]+ pass$' /tmp/objectfs-test.log | tail -1 | grep -Eo '[0-9]+' || echo 0)
