@@ -276,6 +276,18 @@ export class Journal {
     await this.append([], { sync: true });
   }
 
+  private rowSource: (() => readonly RowOp[]) | undefined;
+
+  /**
+   * Let a projection hand over its rows once per commit instead of once per
+   * append: `source` is called when a batch is cut, synchronously, and must
+   * return the rows derived from every event appended until then (a row
+   * changed by several appends in the batch is then written once).
+   */
+  setRowSource(source: () => readonly RowOp[]): void {
+    this.rowSource = source;
+  }
+
   /** Bytes appended but not yet durable in the data log (for back-pressure). */
   get pendingDataBytes(): number {
     return this.data.pendingBytes;
@@ -301,8 +313,10 @@ export class Journal {
     while (this.queue.length > 0 && !this.failed) {
       const batch = this.queue;
       this.queue = [];
+      // Rows of everything appended so far, and nothing later: taken before any await.
+      const shared = this.rowSource?.() ?? [];
       try {
-        await this.commit(batch);
+        await this.commit(batch, shared);
       } catch (cause) {
         this.failed =
           cause instanceof JournalError
@@ -325,7 +339,7 @@ export class Journal {
     for (const r of this.idle.splice(0)) r();
   }
 
-  private async commit(batch: readonly Pending[]): Promise<void> {
+  private async commit(batch: readonly Pending[], shared: readonly RowOp[]): Promise<void> {
     let sync = false;
     for (const p of batch) sync ||= p.sync;
     await this.data.write();
@@ -343,6 +357,7 @@ export class Journal {
       }
       for (const r of p.rows) ops.push(r);
     }
+    for (const r of shared) ops.push(r);
     const pos = this.data.position;
     const head: Head = { seq: last, dataFile: pos.file, dataEnd: pos.end, synced: sync && !dataSync ? last : this.durableSeq };
     ops.push({ type: "put", sublevel: this.meta, key: Buffer.from("head"), value: Buffer.from(packValue(head)) });

@@ -155,6 +155,7 @@ export class Filesystem {
         maxPendingBytes: options.maxPendingBytes ?? 64 << 20,
         readOnly: options.readOnly ?? false,
       });
+      journal.setRowSource(() => state.takeRows());
       journal.subscribe(() => fs.maybeEvict());
       await fs.start(options);
       return fs;
@@ -224,7 +225,7 @@ export class Filesystem {
           throw e;
         }
         stagedOk = true;
-        return this.state.takeRows();
+        return []; // rows go with the commit batch (setRowSource), once per changed row
       },
     });
     done.catch((e) => {
