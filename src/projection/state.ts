@@ -90,6 +90,12 @@ export class TreeState {
   private readonly dirents = new Map<string, Dirent | null>();
   private readonly extentLists = new Map<number, Extent[]>();
   private orphanSet = new Set<number>();
+  /**
+   * Directories made since this state was opened, whose every dirent is in
+   * `dirents` or absent: a miss there needs no LevelDB read. Cleared when
+   * dirents are evicted.
+   */
+  private readonly completeDirs = new Set<number>();
   private nextInoValue = 2;
 
   private readonly dirtyInodes = new Set<number>();
@@ -132,7 +138,7 @@ export class TreeState {
       } else if ("dirent" in need) {
         const [parent, name] = need.dirent;
         const k = direntKey(parent, name);
-        if (this.dirents.has(k)) continue;
+        if (this.dirents.has(k) || this.completeDirs.has(parent)) continue;
         const raw = await b.dirents.get(key(parent, name));
         if (!this.dirents.has(k)) {
           if (raw) {
@@ -166,6 +172,7 @@ export class TreeState {
       }
     }
     if (this.dirents.size > max) {
+      this.completeDirs.clear();
       for (const k of this.dirents.keys()) {
         if (this.dirents.size <= max / 2) break;
         if (!this.dirtyDirents.has(k)) this.dirents.delete(k);
@@ -193,7 +200,7 @@ export class TreeState {
   dirent(parent: Ino, name: string): Dirent | undefined {
     const v = this.dirents.get(direntKey(parent, name));
     if (v === undefined) {
-      if (this.backing) throw new NotLoaded({ dirent: [parent, name] });
+      if (this.backing && !this.completeDirs.has(parent)) throw new NotLoaded({ dirent: [parent, name] });
       return undefined;
     }
     return v ?? undefined;
@@ -223,6 +230,7 @@ export class TreeState {
   putInode(inode: Inode): void {
     this.inodes.set(inode.ino, inode);
     if (!this.extentLists.has(inode.ino)) this.extentLists.set(inode.ino, []);
+    if (inode.kind === "dir" && this.backing) this.completeDirs.add(inode.ino);
     this.dirtyInodes.add(inode.ino);
     if (inode.ino >= this.nextInoValue) {
       this.nextInoValue = inode.ino + 1;
@@ -237,6 +245,7 @@ export class TreeState {
 
   dropInode(ino: Ino): void {
     this.inodes.set(ino, null);
+    this.completeDirs.delete(ino);
     this.dirtyInodes.add(ino);
     const list = this.extentLists.get(ino) ?? (this.backing ? undefined : []);
     if (list === undefined) throw new NotLoaded({ extents: ino });
