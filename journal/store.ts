@@ -318,10 +318,18 @@ export class Journal {
       try {
         await this.commit(batch, shared);
       } catch (cause) {
+        const code = (cause as NodeJS.ErrnoException).code ?? (cause as { cause?: NodeJS.ErrnoException }).cause?.code;
+        const full = code === "ENOSPC" || /no space left/i.test(String((cause as Error).message));
         this.failed =
           cause instanceof JournalError
             ? cause
-            : new JournalError("io", `Cannot commit to journal at ${this.dir}: ${(cause as Error).message}; free space or fix the disk, then remount`, { cause });
+            : new JournalError(
+                full ? "full" : "io",
+                full
+                  ? `Cannot commit to journal at ${this.dir}: the disk is full; nothing acknowledged is lost, free space and remount`
+                  : `Cannot commit to journal at ${this.dir}: ${(cause as Error).message}; fix the disk, then remount`,
+                { cause },
+              );
         this.data.discardPending();
         for (const p of batch) p.reject(this.failed);
         for (const p of this.queue) p.reject(this.failed);

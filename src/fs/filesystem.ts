@@ -18,6 +18,7 @@ import { constants as fsConstants } from "node:fs";
 import { statfs as statfsDir } from "node:fs/promises";
 import {
   Journal,
+  JournalError,
   ROOT_INO,
   type Ino,
   type InodeKind,
@@ -51,6 +52,8 @@ export interface FilesystemOptions {
   readonly version?: string;
   /** Refuse every change with EROFS (nothing is appended, not even session markers). @default false */
   readonly readOnly?: boolean;
+  /** Where the reason for stopping after a journal failure is reported. @default console.error */
+  readonly log?: (message: string) => void;
 }
 
 export interface Attr {
@@ -132,6 +135,8 @@ export class Filesystem {
   private readonly openCount = new Map<number, number>();
   private nextFh = 1;
   private failed: Error | undefined;
+  private failureLogged = false;
+  private readonly log: (message: string) => void;
   private closed = false;
 
   private constructor(
@@ -139,7 +144,10 @@ export class Filesystem {
     private readonly state: TreeState,
     private readonly backing: Backing,
     private readonly options: Required<Pick<FilesystemOptions, "durability" | "cacheEntries" | "maxPendingBytes" | "readOnly">>,
-  ) {}
+    log?: (message: string) => void,
+  ) {
+    this.log = log ?? ((m) => console.error(m));
+  }
 
   /** Open (or create) a filesystem whose journal lives in `dir`. */
   static async open(dir: string, options: FilesystemOptions = {}): Promise<Filesystem> {
@@ -154,7 +162,7 @@ export class Filesystem {
         cacheEntries: options.cacheEntries ?? 200_000,
         maxPendingBytes: options.maxPendingBytes ?? 64 << 20,
         readOnly: options.readOnly ?? false,
-      });
+      }, options.log);
       journal.setRowSource(() => state.takeRows());
       journal.subscribe(() => fs.maybeEvict());
       await fs.start(options);
@@ -191,7 +199,7 @@ export class Filesystem {
    * something not loaded), append its events with their projection rows.
    */
   private async run<T>(needs: readonly Need[], decide: () => { events: NewEvent[]; result: T; sync?: boolean }): Promise<T> {
-    if (this.failed) throw new FsError("EIO", `filesystem stopped after an error: ${this.failed.message}`);
+    if (this.failed) throw this.failure();
     if (this.closed) throw new FsError("EIO", "filesystem is closed");
     await this.state.load(needs);
     for (let attempt = 0; ; attempt++) {
@@ -243,8 +251,22 @@ export class Filesystem {
       return await p;
     } catch (e) {
       this.failed ??= e as Error;
-      throw new FsError("EIO", (e as Error).message);
+      throw this.failure();
     }
+  }
+
+  /**
+   * The errno for every operation once the journal has failed (fail-stop: the
+   * projected state may be ahead of the disk): ENOSPC for a full disk, else EIO.
+   * The first time, the reason is logged.
+   */
+  private failure(): FsError {
+    const e = this.failed!;
+    if (!this.failureLogged) {
+      this.failureLogged = true;
+      this.log(`objectfs: ${e.message}`);
+    }
+    return new FsError(e instanceof JournalError && e.reason === "full" ? "ENOSPC" : "EIO", e.message);
   }
 
   /** After a commit that left nothing staged, drop clean cache entries beyond the limit. */
