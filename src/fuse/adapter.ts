@@ -302,9 +302,8 @@ export function makeOperations(fs: Filesystem, context: () => FuseContext | null
     },
     read(_path: string, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) {
       count("read", cb, async (ctx) => {
-        const data = await fs.read(ctx, fd, pos, len);
-        buf.set(data, 0);
-        return data.length;
+        // Straight into FUSE's buffer: no allocation, no copy.
+        return (await fs.read(ctx, fd, pos, len, buf)).length;
       });
     },
     write(_path: string, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) {

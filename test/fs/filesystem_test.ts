@@ -263,3 +263,26 @@ async function allListings(fs: Filesystem): Promise<Record<string, DirEntry[]>> 
   await visit("", ROOT_INO);
   return out;
 }
+
+test("a read into a caller's dirty buffer (as FUSE passes) gives zeros for holes and the data for extents", async () => {
+  const { fs } = await fresh();
+  const { fh } = await fs.create(root, ROOT_INO, "holes", 0o644, O_RDWR);
+  await fs.write(root, fh, 10, text("abc"));
+  await fs.write(root, fh, 30, text("xyz"));
+  await fs.write(root, fh, 45, text("!"));
+  const buf = new Uint8Array(64).fill(0xee);
+  const got = await fs.read(root, fh, 5, 60, buf);
+  expect(got.buffer).toBe(buf.buffer); // no copy
+  const want = new Uint8Array(41);
+  want.set(text("abc"), 5);
+  want.set(text("xyz"), 25);
+  want.set(text("!"), 40);
+  expect(Array.from(got)).toEqual(Array.from(want));
+  // Whole-buffer hole, and a read that starts inside an extent.
+  const hole = await fs.read(root, fh, 15, 10, new Uint8Array(10).fill(1));
+  expect(Array.from(hole)).toEqual(new Array(10).fill(0));
+  const mid = await fs.read(root, fh, 11, 4, new Uint8Array(8).fill(1));
+  expect(str(mid.subarray(0, 2))).toBe("bc");
+  expect(Array.from(mid.subarray(2))).toEqual([0, 0]);
+  await fs.release(root, fh);
+});
