@@ -1,13 +1,13 @@
 /** `objectfs mount`, `objectfs unmount`, `objectfs fsck`. */
 import { spawn } from "node:child_process";
 import { closeSync, openSync } from "node:fs";
-import { mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, readFile, stat } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { Filesystem } from "../fs/filesystem.ts";
 import { serve } from "./serve.ts";
-import { alive, exited, forceUnmount, mountEntry, mountFilesystem, MountError, servingPid } from "../fuse/mount.ts";
+import { alive, forceUnmount, mountEntry, MountError, servingPid } from "../fuse/mount.ts";
 import { UsageError, type Command } from "./command.ts";
 import { loadConfig, type Config } from "./config.ts";
 
