@@ -80,27 +80,26 @@ export class DataLog {
     return this.flushedTo;
   }
 
-  /** A read-only view for checking data after an unclean stop. */
-  static async openForCheck(dir: string): Promise<{ check(ref: DataRef, length: number, crc: number): Promise<boolean>; close(): Promise<void> }> {
-    await mkdir(dir, { recursive: true });
-    const log = new DataLog(dir, { file: 0, end: 0 }, DEFAULT_DATA_FILE_BYTES);
+  /**
+   * Checks data against its CRC after an unclean stop, without opening the
+   * log for writing: missing files or bytes simply fail the check.
+   */
+  static checker(dir: string): { check(ref: DataRef, length: number, crc: number): Promise<boolean>; close(): Promise<void> } {
+    const handles = new Map<number, Promise<FileHandle | undefined>>();
     return {
       async check(ref, length, crc) {
         if (length === 0) return true;
-        try {
-          const fh = await open(join(dir, fileName(ref.file)), "r");
-          try {
-            const buf = new Uint8Array(length);
-            const { bytesRead } = await fh.read(buf, 0, length, ref.pos);
-            return bytesRead === length && crc32(buf) === crc;
-          } finally {
-            await fh.close();
-          }
-        } catch {
-          return false;
-        }
+        let fh = handles.get(ref.file);
+        if (!fh) handles.set(ref.file, (fh = open(join(dir, fileName(ref.file)), "r").catch(() => undefined)));
+        const h = await fh;
+        if (!h) return false;
+        const buf = new Uint8Array(length);
+        const { bytesRead } = await h.read(buf, 0, length, ref.pos);
+        return bytesRead === length && crc32(buf) === crc;
       },
-      close: () => log.close(),
+      async close() {
+        for (const fh of handles.values()) await (await fh)?.close();
+      },
     };
   }
 
@@ -233,20 +232,6 @@ export class DataLog {
       }
     }
     if (need < end) throw new JournalError("corrupt", `Data log ${fileName(file)} has no bytes ${need}-${end} in memory or on disk`);
-  }
-
-  /** Remove whole data files below `file` (retention). */
-  async removeFilesBefore(file: number): Promise<void> {
-    for (const name of await readdir(this.dir)) {
-      const m = /^([0-9a-f]{8})\.dat$/.exec(name);
-      if (!m) continue;
-      const n = parseInt(m[1]!, 16);
-      if (n < file) {
-        await (await this.handles.get(n))?.close();
-        this.handles.delete(n);
-        await rm(join(this.dir, name));
-      }
-    }
   }
 
   async close(): Promise<void> {

@@ -23,7 +23,6 @@ import type { AbstractSublevel } from "abstract-level";
 import { Level } from "level";
 import { randomBytes } from "node:crypto";
 import { mkdir } from "node:fs/promises";
-import { hostname } from "node:os";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
 import { decodeEvent, encodeEvent, packValue, unpackValue } from "./codec.ts";
@@ -178,7 +177,7 @@ export class Journal {
    * Mutates `head` to the position to continue from.
    */
   private static async recover(db: Level<Bytes, Bytes>, events: Sublevel, meta: Sublevel, dir: string, head: Head): Promise<Recovery> {
-    const probe = await DataLog.openForCheck(join(dir, "data"));
+    const probe = DataLog.checker(join(dir, "data"));
     let checked = 0;
     let bad: { seq: number; ref: { file: number; pos: number } } | undefined;
     try {
@@ -216,9 +215,6 @@ export class Journal {
   get durable(): Seq {
     return asSeq(this.durableSeq);
   }
-
-  /** Host name recorded in session markers. */
-  static readonly host = hostname();
 
   /** A named sublevel for projection rows. */
   sublevel(name: string): Sublevel {
@@ -296,11 +292,6 @@ export class Journal {
   /** Appends waiting for the next commit. */
   get queued(): number {
     return this.queue.length;
-  }
-
-  /** True while appends are queued or being committed. */
-  get busy(): boolean {
-    return this.writing || this.queue.length > 0;
   }
 
   /** Resolve once every append made so far has been committed. */
@@ -459,11 +450,6 @@ export class Journal {
   /** Retention: delete every event with seq < `seq`. Data log files are the caller's to reclaim. */
   async deleteBefore(seq: number): Promise<void> {
     await this.events.clear({ lt: u64Key(seq) } as never);
-  }
-
-  /** Store metadata by name (not events; for small bookkeeping such as replication state). */
-  async getMeta(name: string): Promise<Bytes | undefined> {
-    return (await this.meta.get(Buffer.from(name))) ?? undefined;
   }
 
   /** Commit pending appends, sync, and close. */

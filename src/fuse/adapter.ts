@@ -139,30 +139,23 @@ export function makeOperations(fs: Filesystem, context: () => FuseContext | null
     return attr.ino;
   }
 
-  /** Run an operation and answer FUSE: the value, or the core's errno. */
-  function answer<T>(op: string, cb: Cb, work: (ctx: Ctx) => Promise<T>, reply: (v: T) => unknown[] = () => []): void {
-    const ctx = ctxOf(); // must be read synchronously, before any await
-    work(ctx).then(
-      (v) => cb(0, ...reply(v)),
-      (e) => {
-        if (e instanceof FsError) return cb(-e.errno);
-        log(`objectfs: ${op} failed: ${(e as Error)?.stack ?? String(e)}`);
-        cb(-EIO);
-      },
-    );
+  /** Answer a failed operation: the core's errno, or EIO (logged) for anything unexpected. */
+  function failed(op: string, cb: Cb, e: unknown): void {
+    if (e instanceof FsError) return cb(-e.errno);
+    log(`objectfs: ${op} failed: ${(e as Error)?.stack ?? String(e)}`);
+    cb(-EIO);
   }
 
-  /** Like `answer` for read/write/getxattr, whose first callback value is a count (or -errno). */
+  /** Run an operation and answer FUSE: 0 and the reply values, or an errno. */
+  function answer<T>(op: string, cb: Cb, work: (ctx: Ctx) => Promise<T>, reply: (v: T) => unknown[] = () => []): void {
+    const ctx = ctxOf(); // must be read synchronously, before any await
+    work(ctx).then((v) => cb(0, ...reply(v)), (e) => failed(op, cb, e));
+  }
+
+  /** Like `answer` for read and write, whose first callback value is a byte count (or -errno). */
   function count(op: string, cb: Cb, work: (ctx: Ctx) => Promise<number>): void {
     const ctx = ctxOf();
-    work(ctx).then(
-      (n) => cb(n),
-      (e) => {
-        if (e instanceof FsError) return cb(-e.errno);
-        log(`objectfs: ${op} failed: ${(e as Error)?.stack ?? String(e)}`);
-        cb(-EIO);
-      },
-    );
+    work(ctx).then((n) => cb(n), (e) => failed(op, cb, e));
   }
 
   return {

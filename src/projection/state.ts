@@ -120,10 +120,6 @@ export class TreeState {
     return s;
   }
 
-  get persistent(): boolean {
-    return this.backing !== undefined;
-  }
-
   // ---- loading -----------------------------------------------------------
 
   /** Load rows that an operation needs. Already cached entries are kept as they are. */
