@@ -1,9 +1,12 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { mkdtemp, rm } from "node:fs/promises";
+import { chmod, copyFile, mkdtemp, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { cleanup, fsckDataDir, sh, startMount, type MountHandle } from "../support/mount_harness.ts";
 
-const RUNNER = join(import.meta.dir, "../support/op_runner.ts");
+const SOURCE = join(import.meta.dir, "../support/op_runner.ts");
+/** The runner, copied where uid 1000 can read it (the checkout may sit in a 0700 directory). */
+let RUNNER = SOURCE;
+let runnerDir = "";
 const SEEDS = Array.from({ length: 24 }, (_, i) => 1000 + i * 7919);
 /** Sequences run as an unprivileged user, in a directory it owns: permission checks matter. */
 const USER_SEEDS = Array.from({ length: 12 }, (_, i) => 5000 + i * 104729);
@@ -11,9 +14,15 @@ const STEPS = 200;
 let m: MountHandle;
 
 beforeAll(async () => {
+  runnerDir = await mkdtemp("/dev/shm/objectfs-runner-");
+  await chmod(runnerDir, 0o755);
+  RUNNER = join(runnerDir, "op_runner.ts");
+  await copyFile(SOURCE, RUNNER);
+  await chmod(RUNNER, 0o644);
   m = await startMount({ args: ["--allow-other"] }); // other users reach a root-served mount only with allow_other
 });
 afterAll(async () => {
+  if (runnerDir) await rm(runnerDir, { recursive: true, force: true });
   if (m) {
     await m.stop();
     const fsck = await fsckDataDir(m.dataDir);
