@@ -39,6 +39,8 @@ const TYPE_CODES: readonly EventType[] = [
   "ConflictDetected",
   "Mounted",
   "Unmounted",
+  "RemoteListed",
+  "Reconciled",
 ];
 const CODE_OF = new Map<EventType, number>(TYPE_CODES.map((t, i) => [t, i]));
 

@@ -63,6 +63,11 @@ export interface InodeCreated extends Base {
   readonly rdev?: number;
   /** Symlink target. */
   readonly target?: string;
+  /**
+   * Directories backed by S3: the key prefix (ending in "/", or "" for a bucket's root)
+   * whose objects appear in it once it is first used (see {@link RemoteListed}).
+   */
+  readonly remotePrefix?: string;
 }
 
 export interface DirentLinked extends Base {
@@ -169,6 +174,48 @@ export interface ObjectChanged extends Base {
   readonly object: ObjectVersion;
 }
 
+/** One name found by listing a prefix: an object (a file) or a common prefix (a directory). */
+export interface RemoteEntry {
+  readonly name: string;
+  /** The inode it gets (assigned when the listing is journaled). */
+  readonly ino: Ino;
+  /** From the type bits of x-amz-meta-mode: a file unless they say otherwise. */
+  readonly kind: InodeKind;
+  /** Permission bits (x-amz-meta-mode, or the mount's default). */
+  readonly mode: number;
+  readonly uid: number;
+  readonly gid: number;
+  /** Milliseconds since the epoch. */
+  readonly mtime: number;
+  /** Files: the object. */
+  readonly object?: ObjectVersion;
+  /** Directories: the key prefix of their contents, ending in "/". */
+  readonly prefix?: string;
+  /** Symlinks: the target (the object's body). */
+  readonly target?: string;
+  /** Character and block devices: x-amz-meta-rdev. */
+  readonly rdev?: number;
+}
+
+/** A key that cannot be a name under the mount, and why it is hidden. */
+export interface SkippedKey {
+  readonly key: string;
+  readonly reason: string;
+}
+
+/**
+ * What a listing of `prefix` (or, with `complete: false`, a single lookup) found for directory
+ * `dir`. The entries become inodes; a complete listing marks the directory as listed.
+ */
+export interface RemoteListed extends Base {
+  readonly type: "RemoteListed";
+  readonly dir: Ino;
+  readonly prefix: string;
+  readonly entries: readonly RemoteEntry[];
+  readonly skipped: readonly SkippedKey[];
+  readonly complete: boolean;
+}
+
 export interface ObjectDeleted extends Base {
   readonly type: "ObjectDeleted";
   readonly ino: Ino;
@@ -191,6 +238,16 @@ export interface SegmentReplicated extends Base {
   readonly maxSeq: Seq;
   readonly key: string;
   readonly etag: string;
+  /** The segment's chained checksum, which the next segment names as its predecessor. */
+  readonly checksum?: number;
+}
+
+/**
+ * Every change up to `through` is in S3 as plain objects: the materializer's checkpoint.
+ */
+export interface Reconciled extends Base {
+  readonly type: "Reconciled";
+  readonly through: Seq;
 }
 
 export interface ObjectMaterialized extends Base {
@@ -246,7 +303,9 @@ export type JournalEvent =
   | ObjectMaterialized
   | ConflictDetected
   | Mounted
-  | Unmounted;
+  | Unmounted
+  | RemoteListed
+  | Reconciled;
 
 export type EventType = JournalEvent["type"];
 
@@ -271,6 +330,8 @@ export const EVENT_TYPES: readonly EventType[] = [
   "ConflictDetected",
   "Mounted",
   "Unmounted",
+  "RemoteListed",
+  "Reconciled",
 ];
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;

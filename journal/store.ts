@@ -211,6 +211,11 @@ export class Journal {
     return asSeq(this.committedSeq);
   }
 
+  /** Last seq assigned: appended, visible to projections, perhaps not committed yet. */
+  get staged(): Seq {
+    return asSeq(this.nextSeq - 1);
+  }
+
   /** Last seq known to be synced to disk. */
   get durable(): Seq {
     return asSeq(this.durableSeq);

@@ -4,10 +4,11 @@ import { JournalError } from "../journal/mod.ts";
 import { UsageError, type Command } from "./cli/command.ts";
 import { demo } from "./cli/demo.ts";
 import { fsckCommand, mount, unmount } from "./cli/mount.ts";
+import { status, sync } from "./cli/sync.ts";
 import { FsError } from "./fs/errors.ts";
 import { MountError } from "./fuse/mount.ts";
 
-const COMMANDS: readonly Command[] = [mount, unmount, fsckCommand, demo];
+const COMMANDS: readonly Command[] = [mount, unmount, sync, status, fsckCommand, demo];
 
 const HELP = `objectfs: an S3-backed POSIX filesystem with a local event journal
 

@@ -17,6 +17,12 @@ export const SETTINGS = {
   "allow-other": "boolean",
   foreground: "boolean",
   "cache-timeout": "number",
+  endpoint: "string",
+  region: "string",
+  "path-style": "boolean",
+  "write-back": "number",
+  "seal-interval": "number",
+  "cache-size": "number",
 } as const satisfies Record<string, Kind>;
 
 export type SettingName = keyof typeof SETTINGS;

@@ -6,7 +6,8 @@ import { homedir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { Filesystem } from "../fs/filesystem.ts";
-import { serve } from "./serve.ts";
+import { serve, type S3Source } from "./serve.ts";
+import { parseS3Url } from "../replicator/mod.ts";
 import { alive, forceUnmount, mountEntry, MountError, servingPid } from "../fuse/mount.ts";
 import { UsageError, type Command } from "./command.ts";
 import { loadConfig, type Config } from "./config.ts";
@@ -38,13 +39,21 @@ const MOUNT_OPTIONS = {
   "read-only": { type: "boolean" },
   "allow-other": { type: "boolean" },
   "cache-timeout": { type: "string" },
+  endpoint: { type: "string" },
+  region: { type: "string" },
+  "path-style": { type: "boolean" },
+  "write-back": { type: "string" },
+  "seal-interval": { type: "string" },
+  "cache-size": { type: "string" },
   config: { type: "string" },
 } as const;
 
 export const mount: Command = {
   name: "mount",
-  summary: "mount a filesystem (backed by its local journal) at a directory",
-  usage: `objectfs mount MOUNTPOINT [options]
+  summary: "mount an S3 bucket or prefix (or a local-only journal) at a directory",
+  usage: `objectfs mount [s3://BUCKET[/PREFIX]] MOUNTPOINT [options]
+
+Without an s3:// source the local journal alone backs the mount.
 
   --data-dir DIR          journal and data (default: ~/.local/share/objectfs/<mountpoint>)
   --durability MODE       fsync: data is durable once fsync or close returns (default)
@@ -56,17 +65,50 @@ export const mount: Command = {
                           cached, so hard links never show stale attributes)
   --config FILE           YAML file of the same settings (data-dir: …, durability: …)
 
+With an s3:// source (credentials: the AWS default chain, e.g. AWS_ACCESS_KEY_ID and
+AWS_SECRET_ACCESS_KEY, or a profile):
+  --endpoint URL          an S3-compatible server (MinIO, Ceph RGW, R2, objectfs dev-s3)
+  --region REGION         (default: AWS_REGION, else us-east-1)
+  --path-style            address buckets as URL paths (the default with --endpoint)
+  --write-back SEC        changes become objects once nothing changed for this long (default 2)
+  --seal-interval SEC     journal segments are shipped this often while events arrive (default 1)
+  --cache-size MIB        read cache of remote bytes in DATA_DIR/cache (default 1024)
+
 Settings come from the config file, then OBJECTFS_* environment variables
 (OBJECTFS_DATA_DIR, OBJECTFS_DURABILITY, …), then flags. Without --foreground,
 objectfs returns once the mount is ready and serves it in the background;
 SIGINT or SIGTERM, or "objectfs unmount MOUNTPOINT", unmount it after flushing.`,
   async run(args) {
     const { values, positionals } = parse({ args, options: MOUNT_OPTIONS, allowPositionals: true, strict: true });
-    if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? "missing MOUNTPOINT" : `expected one MOUNTPOINT, got ${positionals.length}`);
-    const mountpoint = resolve(positionals[0]!);
+    if (positionals.length === 0 || positionals.length > 2) {
+      throw new UsageError(positionals.length === 0 ? "missing MOUNTPOINT" : `expected [s3://BUCKET[/PREFIX]] MOUNTPOINT, got ${positionals.length} arguments`);
+    }
+    const sourceUrl = positionals.length === 2 ? positionals[0]! : undefined;
+    const mountpoint = resolve(positionals[positionals.length - 1]!);
+    const parsed = sourceUrl === undefined ? undefined : parseS3Url(sourceUrl);
+    if (sourceUrl !== undefined && !parsed) {
+      throw new UsageError(`${JSON.stringify(sourceUrl)} is not an S3 source; write s3://BUCKET or s3://BUCKET/PREFIX (a valid bucket name, no "." or ".." segments)`);
+    }
     const { config: configFile, ...flags } = values;
     const config = await loadConfig({ file: configFile ?? process.env.OBJECTFS_CONFIG, env: process.env, flags });
     const dataDir = resolve(config["data-dir"] ?? defaultDataDir(mountpoint));
+    if (sourceUrl === undefined) {
+      const s3Only = (["endpoint", "region", "path-style", "write-back", "seal-interval", "cache-size"] as const).filter((k) => config[k] !== undefined);
+      if (s3Only.length > 0) throw new UsageError(`${s3Only.map((k) => `--${k}`).join(", ")} only apply to an s3:// source; give one before MOUNTPOINT`);
+    }
+    if (config.endpoint !== undefined && !/^https?:\/\/[^/]+/.test(config.endpoint)) {
+      throw new UsageError(`--endpoint ${JSON.stringify(config.endpoint)} is not a URL; write it like http://127.0.0.1:9000`);
+    }
+    const source: S3Source | undefined = parsed && {
+      url: `s3://${parsed.bucket}${parsed.prefix ? `/${parsed.prefix.slice(0, -1)}` : ""}`,
+      ...parsed,
+      ...(config.endpoint !== undefined ? { endpoint: config.endpoint } : {}),
+      ...(config.region !== undefined ? { region: config.region } : {}),
+      ...(config["path-style"] !== undefined ? { pathStyle: config["path-style"] } : {}),
+      ...(config["write-back"] !== undefined ? { writeBackMs: config["write-back"] * 1000 } : {}),
+      ...(config["seal-interval"] !== undefined ? { sealMs: config["seal-interval"] * 1000 } : {}),
+      ...(config["cache-size"] !== undefined ? { cacheBytes: config["cache-size"] * 1024 * 1024 } : {}),
+    };
     if (!config.foreground) {
       // Checked here too so that a mistyped mountpoint leaves no data directory behind.
       if ((await stat(mountpoint).catch((e: NodeJS.ErrnoException) => e.code)) === "ENOENT") {
@@ -74,7 +116,7 @@ SIGINT or SIGTERM, or "objectfs unmount MOUNTPOINT", unmount it after flushing.`
       }
       return daemonize(args, dataDir, mountpoint);
     }
-    return serveForeground(mountpoint, dataDir, config);
+    return serveForeground(mountpoint, dataDir, config, source);
   },
 };
 
@@ -112,8 +154,9 @@ async function daemonize(args: string[], dataDir: string, mountpoint: string): P
 }
 
 /** Mount and serve from this process until unmounted or signalled. */
-async function serveForeground(mountpoint: string, dataDir: string, config: Config): Promise<number> {
+async function serveForeground(mountpoint: string, dataDir: string, config: Config, source: S3Source | undefined): Promise<number> {
   await serve({
+    ...(source ? { source } : {}),
     mountpoint,
     dataDir,
     durability: config.durability,

@@ -10,8 +10,24 @@ import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Filesystem, type Durability } from "../fs/filesystem.ts";
 import { exited, mountEntry, mountFilesystem, MountError } from "../fuse/mount.ts";
+import { openRemote, Replication } from "../replicator/mod.ts";
+import { listenControl } from "./control.ts";
+
+/** An S3 source: `s3://BUCKET[/PREFIX]` and how to reach it. */
+export interface S3Source {
+  readonly url: string;
+  readonly bucket: string;
+  readonly prefix: string;
+  readonly endpoint?: string;
+  readonly region?: string;
+  readonly pathStyle?: boolean;
+  readonly writeBackMs?: number;
+  readonly sealMs?: number;
+  readonly cacheBytes?: number;
+}
 
 export interface ServeOptions {
+  readonly source?: S3Source;
   readonly mountpoint: string;
   readonly dataDir: string;
   readonly durability?: Durability;
@@ -50,6 +66,26 @@ async function lockDataDir(dataDir: string, mountpoint: string): Promise<string>
   throw new MountError(`cannot lock data directory ${dataDir}`);
 }
 
+/**
+ * A data directory belongs to one source: its journal describes that bucket and prefix (or
+ * no bucket at all). Using it for another would mix two trees.
+ */
+async function claimDataDir(dataDir: string, url: string | undefined): Promise<void> {
+  const file = join(dataDir, "source");
+  const had = (await readFile(file, "utf8").catch(() => undefined))?.trim();
+  if (url === undefined) {
+    if (had !== undefined) throw new MountError(`data directory ${dataDir} belongs to ${had}; mount that source ("objectfs mount ${had} MOUNTPOINT") or use another --data-dir`);
+    return;
+  }
+  if (had === undefined) {
+    const used = await readFile(join(dataDir, "journal", "CURRENT")).then(() => true, () => false);
+    if (used) throw new MountError(`data directory ${dataDir} holds a local-only filesystem, not ${url}; use another --data-dir for the bucket`);
+    await writeFile(file, `${url}\n`);
+  } else if (had !== url) {
+    throw new MountError(`data directory ${dataDir} belongs to ${had}, not ${url}; use another --data-dir`);
+  }
+}
+
 /** Resolves with the reason the mount should end: a signal, or the mount disappearing. */
 const stopRequested = (mountpoint: string) =>
   Effect.callback<string>((resume) => {
@@ -75,10 +111,50 @@ export function serve(o: ServeOptions): Promise<void> {
       Effect.tryPromise({ try: () => lockDataDir(o.dataDir, o.mountpoint), catch: (e) => e }),
       (file) => Effect.promise(() => rm(file, { force: true })),
     );
+    const src = o.source;
+    yield* Effect.tryPromise({ try: () => claimDataDir(o.dataDir, src?.url), catch: (e) => e });
+    const remote = src
+      ? yield* Effect.acquireRelease(
+          Effect.tryPromise({
+            try: () =>
+              openRemote({
+                bucket: src.bucket, prefix: src.prefix, dataDir: o.dataDir, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0,
+                store: { ...(src.endpoint ? { endpoint: src.endpoint } : {}), ...(src.region ? { region: src.region } : {}), ...(src.pathStyle !== undefined ? { forcePathStyle: src.pathStyle } : {}) },
+                ...(src.cacheBytes !== undefined ? { cacheBytes: src.cacheBytes } : {}),
+              }),
+            catch: (e) => e,
+          }),
+          (r) => Effect.sync(() => r.store.close()),
+        )
+      : undefined;
     const fs = yield* Effect.acquireRelease(
-      Effect.tryPromise({ try: () => Filesystem.open(o.dataDir, { durability: o.durability, readOnly: o.readOnly, version: o.version }), catch: (e) => e }),
+      Effect.tryPromise({
+        try: () => Filesystem.open(o.dataDir, { durability: o.durability, readOnly: o.readOnly, version: o.version, log: o.log, ...(remote ? { remote: remote.source } : {}) }),
+        catch: (e) => e,
+      }),
       (fs) => Effect.promise(() => fs.close()),
     );
+    if (remote && src) {
+      const replication = yield* Effect.acquireRelease(
+        Effect.tryPromise({
+          try: async () => {
+            const r = new Replication({
+              fs, store: remote.store, prefix: remote.prefix, cache: remote.cache, lookup: (p) => remote.source.list(p), log: o.log,
+              ...(src.writeBackMs !== undefined ? { writeBackMs: src.writeBackMs } : {}),
+              ...(src.sealMs !== undefined ? { sealMs: src.sealMs } : {}),
+            });
+            await r.start();
+            return r;
+          },
+          catch: (e) => e,
+        }),
+        (r) => Effect.promise(() => r.stop()),
+      );
+      yield* Effect.acquireRelease(
+        Effect.tryPromise({ try: () => listenControl(o.mountpoint, replication), catch: (e) => e }),
+        (close) => Effect.promise(() => close()),
+      );
+    }
     yield* Effect.acquireRelease(
       Effect.tryPromise({ try: () => mountFilesystem(fs, o.mountpoint, { allowOther: o.allowOther, cacheTimeout: o.cacheTimeout, readOnly: o.readOnly, log: o.log }), catch: (e) => e }),
       (m, exit) =>
@@ -88,7 +164,7 @@ export function serve(o: ServeOptions): Promise<void> {
         }),
     );
     o.onReady(
-      `objectfs: serving ${o.mountpoint} from ${o.dataDir} (pid ${process.pid}, durability ${o.durability ?? "fsync"}${o.readOnly ? ", read-only" : ""})`,
+      `objectfs: serving ${o.mountpoint}${src ? ` (${src.url}${src.endpoint ? ` at ${src.endpoint}` : ""})` : ""} from ${o.dataDir} (pid ${process.pid}, durability ${o.durability ?? "fsync"}${o.readOnly ? ", read-only" : ""})`,
     );
     const why = yield* stopRequested(o.mountpoint);
     o.log(`objectfs: ${why}: unmounting ${o.mountpoint}`);

@@ -31,11 +31,15 @@ import { fsck, rebuild, type FsckReport } from "../projection/fsck.ts";
 import { permits, inGroup, R_OK, S_ISGID, S_ISUID, S_ISVTX, W_OK, X_OK, type Ctx } from "./context.ts";
 import { fail, FsError } from "./errors.ts";
 import { key, readU64 } from "../../journal/keys.ts";
+import type { RemoteSource } from "./remote.ts";
+import type { Extent, RemoteBase } from "../projection/state.ts";
 import { unpackValue } from "../../journal/codec.ts";
 
 export type Durability = "fsync" | "strict";
 
 export interface FilesystemOptions {
+  /** Objects in S3 that back the tree: listed lazily, read on demand. */
+  readonly remote?: RemoteSource;
   /** @default "fsync" */
   readonly durability?: Durability;
   /** Owner of the root directory when it is first created. @default the process's uid/gid */
@@ -101,6 +105,21 @@ export interface StatFs {
   readonly namemax: number;
 }
 
+/** One entry of {@link Filesystem.walk}. */
+export interface WalkEntry {
+  readonly path: string;
+  readonly parent: Ino;
+  readonly name: string;
+  readonly inode: Inode;
+}
+
+/** A file frozen at seq `asOf` (see {@link Filesystem.view}). */
+export interface FileView {
+  readonly inode: Inode;
+  readonly extents: readonly Extent[];
+  readonly asOf: number;
+}
+
 interface Handle {
   readonly ino: Ino;
   readonly readable: boolean;
@@ -124,6 +143,7 @@ function backingOf(journal: Journal): Backing {
     cookies: journal.sublevel(SUBLEVELS.cookies),
     extents: journal.sublevel(SUBLEVELS.extents),
     orphans: journal.sublevel(SUBLEVELS.orphans),
+    remote: journal.sublevel(SUBLEVELS.remote),
     meta: journal.sublevel(SUBLEVELS.meta),
   };
 }
@@ -138,6 +158,9 @@ export class Filesystem {
   private failureLogged = false;
   private readonly log: (message: string) => void;
   private closed = false;
+  private readonly remote: RemoteSource | undefined;
+  /** Directory listings in flight, so concurrent operations on a directory list it once. */
+  private readonly listing = new Map<number, Promise<void>>();
 
   private constructor(
     readonly journal: Journal,
@@ -145,8 +168,10 @@ export class Filesystem {
     private readonly backing: Backing,
     private readonly options: Required<Pick<FilesystemOptions, "durability" | "cacheEntries" | "maxPendingBytes" | "readOnly">>,
     log?: (message: string) => void,
+    remote?: RemoteSource,
   ) {
     this.log = log ?? ((m) => console.error(m));
+    this.remote = remote;
   }
 
   /** Open (or create) a filesystem whose journal lives in `dir`. */
@@ -162,7 +187,7 @@ export class Filesystem {
         cacheEntries: options.cacheEntries ?? 200_000,
         maxPendingBytes: options.maxPendingBytes ?? 64 << 20,
         readOnly: options.readOnly ?? false,
-      }, options.log);
+      }, options.log, options.remote);
       journal.setRowSource(() => state.takeRows());
       journal.subscribe(() => fs.maybeEvict());
       await fs.start(options);
@@ -182,7 +207,10 @@ export class Filesystem {
     const events: NewEvent[] = [];
     if (!this.state.inode(ROOT_INO)) {
       const owner = options.rootOwner ?? { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
-      events.push({ type: "InodeCreated", ino: ROOT_INO, kind: "dir", mode: TYPE_BITS.dir | (options.rootMode ?? 0o755), uid: owner.uid, gid: owner.gid });
+      events.push({
+        type: "InodeCreated", ino: ROOT_INO, kind: "dir", mode: TYPE_BITS.dir | (options.rootMode ?? 0o755), uid: owner.uid, gid: owner.gid,
+        ...(this.remote ? { remotePrefix: this.remote.prefix } : {}),
+      });
     }
     // No handle survives a restart: inodes that were unlinked while open are freed now.
     const orphans = this.state.orphans();
@@ -198,9 +226,14 @@ export class Filesystem {
    * Load `needs`, run `decide` against the state (retrying if it touches
    * something not loaded), append its events with their projection rows.
    */
-  private async run<T>(needs: readonly Need[], decide: () => { events: NewEvent[]; result: T; sync?: boolean }): Promise<T> {
+  private async run<T>(
+    needs: readonly Need[],
+    decide: () => { events: NewEvent[]; result: T; sync?: boolean },
+    options: { readonly list?: readonly Ino[]; readonly system?: boolean } = {},
+  ): Promise<T> {
     if (this.failed) throw this.failure();
     if (this.closed) throw new FsError("EIO", "filesystem is closed");
+    if (this.remote) await this.listPending(needs, options.list ?? []);
     await this.state.load(needs);
     for (let attempt = 0; ; attempt++) {
       let decision: { events: NewEvent[]; result: T; sync?: boolean };
@@ -213,14 +246,14 @@ export class Filesystem {
         }
         throw e;
       }
-      if (decision.events.length > 0) await this.commit(decision.events, decision.sync ?? false);
+      if (decision.events.length > 0) await this.commit(decision.events, decision.sync ?? false, options.system);
       return decision.result;
     }
   }
 
   /** Append events, projecting them into the state in the same batch. */
-  private async commit(events: readonly NewEvent[], sync: boolean): Promise<readonly JournalEvent[]> {
-    if (this.options.readOnly) fail("EROFS");
+  private async commit(events: readonly NewEvent[], sync: boolean, system = false): Promise<readonly JournalEvent[]> {
+    if (this.options.readOnly && !system) fail("EROFS");
     let stagedOk = false;
     const done = this.journal.append(events, {
       sync: sync || this.options.durability === "strict",
@@ -273,6 +306,184 @@ export class Filesystem {
   private maybeEvict(): void {
     if (this.journal.queued > 0) return;
     this.state.evict(this.options.cacheEntries, new Set<number>(this.openCount.keys()));
+  }
+
+  // ---- remote directories ----------------------------------------------------------
+
+  /** List the directories that `needs` look into (and `extra`) if their listing is pending. */
+  private async listPending(needs: readonly Need[], extra: readonly Ino[]): Promise<void> {
+    const dirs = new Set<Ino>(extra);
+    for (const n of needs) if ("dirent" in n) dirs.add(n.dirent[0]);
+    if (dirs.size === 0) return;
+    await this.state.load([...dirs].map((ino) => ({ inode: ino })));
+    for (const ino of dirs) {
+      let pending: string | undefined;
+      try {
+        pending = this.state.inode(ino)?.pending;
+      } catch (e) {
+        if (!(e instanceof NotLoaded)) throw e;
+        pending = undefined; // evicted meanwhile: the next operation lists it
+      }
+      if (pending !== undefined) await this.listDir(ino);
+    }
+  }
+
+  /** Journal the listing of a pending directory (once, however many ask at the same time). */
+  private listDir(ino: Ino): Promise<void> {
+    let p = this.listing.get(ino);
+    if (!p) {
+      p = this.fetchListing(ino).finally(() => this.listing.delete(ino));
+      this.listing.set(ino, p);
+    }
+    return p;
+  }
+
+  private async fetchListing(ino: Ino): Promise<void> {
+    await this.state.load([{ inode: ino }]);
+    const prefix = this.state.inode(ino)?.pending;
+    if (prefix === undefined) return;
+    let found: import("./remote.ts").RemoteListing;
+    try {
+      found = await this.remote!.list(prefix);
+    } catch (e) {
+      this.log(`objectfs: cannot list ${JSON.stringify(prefix)} in S3, so the directory stays unlisted for now: ${(e as Error).message}`);
+      fail("EIO", (e as Error).message);
+    }
+    await this.run([{ inode: ino }], () => {
+      const dir = this.inode(ino);
+      if (dir.pending === undefined) return { events: [], result: undefined };
+      let next = this.state.nextIno as number;
+      const events: NewEvent[] = [];
+      const CHUNK = 5000; // entries per event: a huge directory is several events in one batch
+      for (let i = 0; i === 0 || i < found.entries.length; i += CHUNK) {
+        const entries = found.entries.slice(i, i + CHUNK).map((e) => ({ ...e, ino: (next++) as Ino }));
+        const last = i + CHUNK >= found.entries.length;
+        events.push({ type: "RemoteListed", dir: ino, prefix, entries, skipped: last ? found.skipped : [], complete: last });
+      }
+      return { events, result: undefined };
+    }, { system: true });
+  }
+
+  /** List a directory and every directory below it (before it moves: its objects move with it). */
+  private async listDeep(ino: Ino): Promise<void> {
+    await this.listDir(ino);
+    for (const child of await this.childDirs(ino)) await this.listDeep(child);
+  }
+
+  private async childDirs(ino: Ino): Promise<Ino[]> {
+    const out: Ino[] = [];
+    for (const e of await this.entries(ino)) if (e.kind === "dir") out.push(e.ino);
+    return out;
+  }
+
+  /** Every committed entry of a directory (not "." and ".."), in cookie order. */
+  private async entries(ino: Ino): Promise<DirEntry[]> {
+    await this.guard(this.journal.flushed());
+    const out: DirEntry[] = [];
+    const it = this.backing.cookies.iterator({ gt: key(ino, 2), lt: key(ino + 1) } as never);
+    try {
+      for (;;) {
+        const page = await it.nextv(1000);
+        if (page.length === 0) break;
+        for (const [k, v] of page) {
+          const [name, child, kind] = unpackValue<[string, Ino, InodeKind]>(v as Buffer);
+          out.push({ name, ino: child, kind, offset: readU64(k as Buffer, 8) });
+        }
+      }
+    } finally {
+      await it.close();
+    }
+    return out;
+  }
+
+  // ---- for the replicator: whole-tree views, no permission checks ------------------
+
+  /** The seq of everything staged so far. */
+  get staged(): number {
+    return this.journal.staged;
+  }
+
+  /** Replication and sync facts. */
+  get syncState(): import("../projection/state.ts").SyncState {
+    return this.state.sync;
+  }
+
+  /**
+   * Every entry known locally below the root (not inside directories whose listing is
+   * pending), parents before children, with its path from the root ("a/b").
+   */
+  async *walk(): AsyncGenerator<WalkEntry> {
+    const stack: { ino: Ino; path: string }[] = [{ ino: ROOT_INO, path: "" }];
+    while (stack.length > 0) {
+      const { ino, path } = stack.pop()!;
+      const entries = await this.entries(ino);
+      for (const e of entries) {
+        const inode = await this.run([{ inode: e.ino }], () => ({ events: [], result: this.state.inode(e.ino) }));
+        if (!inode) continue;
+        const childPath = path === "" ? e.name : `${path}/${e.name}`;
+        yield { path: childPath, parent: ino, name: e.name, inode: { ...inode } };
+        if (inode.kind === "dir" && inode.pending === undefined) stack.push({ ino: e.ino, path: childPath });
+      }
+    }
+  }
+
+  /**
+   * A file's contents as they are now, frozen: extents point into the append-only data log
+   * and the remote base names an object version, so reading the view later gives these bytes.
+   */
+  async view(ino: Ino): Promise<FileView | undefined> {
+    return this.run([{ inode: ino }, { extents: ino }], () => {
+      const inode = this.state.inode(ino);
+      if (!inode) return { events: [], result: undefined };
+      return { events: [], result: { inode: { ...inode }, extents: [...this.state.extents(ino)], asOf: this.journal.staged } };
+    });
+  }
+
+  /** Bytes [offset, offset+length) of a view (clamped to its size). */
+  async readView(view: FileView, offset: number, length: number): Promise<Uint8Array> {
+    const size = Math.max(0, Math.min(length, view.inode.size - offset));
+    const out = new Uint8Array(size);
+    await this.fill(out, offset, extentsIn(view.extents, offset, size), view.inode.remote);
+    return out;
+  }
+
+  /** Journal facts found or made by the replicator (allowed on read-only mounts too). */
+  async record(needs: readonly Need[], decide: (now: { readonly nextIno: Ino }) => NewEvent[]): Promise<void> {
+    await this.run(needs, () => ({ events: decide({ nextIno: this.state.nextIno }), result: undefined }), { system: true });
+  }
+
+  /** The inode now (a copy), or undefined. */
+  async inodeNow(ino: Ino): Promise<Inode | undefined> {
+    return this.run([{ inode: ino }], () => {
+      const i = this.state.inode(ino);
+      return { events: [], result: i ? { ...i } : undefined };
+    });
+  }
+
+  /** The entry `name` of directory `parent` now, listing the directory if needed. */
+  async entryNow(parent: Ino, name: string): Promise<Dirent | undefined> {
+    return this.run([{ inode: parent }, { dirent: [parent, name] }], () => ({ events: [], result: this.state.dirent(parent, name) }));
+  }
+
+  /** Remote index rows under `prefix`: what this client believes S3 holds. */
+  async *remoteKeys(prefix: string): AsyncGenerator<{ key: string; ino: Ino; etag: string; asOf: number }> {
+    await this.guard(this.journal.flushed());
+    const gte = Buffer.from(prefix);
+    const it = this.backing.remote.iterator({ gte } as never);
+    try {
+      for (;;) {
+        const page = await it.nextv(1000);
+        if (page.length === 0) return;
+        for (const [k, v] of page) {
+          const keyText = (k as Buffer).toString("utf8");
+          if (!keyText.startsWith(prefix)) return;
+          const [ino, etag, asOf] = unpackValue<[Ino, string, number]>(v as Buffer);
+          yield { key: keyText, ino, etag, asOf };
+        }
+      }
+    } finally {
+      await it.close();
+    }
   }
 
   // ---- helpers -------------------------------------------------------------------
@@ -580,33 +791,44 @@ export class Filesystem {
     const h = this.handle(fh);
     if (!h.readable) fail("EBADF");
     if (offset < 0 || length < 0) fail("EINVAL");
-    const { extents, size, kind } = await this.run([{ inode: h.ino }, { extents: h.ino }], () => {
+    const { extents, size, kind, remote } = await this.run([{ inode: h.ino }, { extents: h.ino }], () => {
       const inode = this.inode(h.ino);
       const n = Math.max(0, Math.min(length, inode.size - offset));
-      return { events: [], result: { extents: extentsIn(this.state.extents(h.ino), offset, n), size: n, kind: inode.kind } };
+      return { events: [], result: { extents: extentsIn(this.state.extents(h.ino), offset, n), size: n, kind: inode.kind, remote: inode.remote } };
     });
     if (kind === "dir") fail("EISDIR");
     const reuse = into !== undefined && into.length >= size;
     const out = reuse ? into.subarray(0, size) : new Uint8Array(size); // a new buffer is all zeros
-    const end = offset + size;
-    if (reuse) {
-      // Holes read as zeros: clear what no extent covers.
-      let at = offset;
-      for (const e of extents) {
-        const from = Math.max(e.offset, offset);
-        if (from > at) out.fill(0, at - offset, from - offset);
-        at = Math.max(at, Math.min(e.offset + e.length, end));
-      }
-      if (at < end) out.fill(0, at - offset, size);
-    }
-    await Promise.all(
-      extents.map((e) => {
-        const from = Math.max(e.offset, offset);
-        const to = Math.min(e.offset + e.length, end);
-        return this.journal.readData({ ref: { file: e.file, pos: e.pos }, length: e.length }, from - e.offset, to - from, out, from - offset);
-      }),
-    );
+    await this.fill(out, offset, extents, remote, reuse);
     return out;
+  }
+
+  /**
+   * Fill `out` with the file bytes at `offset`: from the extents (in the data log), the gaps
+   * below the remote base's valid length from the object, the rest zeros (holes). `dirty`:
+   * `out` may hold old bytes, so holes are cleared.
+   */
+  private async fill(out: Uint8Array, offset: number, extents: readonly Extent[], remote: RemoteBase | undefined, dirty = false): Promise<void> {
+    const end = offset + out.length;
+    const gaps: [number, number][] = [];
+    let at = offset;
+    for (const e of extents) {
+      const from = Math.max(e.offset, offset);
+      if (from > at) gaps.push([at, from]);
+      at = Math.max(at, Math.min(e.offset + e.length, end));
+    }
+    if (at < end) gaps.push([at, end]);
+    const reads: Promise<unknown>[] = extents.map((e) => {
+      const from = Math.max(e.offset, offset);
+      const to = Math.min(e.offset + e.length, end);
+      return this.journal.readData({ ref: { file: e.file, pos: e.pos }, length: e.length }, from - e.offset, to - from, out, from - offset);
+    });
+    for (const [from, to] of gaps) {
+      const cut = remote && this.remote ? Math.min(to, remote.valid) : from;
+      if (cut > from) reads.push(this.remote!.read(remote!, from, cut - from, out, from - offset).catch((e) => fail("EIO", `cannot read ${remote!.key} from S3: ${(e as Error).message}`)));
+      if (dirty && to > Math.max(from, cut)) out.fill(0, Math.max(from, cut) - offset, to - offset);
+    }
+    await Promise.all(reads);
   }
 
   async write(ctx: Ctx, fh: number, offset: number, data: Uint8Array): Promise<number> {
@@ -695,6 +917,7 @@ export class Filesystem {
       return { events: [], result: this.state.dirent(parent, name) };
     });
     if (!target) fail("ENOENT");
+    if (target!.kind === "dir" && this.remote) await this.listDir(target!.ino);
     await this.run([{ inode: parent }, { dirent: [parent, name] }, { inode: target!.ino }, { extents: target!.ino }], () => {
       const p = this.dir(ctx, parent, W_OK | X_OK);
       const d = this.state.dirent(parent, name) ?? fail("ENOENT");
@@ -721,6 +944,10 @@ export class Filesystem {
       return { events: [], result: [this.state.dirent(parent, name), this.state.dirent(newParent, newName)] as const };
     });
     if (!src) fail("ENOENT");
+    if (this.remote) {
+      if (src!.kind === "dir") await this.listDeep(src!.ino);
+      if (dst?.kind === "dir") await this.listDir(dst.ino);
+    }
     const needs: Need[] = [{ inode: parent }, { inode: newParent }, { dirent: [parent, name] }, { dirent: [newParent, newName] }, { inode: src!.ino }];
     if (dst) needs.push({ inode: dst.ino }, { extents: dst.ino });
     await this.run(needs, () => {
@@ -798,7 +1025,7 @@ export class Filesystem {
     const dir = await this.run([{ inode: ino }], () => {
       const d = this.dir(ctx, ino, R_OK);
       return { events: [], result: { parent: d.parent ?? ROOT_INO } };
-    });
+    }, { list: [ino] });
     const out: DirEntry[] = [];
     if (offset < 1 && out.length < limit) out.push({ name: ".", ino, kind: "dir", offset: 1 });
     if (offset < 2 && out.length < limit) out.push({ name: "..", ino: dir.parent, kind: "dir", offset: 2 });

@@ -2,8 +2,8 @@
  * evolve(state, event): apply one journal event to the projection state.
  * Deterministic and free of I/O; the projection equals fold(evolve, events).
  */
-import { ROOT_INO, type Ino, type InodeKind, type JournalEvent } from "../../journal/mod.ts";
-import type { Inode, TreeState } from "./state.ts";
+import { ROOT_INO, type Ino, type InodeKind, type JournalEvent, type ObjectVersion } from "../../journal/mod.ts";
+import { validAfter, type Inode, type RemoteBase, type TreeState } from "./state.ts";
 
 export const S_IFMT = 0o170000;
 /** Readdir cookies 1 and 2 belong to "." and "..". */
@@ -35,6 +35,8 @@ export function evolve(state: TreeState, event: JournalEvent): void {
         rdev: event.rdev ?? 0,
         ...(event.target !== undefined ? { target: event.target } : {}),
         ...(event.kind === "dir" ? { nextCookie: FIRST_COOKIE, entries: 0 } : {}),
+        ...(event.kind === "dir" && event.remotePrefix !== undefined ? { pending: event.remotePrefix } : {}),
+        changedAt: event.seq,
       });
       if (event.ino === ROOT_INO && event.kind === "dir") {
         // The root has no dirent: it is its own parent.
@@ -87,6 +89,7 @@ export function evolve(state: TreeState, event: JournalEvent): void {
       if (event.gid !== undefined) inode.gid = event.gid;
       if (event.atime !== undefined) inode.atime = event.atime;
       if (event.mtime !== undefined) inode.mtime = event.mtime;
+      if (event.mode !== undefined || event.uid !== undefined || event.gid !== undefined || event.mtime !== undefined) inode.changedAt = event.seq;
       inode.ctime = event.ctime ?? event.time;
       state.touchInode(inode);
       return;
@@ -96,13 +99,22 @@ export function evolve(state: TreeState, event: JournalEvent): void {
       if (!event.ref) throw new Error(`ExtentWritten ${event.seq} has no data reference`);
       if (event.length > 0) state.writeExtent(event.ino, { offset: event.offset, length: event.length, file: event.ref.file, pos: event.ref.pos });
       inode.size = Math.max(inode.size, event.offset + event.length);
+      inode.changedAt = event.seq;
       stamp(state, inode, event.time, true);
       return;
     }
     case "Truncated": {
       const inode = must(state, event.ino);
       if (event.size < inode.size) state.truncateExtents(event.ino, event.size);
+      if (inode.remote && event.size < inode.remote.valid) {
+        inode.remote = { ...inode.remote, valid: event.size };
+        // Keep sizes increasing: a smaller truncation hides every earlier, larger one.
+        const truncs = (inode.truncs ?? []).filter(([, size]) => size < event.size);
+        truncs.push([event.seq, event.size]);
+        inode.truncs = truncs;
+      }
       inode.size = event.size;
+      inode.changedAt = event.seq;
       stamp(state, inode, event.time, true);
       return;
     }
@@ -124,23 +136,88 @@ export function evolve(state: TreeState, event: JournalEvent): void {
     case "InodeDropped":
       state.dropInode(event.ino);
       return;
+    case "RemoteListed": {
+      const dir = must(state, event.dir);
+      for (const entry of event.entries) {
+        const kind = entry.kind;
+        const object = entry.object;
+        state.putInode({
+          ino: entry.ino,
+          kind,
+          mode: (entry.mode & ~S_IFMT) | TYPE_BITS[kind],
+          uid: entry.uid,
+          gid: entry.gid,
+          size: kind === "file" ? (object?.size ?? 0) : entry.target !== undefined ? Buffer.byteLength(entry.target) : 0,
+          nlink: 0,
+          atime: entry.mtime,
+          mtime: entry.mtime,
+          ctime: entry.mtime,
+          rdev: entry.rdev ?? 0,
+          ...(entry.target !== undefined ? { target: entry.target } : {}),
+          // A directory is its prefix: no marker object needs writing while it is unchanged.
+          ...(kind === "dir" ? { nextCookie: FIRST_COOKIE, entries: 0, pending: entry.prefix ?? "", remote: { key: entry.prefix ?? "", etag: "", size: 0, mtime: entry.mtime, valid: 0, asOf: event.seq } } : {}),
+          ...(object ? { remote: { ...remoteBase(object, event.seq), valid: kind === "file" ? object.size : 0 } } : {}),
+          changedAt: event.seq,
+        });
+        link(state, dir, entry.name, must(state, entry.ino));
+        if (object) state.setRemoteKey(object.key, [entry.ino, object.etag, event.seq]);
+      }
+      if (event.complete) {
+        delete dir.pending;
+        state.touchInode(dir);
+      }
+      if (event.skipped.length > 0) state.setSync({}, event.skipped);
+      return;
+    }
+    case "ObjectMaterialized": {
+      const o = event.object;
+      state.setRemoteKey(o.key, [event.ino, o.etag, event.asOf]);
+      const inode = state.inode(event.ino);
+      if (!inode) return;
+      if (inode.kind !== "file") {
+        inode.remote = { ...remoteBase(o, event.asOf), valid: 0 };
+        state.touchInode(inode);
+        return;
+      }
+      // Bytes truncated away after `asOf` must not come back from the object.
+      const valid = Math.min(o.size, validAfter(inode.truncs, event.asOf));
+      inode.remote = { ...remoteBase(o, event.asOf), valid };
+      if (inode.truncs) {
+        const left = inode.truncs.filter(([seq]) => seq > event.asOf);
+        if (left.length > 0) inode.truncs = left;
+        else delete inode.truncs;
+      }
+      state.touchInode(inode);
+      return;
+    }
+    case "ObjectDeleted":
+      state.setRemoteKey(event.key, null);
+      return;
+    case "SegmentReplicated":
+      state.setSync({ replicated: { seq: event.maxSeq, checksum: event.checksum ?? 0, key: event.key } });
+      return;
+    case "Reconciled":
+      state.setSync({ reconciled: Math.max(state.sync.reconciled, event.through) });
+      return;
+    case "ConflictDetected":
+      state.setSync({ conflicts: state.sync.conflicts + 1, lastConflict: { key: event.key, conflictKey: event.conflictKey, time: event.time } });
+      return;
     case "ObjectDiscovered":
     case "ObjectChanged":
-    case "ObjectDeleted":
     case "SegmentSealed":
-    case "SegmentReplicated":
-    case "ObjectMaterialized":
-    case "ConflictDetected":
     case "Mounted":
     case "Unmounted":
-      // Remote and replication state are projected by the replicator's own
-      // projection; the local tree does not change.
+      // Facts for the audit log; the projected tree does not change.
       return;
     default: {
       const never: never = event;
       throw new Error(`evolve: unknown event ${(never as { type: string }).type}`);
     }
   }
+}
+
+function remoteBase(o: ObjectVersion, asOf: number): RemoteBase {
+  return { key: o.key, etag: o.etag, size: o.size, mtime: o.mtime, ...(o.versionId !== undefined ? { versionId: o.versionId } : {}), valid: o.size, asOf };
 }
 
 function must(state: TreeState, ino: Ino): Inode {

@@ -23,6 +23,7 @@ const NAMES: Record<string, string> = {
   [SUBLEVELS.cookies]: "readdir entry",
   [SUBLEVELS.extents]: "extent",
   [SUBLEVELS.orphans]: "orphan",
+  [SUBLEVELS.remote]: "remote index entry",
   [SUBLEVELS.meta]: "projection meta",
 };
 
@@ -78,6 +79,7 @@ function bySublevelName(b: Backing): Record<string, Backing[keyof Backing]> {
     [SUBLEVELS.cookies]: b.cookies,
     [SUBLEVELS.extents]: b.extents,
     [SUBLEVELS.orphans]: b.orphans,
+    [SUBLEVELS.remote]: b.remote,
     [SUBLEVELS.meta]: b.meta,
   };
 }

@@ -17,9 +17,11 @@
  *   c!<parent><cookie>       readdir cursor   msgpack [name, ino, kind] (cookies only grow: stable offsets)
  *   x!<ino><offset>          extent           msgpack [length, dataFile, dataPos]
  *   o!<ino>                  orphan           empty (nlink 0, kept while open)
+ *   r!<key utf8>             remote index     msgpack [ino, etag, asOf] (objects this client knows in S3, and the seq they reflect)
  *   pm!nextIno               next inode number msgpack number
+ *   pm!sync                  sync state       msgpack SyncState
  */
-import { key, readU64, type Ino, type InodeKind, type RowOp, type Sublevel } from "../../journal/mod.ts";
+import { key, readU64, type Ino, type InodeKind, type RowOp, type SkippedKey, type Sublevel } from "../../journal/mod.ts";
 import { packValue, unpackValue } from "../../journal/codec.ts";
 
 export interface Inode {
@@ -43,6 +45,53 @@ export interface Inode {
   nextCookie?: number;
   /** Directories: number of entries (not counting "." and ".."). */
   entries?: number;
+  /** Directories backed by S3 and not listed yet: the key prefix to list on first use. */
+  pending?: string;
+  /** Files backed by an S3 object: the bytes that local extents do not cover come from it. */
+  remote?: RemoteBase;
+  /** Seq of the last change that the object in S3 must reflect (contents, size, attributes). */
+  changedAt?: number;
+  /**
+   * Truncations while the file had a remote base, as [seq, size] with sizes increasing:
+   * the smallest size since any seq is the first entry after it (see {@link validAfter}).
+   */
+  truncs?: [number, number][];
+}
+
+/** A remote index row: which inode the object at a key holds, its ETag, the seq it reflects. */
+export type RemoteKey = readonly [ino: Ino, etag: string, asOf: number];
+
+/** The S3 object whose bytes a file shows where it has no local extent. */
+export interface RemoteBase {
+  readonly key: string;
+  readonly etag: string;
+  readonly size: number;
+  readonly mtime: number;
+  readonly versionId?: string;
+  /** Bytes [0, valid) of the object are the file's (truncation cuts them; extension adds holes). */
+  readonly valid: number;
+  /** The journal seq whose state the object reflects. */
+  readonly asOf: number;
+}
+
+/** Replication and sync facts, for status and for resuming. */
+export interface SyncState {
+  /** The last segment in S3. */
+  replicated?: { readonly seq: number; readonly checksum: number; readonly key: string };
+  /** Every change up to this seq is materialized. */
+  reconciled: number;
+  conflicts: number;
+  lastConflict?: { readonly key: string; readonly conflictKey: string; readonly time: number };
+  /** Keys hidden from the mount (the most recent 200), and how many in all. */
+  skipped: SkippedKey[];
+  skippedCount: number;
+}
+
+/** The smallest size a file had after seq `asOf`, from its truncation stack. */
+export function validAfter(truncs: readonly (readonly [number, number])[] | undefined, asOf: number): number {
+  if (!truncs) return Infinity;
+  for (const [seq, size] of truncs) if (seq > asOf) return size;
+  return Infinity;
 }
 
 export interface Dirent {
@@ -77,13 +126,16 @@ export interface Backing {
   readonly cookies: Sublevel;
   readonly extents: Sublevel;
   readonly orphans: Sublevel;
+  readonly remote: Sublevel;
   readonly meta: Sublevel;
 }
 
-export const SUBLEVELS = { inodes: "i", dirents: "d", cookies: "c", extents: "x", orphans: "o", meta: "pm" } as const;
+export const SUBLEVELS = { inodes: "i", dirents: "d", cookies: "c", extents: "x", orphans: "o", remote: "r", meta: "pm" } as const;
 
 const direntKey = (parent: number, name: string) => `${parent}/${name}`;
 const NEXT_INO = Buffer.from("nextIno");
+const SYNC = Buffer.from("sync");
+const MAX_SKIPPED = 200;
 
 export class TreeState {
   private readonly inodes = new Map<number, Inode | null>();
@@ -97,12 +149,16 @@ export class TreeState {
    */
   private readonly completeDirs = new Set<number>();
   private nextInoValue = 2;
+  /** Remote index: written blind (rows), read from LevelDB by the materializer; all of it in memory without backing. */
+  private readonly remoteKeys = new Map<string, RemoteKey | null>();
+  private syncState: SyncState | undefined;
 
   private readonly dirtyInodes = new Set<number>();
   private readonly dirtyDirents = new Map<string, { parent: Ino; name: string; oldCookie?: number }>();
   private readonly dirtyExtents = new Map<number, Set<number>>();
   private readonly dirtyOrphans = new Set<number>();
   private dirtyMeta = false;
+  private dirtySync = false;
 
   private constructor(private readonly backing: Backing | undefined) {}
 
@@ -116,6 +172,8 @@ export class TreeState {
     const s = new TreeState(backing);
     const raw = await backing.meta.get(NEXT_INO);
     if (raw) s.nextInoValue = unpackValue<number>(raw);
+    const sync = await backing.meta.get(SYNC);
+    if (sync) s.syncState = unpackValue<SyncState>(sync);
     for await (const k of backing.orphans.keys()) s.orphanSet.add(readU64(k as Buffer));
     return s;
   }
@@ -218,6 +276,31 @@ export class TreeState {
 
   orphans(): readonly Ino[] {
     return [...this.orphanSet] as Ino[];
+  }
+
+  /** Replication and sync facts (a copy to change goes back through {@link setSync}). */
+  get sync(): SyncState {
+    return this.syncState ?? { reconciled: 0, conflicts: 0, skipped: [], skippedCount: 0 };
+  }
+
+  setSync(change: Partial<SyncState>, skipped: readonly SkippedKey[] = []): void {
+    const next = { ...this.sync, ...change };
+    if (skipped.length > 0) {
+      next.skipped = [...next.skipped, ...skipped].slice(-MAX_SKIPPED);
+      next.skippedCount += skipped.length;
+    }
+    this.syncState = next;
+    this.dirtySync = true;
+  }
+
+  /** Record (or with null forget) that S3 has `key` as this client last saw it. */
+  setRemoteKey(k: string, value: RemoteKey | null): void {
+    this.remoteKeys.set(k, value);
+  }
+
+  /** In-memory states only: the remote index. */
+  remoteIndex(): ReadonlyMap<string, RemoteKey | null> {
+    return this.remoteKeys;
   }
 
   // ---- changes (used by evolve) ---------------------------------------------
@@ -332,6 +415,7 @@ export class TreeState {
   takeRows(): RowOp[] {
     const b = this.backing;
     if (!b) {
+      for (const [k, v] of this.remoteKeys) if (v === null) this.remoteKeys.delete(k);
       this.clearDirty();
       return [];
     }
@@ -362,6 +446,12 @@ export class TreeState {
       else ops.push({ type: "del", sublevel: b.orphans, key: key(ino) });
     }
     if (this.dirtyMeta) ops.push({ type: "put", sublevel: b.meta, key: NEXT_INO, value: Buffer.from(packValue(this.nextInoValue)) });
+    if (this.dirtySync) ops.push({ type: "put", sublevel: b.meta, key: SYNC, value: Buffer.from(packValue(this.syncState)) });
+    for (const [k, v] of this.remoteKeys) {
+      if (v) ops.push({ type: "put", sublevel: b.remote, key: Buffer.from(k), value: Buffer.from(packValue(v)) });
+      else ops.push({ type: "del", sublevel: b.remote, key: Buffer.from(k) });
+    }
+    this.remoteKeys.clear();
     this.clearDirty();
     return ops;
   }
@@ -372,6 +462,7 @@ export class TreeState {
     this.dirtyExtents.clear();
     this.dirtyOrphans.clear();
     this.dirtyMeta = false;
+    this.dirtySync = false;
   }
 
   /**
@@ -394,6 +485,8 @@ export class TreeState {
     for (const ino of this.orphanSet) put(SUBLEVELS.orphans, key(ino), new Uint8Array(0));
     // Persisted only once an inode past the root raised it (putInode), so never while it is 2.
     if (this.nextInoValue !== 2) put(SUBLEVELS.meta, NEXT_INO, packValue(this.nextInoValue));
+    if (this.syncState) put(SUBLEVELS.meta, SYNC, packValue(this.syncState));
+    for (const [k, v] of this.remoteKeys) if (v) put(SUBLEVELS.remote, Buffer.from(k), packValue(v));
     return out;
   }
 }

@@ -33,6 +33,7 @@ const bodies: { [T in EventType]: fc.Arbitrary<Record<string, unknown>> } = {
       gid: u32,
       rdev: u32,
       target: fc.string({ maxLength: 100 }),
+      remotePrefix: fc.string({ maxLength: 40 }),
     },
     { requiredKeys: ["ino", "kind", "mode", "uid", "gid"] },
   ),
@@ -54,7 +55,7 @@ const bodies: { [T in EventType]: fc.Arbitrary<Record<string, unknown>> } = {
   ObjectChanged: fc.record({ ino, object }),
   ObjectDeleted: fc.record({ ino, key: fc.string() }),
   SegmentSealed: fc.record({ minSeq: seq, maxSeq: seq, bytes: fc.nat(), checksum: u32 }),
-  SegmentReplicated: fc.record({ minSeq: seq, maxSeq: seq, key: fc.string(), etag: fc.string() }),
+  SegmentReplicated: fc.record({ minSeq: seq, maxSeq: seq, key: fc.string(), etag: fc.string(), checksum: u32 }, { requiredKeys: ["minSeq", "maxSeq", "key", "etag"] }),
   ObjectMaterialized: fc.record({ ino, asOf: seq, object }),
   ConflictDetected: fc.record(
     { ino, key: fc.string(), localEtag: fc.string(), remoteEtag: fc.string(), conflictKey: fc.string() },
@@ -62,6 +63,20 @@ const bodies: { [T in EventType]: fc.Arbitrary<Record<string, unknown>> } = {
   ),
   Mounted: fc.record({ clientId: fc.string({ unit: fc.constantFrom(..."0123456789abcdef"), minLength: 16, maxLength: 16 }), host: fc.string(), version: fc.string(), pid: fc.nat() }),
   Unmounted: fc.record({ clientId: fc.string(), clean: fc.boolean() }),
+  RemoteListed: fc.record({
+    dir: ino,
+    prefix: fc.string(),
+    entries: fc.array(
+      fc.record(
+        { name, ino, kind: fc.constantFrom("file", "dir", "symlink"), mode: fc.integer({ min: 0, max: 0o7777 }), uid: u32, gid: u32, mtime: time, object, prefix: fc.string(), target: fc.string(), rdev: u32 },
+        { requiredKeys: ["name", "ino", "kind", "mode", "uid", "gid", "mtime"] },
+      ),
+      { maxLength: 5 },
+    ),
+    skipped: fc.array(fc.record({ key: fc.string(), reason: fc.string() }), { maxLength: 3 }),
+    complete: fc.boolean(),
+  }),
+  Reconciled: fc.record({ through: seq }),
 };
 
 export function eventOf(type: EventType): fc.Arbitrary<JournalEvent> {

@@ -1,0 +1,205 @@
+/**
+ * The persistent read cache of remote object bytes: fixed-size chunks, one file each under
+ * `DATA_DIR/cache`, named after the object version (key and ETag), so a changed object can
+ * never be served from stale chunks. Bounded in bytes, least recently used first out; it
+ * survives restarts (the order is rebuilt from the files' access times).
+ *
+ * Cached bytes are derived data that S3 can always give again, so they stay out of the
+ * journal: segments never carry downloaded bytes, and losing the cache loses nothing.
+ *
+ * Sequential reads fetch ahead: each chunk read right after the one before widens the
+ * window of chunks fetched in parallel, up to `maxReadahead`.
+ */
+import { createHash } from "node:crypto";
+import { mkdir, open, readdir, rename, stat, unlink, utimes, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { RemoteBase } from "../projection/state.ts";
+import type { ObjectStore } from "../s3/mod.ts";
+
+export interface ChunkCacheOptions {
+  readonly dir: string;
+  readonly store: ObjectStore;
+  /** @default 1 GiB */
+  readonly maxBytes?: number;
+  /** @default 1 MiB */
+  readonly chunkBytes?: number;
+  /** Chunks fetched ahead of a sequential reader, at most. @default 16 */
+  readonly maxReadahead?: number;
+  /** Chunks kept in memory as well. @default 32 */
+  readonly memoryChunks?: number;
+}
+
+export interface CacheStats {
+  hits: number;
+  misses: number;
+  bytes: number;
+  downloadedBytes: number;
+}
+
+export class ChunkCache {
+  private readonly files = new Map<string, number>(); // name → bytes, least recently used first
+  private readonly memory = new Map<string, Uint8Array>();
+  private readonly inflight = new Map<string, Promise<Uint8Array>>();
+  /** Per object version: the last chunk read and the readahead window. */
+  private readonly streams = new Map<string, { last: number; window: number }>();
+  private bytes = 0;
+  readonly stats: CacheStats = { hits: 0, misses: 0, bytes: 0, downloadedBytes: 0 };
+  private readonly chunk: number;
+  private readonly maxBytes: number;
+  private readonly maxReadahead: number;
+  private readonly memoryChunks: number;
+
+  private constructor(private readonly options: ChunkCacheOptions) {
+    this.chunk = options.chunkBytes ?? 1 << 20;
+    this.maxBytes = options.maxBytes ?? 1 << 30;
+    this.maxReadahead = options.maxReadahead ?? 16;
+    this.memoryChunks = options.memoryChunks ?? 32;
+  }
+
+  static async open(options: ChunkCacheOptions): Promise<ChunkCache> {
+    const cache = new ChunkCache(options);
+    await mkdir(options.dir, { recursive: true });
+    const found: { name: string; size: number; atime: number }[] = [];
+    for (const name of await readdir(options.dir)) {
+      if (name.endsWith(".tmp")) {
+        await unlink(join(options.dir, name)).catch(() => {});
+        continue;
+      }
+      const s = await stat(join(options.dir, name)).catch(() => undefined);
+      if (s?.isFile()) found.push({ name, size: s.size, atime: s.atimeMs });
+    }
+    found.sort((a, b) => a.atime - b.atime);
+    for (const f of found) cache.remember(f.name, f.size);
+    await cache.evict();
+    return cache;
+  }
+
+  /** Bytes [offset, offset+length) of `base` into `into` at `at`. */
+  async read(base: RemoteBase, offset: number, length: number, into: Uint8Array, at: number): Promise<void> {
+    const id = versionId(base);
+    const first = Math.floor(offset / this.chunk);
+    const last = Math.floor((offset + length - 1) / this.chunk);
+    this.readahead(base, id, first, last);
+    await Promise.all(
+      Array.from({ length: last - first + 1 }, async (_, i) => {
+        const index = first + i;
+        const bytes = await this.chunkOf(base, id, index);
+        const start = index * this.chunk;
+        const from = Math.max(offset, start);
+        const to = Math.min(offset + length, start + bytes.length);
+        if (to > from) into.set(bytes.subarray(from - start, to - start), at + (from - offset));
+        if (to < Math.min(offset + length, start + this.chunk) && start + bytes.length < base.size) {
+          throw new Error(`cached chunk ${index} of ${base.key} is short`);
+        }
+      }),
+    );
+  }
+
+  private readahead(base: RemoteBase, id: string, first: number, last: number): void {
+    const s = this.streams.get(id) ?? { last: -2, window: 0 };
+    if (first === s.last || first === s.last + 1) s.window = Math.min(this.maxReadahead, Math.max(2, s.window * 2));
+    else if (first !== s.last) s.window = 0;
+    s.last = last;
+    this.streams.delete(id);
+    this.streams.set(id, s);
+    if (this.streams.size > 1024) this.streams.delete(this.streams.keys().next().value!);
+    const chunks = Math.ceil(base.size / this.chunk);
+    for (let i = last + 1; i <= last + s.window && i < chunks; i++) void this.chunkOf(base, id, i).catch(() => {});
+  }
+
+  private chunkOf(base: RemoteBase, id: string, index: number): Promise<Uint8Array> {
+    const name = `${id}-${index}`;
+    const mem = this.memory.get(name);
+    if (mem) {
+      this.memory.delete(name);
+      this.memory.set(name, mem);
+      this.touch(name);
+      this.stats.hits++;
+      return Promise.resolve(mem);
+    }
+    let p = this.inflight.get(name);
+    if (!p) {
+      p = this.load(base, name, index).finally(() => this.inflight.delete(name));
+      this.inflight.set(name, p);
+    }
+    return p;
+  }
+
+  private async load(base: RemoteBase, name: string, index: number): Promise<Uint8Array> {
+    const path = join(this.options.dir, name);
+    let bytes: Uint8Array | undefined;
+    if (this.files.has(name)) {
+      bytes = await readWhole(path);
+      if (bytes) {
+        this.stats.hits++;
+        this.touch(name);
+        void utimes(path, new Date(), new Date()).catch(() => {});
+      }
+    }
+    if (!bytes) {
+      this.stats.misses++;
+      const start = index * this.chunk;
+      const end = Math.min(base.size, start + this.chunk) - 1;
+      const got = await this.options.store.get(base.key, {
+        range: { start, end },
+        ...(base.versionId !== undefined ? { versionId: base.versionId } : { ifMatch: base.etag }),
+      });
+      bytes = got.bytes;
+      this.stats.downloadedBytes += bytes.length;
+      await writeFile(`${path}.tmp`, bytes);
+      await rename(`${path}.tmp`, path);
+      this.remember(name, bytes.length);
+      void this.evict();
+    }
+    this.memory.set(name, bytes);
+    if (this.memory.size > this.memoryChunks) this.memory.delete(this.memory.keys().next().value!);
+    return bytes;
+  }
+
+  private remember(name: string, size: number): void {
+    const old = this.files.get(name);
+    if (old !== undefined) this.bytes -= old;
+    this.files.delete(name);
+    this.files.set(name, size);
+    this.bytes += size;
+    this.stats.bytes = this.bytes;
+  }
+
+  private touch(name: string): void {
+    const size = this.files.get(name);
+    if (size === undefined) return;
+    this.files.delete(name);
+    this.files.set(name, size);
+  }
+
+  private async evict(): Promise<void> {
+    while (this.bytes > this.maxBytes && this.files.size > 0) {
+      const [name, size] = this.files.entries().next().value!;
+      this.files.delete(name);
+      this.memory.delete(name);
+      this.bytes -= size;
+      await unlink(join(this.options.dir, name)).catch(() => {});
+    }
+    this.stats.bytes = this.bytes;
+  }
+}
+
+const versionId = (base: RemoteBase) => createHash("sha256").update(`${base.key}\0${base.versionId ?? ""}\0${base.etag}`).digest("hex").slice(0, 40);
+
+async function readWhole(path: string): Promise<Uint8Array | undefined> {
+  const fh = await open(path, "r").catch(() => undefined);
+  if (!fh) return undefined;
+  try {
+    const { size } = await fh.stat();
+    const buf = new Uint8Array(size);
+    let at = 0;
+    while (at < size) {
+      const { bytesRead } = await fh.read(buf, at, size - at, at);
+      if (bytesRead === 0) break;
+      at += bytesRead;
+    }
+    return at === size ? buf : undefined;
+  } finally {
+    await fh.close();
+  }
+}

@@ -1,0 +1,145 @@
+/**
+ * Journal segments in S3: `PREFIX/.objectfs/journal/<clientId>/<minSeq>-<maxSeq>.seg`.
+ *
+ * The shipper seals the events after the last replicated seq (data inline, up to
+ * `maxSegmentBytes`) into a segment chained to the previous one, writes it with
+ * `If-None-Match: *`, and journals a SegmentReplicated event: that event is the local
+ * position. After an error the position is taken from the remote listing instead (the last
+ * segment there, verified), so an upload whose acknowledgment was lost is never sent twice
+ * and never skipped.
+ *
+ * Replication facts (the shipper's and materializer's own events) do not by themselves make
+ * a segment: they travel in the next one.
+ */
+import { decodeSegment, parseSegmentName, sealSegment, segmentName, type JournalEvent, type Seq } from "../../journal/mod.ts";
+import type { Filesystem } from "../fs/filesystem.ts";
+import type { Capabilities, ObjectStore } from "../s3/mod.ts";
+import { META_DIR } from "./keys.ts";
+
+/** Events that record replication itself: they ride along but never make a segment alone. */
+export const BOOKKEEPING = new Set<JournalEvent["type"]>(["SegmentSealed", "SegmentReplicated", "ObjectMaterialized", "ObjectDeleted", "Reconciled", "RemoteListed", "ConflictDetected", "Mounted", "Unmounted"]);
+
+export const journalPrefix = (prefix: string, clientId: string) => `${prefix}${META_DIR}/journal/${clientId}/`;
+
+export interface ShipperOptions {
+  readonly fs: Filesystem;
+  readonly store: ObjectStore;
+  readonly prefix: string;
+  readonly capabilities: () => Promise<Capabilities>;
+  /** @default 16 MiB */
+  readonly maxSegmentBytes?: number;
+  readonly log: (message: string) => void;
+}
+
+export class SegmentShipper {
+  readonly totals = { segments: 0, bytes: 0 };
+  private verified = false;
+  private readonly dir: string;
+
+  constructor(private readonly o: ShipperOptions) {
+    this.dir = journalPrefix(o.prefix, o.fs.journal.clientId);
+  }
+
+  /** Where replication stands locally: the last replicated seq and its segment checksum. */
+  position(): { seq: number; checksum: number } {
+    const r = this.o.fs.syncState.replicated;
+    return r ? { seq: r.seq, checksum: r.checksum } : { seq: 0, checksum: 0 };
+  }
+
+  /** After an error (or at start): adopt the remote listing's position if it is ahead. */
+  async resync(): Promise<void> {
+    let last: { key: string; maxSeq: number } | undefined;
+    for await (const e of this.o.store.list({ prefix: this.dir })) {
+      if (e.kind !== "object") continue;
+      const r = parseSegmentName(e.key.slice(this.dir.length));
+      if (r && (!last || r.maxSeq > last.maxSeq)) last = { key: e.key, maxSeq: r.maxSeq };
+    }
+    const local = this.position();
+    if (last && last.maxSeq > local.seq) {
+      const got = await this.o.store.get(last.key);
+      const seg = decodeSegment(got.bytes, { name: last.key });
+      this.o.log(`objectfs: ${last.key} is in S3 but was not recorded here (an acknowledgment was lost): adopting it`);
+      await this.o.fs.record([], () => [{ type: "SegmentReplicated", minSeq: seg.minSeq, maxSeq: seg.maxSeq, key: last!.key, etag: got.head.etag, checksum: seg.checksum }]);
+    }
+    this.verified = true;
+  }
+
+  /** Ship one segment if there is anything to ship; true if one was shipped. */
+  async shipOne(upTo: number): Promise<boolean> {
+    if (!this.verified) await this.resync();
+    const { fs, store } = this.o;
+    const from = this.position();
+    const head = Math.min(upTo, fs.journal.head);
+    if (head <= from.seq) return false;
+    const max = this.o.maxSegmentBytes ?? 16 << 20;
+    const events: JournalEvent[] = [];
+    let bytes = 0;
+    let meaningful = false;
+    for await (const e of fs.journal.read({ gte: from.seq + 1, lte: head, data: true })) {
+      events.push(e);
+      bytes += e.type === "ExtentWritten" ? e.length + 64 : 64;
+      if (!BOOKKEEPING.has(e.type)) meaningful = true;
+      if (bytes >= max) break;
+    }
+    if (!meaningful || events.length === 0) return false;
+    if (events[0]!.seq !== from.seq + 1) {
+      throw new Error(`the local journal no longer holds seq ${from.seq + 1} (retention removed it before it was replicated)`);
+    }
+    const sealed = sealSegment(events, { prevChecksum: from.checksum });
+    const key = this.dir + segmentName(sealed.minSeq, sealed.maxSeq);
+    const caps = await this.o.capabilities();
+    try {
+      let etag: string;
+      if (caps.conditionalWrites.ifNoneMatch) {
+        const out = await store.putIf(key, sealed.bytes, { ifNoneMatch: "*" });
+        if (out._tag === "PreconditionFailed") {
+          // Written before, its acknowledgment lost: the listing tells where we are.
+          this.verified = false;
+          return true;
+        }
+        etag = out.etag;
+      } else {
+        etag = (await store.put(key, sealed.bytes)).etag;
+      }
+      await fs.record([], () => [{ type: "SegmentReplicated", minSeq: sealed.minSeq as Seq, maxSeq: sealed.maxSeq as Seq, key, etag, checksum: sealed.checksum }]);
+    } catch (e) {
+      this.verified = false;
+      throw e;
+    }
+    this.totals.segments++;
+    this.totals.bytes += sealed.bytes.length;
+    return true;
+  }
+}
+
+/**
+ * Every event of one client's journal in S3, in order, each segment verified (checksums,
+ * chain, continuity). A corrupt or discontinuous segment throws a JournalError naming it;
+ * nothing from it or after it is yielded.
+ */
+export async function* readRemoteJournal(store: ObjectStore, prefix: string, clientId: string): AsyncGenerator<JournalEvent> {
+  const dir = journalPrefix(prefix, clientId);
+  const names: { key: string; minSeq: number; maxSeq: number }[] = [];
+  for await (const e of store.list({ prefix: dir })) {
+    if (e.kind !== "object") continue;
+    const r = parseSegmentName(e.key.slice(dir.length));
+    if (r) names.push({ key: e.key, ...r });
+  }
+  names.sort((a, b) => a.minSeq - b.minSeq);
+  let after: { maxSeq: number; checksum: number } | undefined;
+  for (const n of names) {
+    const { bytes } = await store.get(n.key);
+    const seg = decodeSegment(bytes, { name: n.key, after: after ?? { maxSeq: 0, checksum: 0 } });
+    yield* seg.events;
+    after = { maxSeq: seg.maxSeq, checksum: seg.checksum };
+  }
+}
+
+/** Client ids with a journal under the prefix. */
+export async function remoteClients(store: ObjectStore, prefix: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const e of store.list({ prefix: `${prefix}${META_DIR}/journal/`, delimiter: "/" })) {
+    if (e.kind === "prefix") out.push(e.prefix.slice(`${prefix}${META_DIR}/journal/`.length, -1));
+  }
+  return out;
+}

@@ -1,0 +1,259 @@
+/**
+ * Replication of one mount: the segment shipper and the materializer, each an Effect fiber
+ * that works while there is work, waits when there is none, and backs off exponentially
+ * (0.5 s doubling to 30 s, jittered) while S3 fails, so an unreachable endpoint costs nothing
+ * and replication resumes by itself when it returns. Also `status` and `sync` for the CLI.
+ */
+import { Effect, Fiber, Result } from "effect";
+import type { JournalEvent } from "../../journal/mod.ts";
+import type { Filesystem } from "../fs/filesystem.ts";
+import { probeCapabilities, type Capabilities, type ObjectStore } from "../s3/mod.ts";
+import { Materializer } from "./materializer.ts";
+import { BOOKKEEPING, SegmentShipper } from "./segments.ts";
+import type { RemoteListing } from "../fs/remote.ts";
+import type { ChunkCache } from "./cache.ts";
+
+export interface ReplicationOptions {
+  readonly fs: Filesystem;
+  readonly store: ObjectStore;
+  readonly prefix: string;
+  /** Lists a prefix as directory entries (conflicts need the remote version's attributes). */
+  readonly lookup: (prefix: string) => Promise<RemoteListing>;
+  readonly cache?: ChunkCache;
+  /** A change becomes an object once nothing changed for this long. @default 2000 */
+  readonly writeBackMs?: number;
+  /** …or once the oldest unmaterialized change is this old, however busy the mount. @default 10 × writeBackMs */
+  readonly maxDelayMs?: number;
+  /** How often a segment is sealed while events arrive. @default 1000 */
+  readonly sealMs?: number;
+  readonly maxSegmentBytes?: number;
+  readonly partBytes?: number;
+  readonly log: (message: string) => void;
+}
+
+export interface Status {
+  readonly endpoint: string;
+  readonly bucket: string;
+  readonly prefix: string;
+  readonly clientId: string;
+  /** Last journal seq, and the last one that changed the tree. */
+  readonly head: number;
+  readonly lastChange: number;
+  /** Events after the last segment in S3, and whether every change is materialized. */
+  readonly pendingEvents: number;
+  readonly pendingMaterialization: boolean;
+  readonly replicatedThrough: number;
+  readonly materializedThrough: number;
+  /** Seconds since the oldest change not yet in S3 (0 when none). */
+  readonly lagSeconds: number;
+  readonly segments: { readonly shipped: number; readonly bytes: number };
+  readonly objects: { readonly put: number; readonly copied: number; readonly deleted: number; readonly uploadedBytes: number; readonly copiedBytes: number };
+  readonly conflicts: number;
+  readonly lastConflict?: { readonly key: string; readonly conflictKey: string; readonly time: string };
+  readonly skippedKeys: number;
+  readonly skipped: readonly { readonly key: string; readonly reason: string }[];
+  readonly cache?: { readonly bytes: number; readonly hits: number; readonly misses: number };
+  readonly lastError?: { readonly message: string; readonly time: string };
+  readonly online: boolean;
+}
+
+export class Replication {
+  readonly shipper: SegmentShipper;
+  readonly materializer: Materializer;
+  private lastChange = 0;
+  private lastChangeTime = 0;
+  /** Time of the oldest change not yet in S3. */
+  private oldestPending = 0;
+  private force = false;
+  private lastError: { message: string; time: number } | undefined;
+  private readonly wakers = new Set<() => void>();
+  private readonly waiters = new Set<() => void>();
+  private fibers: Fiber.Fiber<never, never>[] = [];
+  private unsubscribe: (() => void) | undefined;
+  private caps: Promise<Capabilities> | undefined;
+  /** Steps running now: stop waits for them, so nothing is recorded after the journal closes. */
+  private readonly running = new Set<Promise<boolean>>();
+
+  constructor(private readonly o: ReplicationOptions) {
+    const capabilities = () => {
+      this.caps ??= probeCapabilities(o.store).catch((e) => {
+        this.caps = undefined;
+        throw e;
+      });
+      return this.caps;
+    };
+    this.shipper = new SegmentShipper({ fs: o.fs, store: o.store, prefix: o.prefix, capabilities, maxSegmentBytes: o.maxSegmentBytes, log: o.log });
+    this.materializer = new Materializer({
+      fs: o.fs, store: o.store, prefix: o.prefix, capabilities, clientId: o.fs.journal.clientId, lookup: o.lookup, partBytes: o.partBytes, log: o.log,
+    });
+  }
+
+  async start(): Promise<void> {
+    const journal = this.o.fs.journal;
+    // The last change from before this start: everything after the checkpoints is pending.
+    for await (const e of journal.read({ reverse: true, limit: 100_000 })) {
+      if (!BOOKKEEPING.has(e.type)) {
+        this.noteChange(e);
+        break;
+      }
+    }
+    this.unsubscribe = journal.subscribe((events) => {
+      for (const e of events) if (!BOOKKEEPING.has(e.type)) this.noteChange(e);
+      this.wake();
+    });
+    const sealMs = Math.max(50, this.o.sealMs ?? 1000);
+    const writeBack = this.o.writeBackMs ?? 2000;
+    const maxDelay = this.o.maxDelayMs ?? 10 * writeBack;
+    this.fibers = [
+      Effect.runFork(this.loop(sealMs, async () => {
+        if (this.o.fs.syncState.replicated?.seq !== undefined && this.o.fs.syncState.replicated.seq >= this.lastChange) return false;
+        let shipped = false;
+        while (await this.shipper.shipOne(this.o.fs.journal.head)) shipped = true;
+        return shipped;
+      })),
+      // Never spin: a zero-delay timer loop starves socket reads in Bun.
+      Effect.runFork(this.loop(Math.max(50, Math.min(writeBack, 1000)), async () => {
+        if (this.o.fs.syncState.reconciled >= this.lastChange) return false;
+        const now = Date.now();
+        const due = this.force || now - this.lastChangeTime >= writeBack || now - this.oldestPending >= maxDelay;
+        if (!due) return false;
+        const { through, stats } = await this.materializer.round();
+        // A conflict renamed the local version: it is uploaded by the next round, before the checkpoint.
+        if (stats.conflicts === 0) await this.o.fs.record([], () => [{ type: "Reconciled", through: through as never }]);
+        return true;
+      })),
+    ];
+  }
+
+  private noteChange(e: JournalEvent): void {
+    if (e.seq <= this.lastChange) return;
+    if (this.pendingNothing()) this.oldestPending = e.time;
+    this.lastChange = e.seq;
+    this.lastChangeTime = e.time;
+  }
+
+  private pendingNothing(): boolean {
+    const s = this.o.fs.syncState;
+    return (s.replicated?.seq ?? 0) >= this.lastChange && s.reconciled >= this.lastChange;
+  }
+
+  /** Run `step` while it finds work; wait `idleMs` (or a wake-up) when it does not; back off on errors. */
+  private loop(idleMs: number, step: () => Promise<boolean>): Effect.Effect<never> {
+    const self = this;
+    return Effect.gen(function* () {
+      let failures = 0;
+      for (;;) {
+        const r = yield* Effect.result(Effect.tryPromise({ try: () => self.track(step()), catch: (e) => e as Error }));
+        if (Result.isFailure(r)) {
+          failures++;
+          const message = r.failure instanceof Error ? r.failure.message : String(r.failure);
+          if (self.lastError?.message !== message) self.o.log(`objectfs: replication: ${message} (retrying with backoff)`);
+          self.lastError = { message, time: Date.now() };
+          const backoff = Math.min(30_000, 500 * 2 ** Math.min(failures - 1, 6)) * (0.75 + Math.random() * 0.5);
+          yield* Effect.promise(() => self.idle(self.force ? Math.min(backoff, 1000) : backoff));
+          continue;
+        }
+        if (failures > 0 || self.lastError) self.lastError = undefined;
+        failures = 0;
+        if (r.success) self.notifyWaiters();
+        else yield* Effect.promise(() => self.idle(idleMs));
+      }
+    }) as Effect.Effect<never>;
+  }
+
+  private track(p: Promise<boolean>): Promise<boolean> {
+    this.running.add(p);
+    void p.finally(() => this.running.delete(p)).catch(() => {});
+    return p;
+  }
+
+  private idle(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.wakers.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.wakers.add(done);
+    });
+  }
+
+  private wake(): void {
+    for (const w of [...this.wakers]) w();
+  }
+
+  private notifyWaiters(): void {
+    for (const w of [...this.waiters]) w();
+  }
+
+  /** Resolves once every change made before the call is in S3 (segments and objects). */
+  async sync(options: { timeoutMs?: number; onProgress?: (s: Status) => void } = {}): Promise<void> {
+    await this.o.fs.journal.flushed(); // staged changes are committed, so lastChange knows them
+    const target = this.lastChange;
+    const done = () => (this.o.fs.syncState.replicated?.seq ?? 0) >= target && this.o.fs.syncState.reconciled >= target;
+    const deadline = Date.now() + (options.timeoutMs ?? Infinity);
+    this.force = true;
+    this.wake();
+    try {
+      while (!done()) {
+        options.onProgress?.(this.status());
+        const left = deadline - Date.now();
+        if (left <= 0) {
+          const s = this.status();
+          throw new Error(
+            `timed out: ${s.pendingEvents} events${s.pendingMaterialization ? " and unmaterialized changes" : ""} are not in S3 yet${s.lastError ? `; last error: ${s.lastError.message}` : ""}`,
+          );
+        }
+        await new Promise<void>((resolve) => {
+          const w = () => {
+            clearTimeout(t);
+            this.waiters.delete(w);
+            resolve();
+          };
+          const t = setTimeout(w, Math.min(left, 250));
+          this.waiters.add(w);
+        });
+      }
+    } finally {
+      this.force = false;
+    }
+  }
+
+  status(): Status {
+    const s = this.o.fs.syncState;
+    const replicated = s.replicated?.seq ?? 0;
+    const pendingEvents = Math.max(0, this.lastChange - replicated);
+    const pendingMaterialization = s.reconciled < this.lastChange;
+    const stats = this.materializer.totals;
+    return {
+      endpoint: this.o.store.endpoint,
+      bucket: this.o.store.bucket,
+      prefix: this.o.prefix,
+      clientId: this.o.fs.journal.clientId,
+      head: this.o.fs.journal.head,
+      lastChange: this.lastChange,
+      pendingEvents,
+      pendingMaterialization,
+      replicatedThrough: replicated,
+      materializedThrough: s.reconciled,
+      lagSeconds: pendingEvents > 0 || pendingMaterialization ? Math.max(0, (Date.now() - this.oldestPending) / 1000) : 0,
+      segments: { shipped: this.shipper.totals.segments, bytes: this.shipper.totals.bytes },
+      objects: { put: stats.put, copied: stats.copied, deleted: stats.deleted, uploadedBytes: stats.uploadedBytes, copiedBytes: stats.copiedBytes },
+      conflicts: s.conflicts,
+      ...(s.lastConflict ? { lastConflict: { ...s.lastConflict, time: new Date(s.lastConflict.time).toISOString() } } : {}),
+      skippedKeys: s.skippedCount,
+      skipped: s.skipped,
+      ...(this.o.cache ? { cache: { bytes: this.o.cache.stats.bytes, hits: this.o.cache.stats.hits, misses: this.o.cache.stats.misses } } : {}),
+      ...(this.lastError ? { lastError: { message: this.lastError.message, time: new Date(this.lastError.time).toISOString() } } : {}),
+      online: this.lastError === undefined,
+    };
+  }
+
+  async stop(): Promise<void> {
+    this.unsubscribe?.();
+    await Effect.runPromise(Effect.forEach(this.fibers, Fiber.interrupt, { discard: true }));
+    this.fibers = [];
+    await Promise.allSettled([...this.running]);
+  }
+}
