@@ -117,7 +117,7 @@ for (const kind of S3_SERVER_KINDS) {
       const events = [];
       for await (const e of readRemoteJournal(store, "data/", a.fs.journal.clientId)) events.push(e);
       expect(events.some((e) => e.type === "ExtentWritten")).toBe(true);
-      expect(events.map((e) => e.seq)).toEqual(events.map((_, i) => i + 1));
+      expect(events.map((e) => e.seq as number)).toEqual(events.map((_, i) => i + 1));
 
       const b = await client(server, bucket, "data/");
       expect(await list(b.fs, "")).toEqual(["empty", "hello.txt", "ln", "renamed.txt", "sub"]);
