@@ -96,7 +96,7 @@ export async function loadConfig(options: {
     if (!k.startsWith("OBJECTFS_") || k.startsWith("OBJECTFS_TEST_") || v === undefined) continue;
     const name = envKnown.get(k);
     if (!name) {
-      if (k !== "OBJECTFS_CONFIG") problems.push(`unknown environment variable ${k}`);
+      if (k !== "OBJECTFS_CONFIG" && k !== "OBJECTFS_RUN_DIR") problems.push(`unknown environment variable ${k}`);
       continue;
     }
     const c = coerce(name, v, `environment variable ${k}`, problems);

@@ -23,6 +23,8 @@ export interface MountHandle {
 }
 
 export interface MountOptions {
+  /** An s3:// source, given before the mountpoint. */
+  readonly source?: string;
   readonly mnt?: string;
   readonly dataDir?: string;
   readonly args?: readonly string[];
@@ -44,7 +46,7 @@ export const OBJECTFS = `${JSON.stringify(process.execPath)} ${JSON.stringify(MA
 export async function startMount(options: MountOptions = {}): Promise<MountHandle> {
   const mnt = options.mnt ?? (await mkdtemp(join(tmpdir(), "objectfs-mnt-")));
   const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), "objectfs-data-")));
-  const proc = Bun.spawn([process.execPath, MAIN, "mount", mnt, "--data-dir", dataDir, "--foreground", ...(options.args ?? [])], {
+  const proc = Bun.spawn([process.execPath, MAIN, "mount", ...(options.source ? [options.source] : []), mnt, "--data-dir", dataDir, "--foreground", ...(options.args ?? [])], {
     stdout: "pipe",
     stderr: "pipe",
     env: childEnv(options.env),
