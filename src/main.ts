@@ -7,6 +7,7 @@ import { fsckCommand, mount, unmount } from "./cli/mount.ts";
 import { status, sync } from "./cli/sync.ts";
 import { FsError } from "./fs/errors.ts";
 import { MountError } from "./fuse/mount.ts";
+import { RemoteConfigError } from "./replicator/mod.ts";
 
 const COMMANDS: readonly Command[] = [mount, unmount, sync, status, fsckCommand, demo];
 
@@ -41,7 +42,7 @@ export async function main(argv: string[]): Promise<number> {
       console.error(`objectfs ${name}: ${(e as Error).message}; see "objectfs ${name} --help"`);
       return 2;
     }
-    if (e instanceof JournalError || e instanceof MountError || e instanceof FsError) {
+    if (e instanceof JournalError || e instanceof MountError || e instanceof FsError || e instanceof RemoteConfigError) {
       console.error(`objectfs ${name}: ${e.message}`);
       return 1;
     }

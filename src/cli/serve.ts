@@ -118,7 +118,7 @@ export function serve(o: ServeOptions): Promise<void> {
           Effect.tryPromise({
             try: () =>
               openRemote({
-                bucket: src.bucket, prefix: src.prefix, dataDir: o.dataDir, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0,
+                bucket: src.bucket, prefix: src.prefix, dataDir: o.dataDir, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, log: o.log,
                 store: { ...(src.endpoint ? { endpoint: src.endpoint } : {}), ...(src.region ? { region: src.region } : {}), ...(src.pathStyle !== undefined ? { forcePathStyle: src.pathStyle } : {}) },
                 ...(src.cacheBytes !== undefined ? { cacheBytes: src.cacheBytes } : {}),
               }),

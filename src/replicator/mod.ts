@@ -4,7 +4,12 @@
  */
 import { join } from "node:path";
 import type { RemoteSource } from "../fs/remote.ts";
-import { makeObjectStore, probeCapabilities, type ObjectStore, type ObjectStoreConfig } from "../s3/mod.ts";
+import { isS3Error, makeObjectStore, probeCapabilities, type ObjectStore, type ObjectStoreConfig } from "../s3/mod.ts";
+
+/** The bucket or the credentials are wrong: the mount cannot work until the configuration changes. */
+export class RemoteConfigError extends Error {
+  override readonly name = "RemoteConfigError";
+}
 import { ChunkCache } from "./cache.ts";
 import { makeRemoteSource } from "./remote_source.ts";
 
@@ -39,8 +44,20 @@ export async function openRemote(options: {
   readonly cacheBytes?: number;
   readonly uid: number;
   readonly gid: number;
+  readonly log?: (message: string) => void;
 }): Promise<RemoteSetup> {
   const store = makeObjectStore({ bucket: options.bucket, ...options.store });
+  // A wrong bucket or wrong credentials is a configuration error: refuse to mount. An
+  // unreachable endpoint is not: the journal serves the mount and replication catches up.
+  try {
+    await store.listPage({ prefix: options.prefix, maxKeys: 1, signal: AbortSignal.timeout(15_000) });
+  } catch (e) {
+    if (isS3Error(e, "not-found") || isS3Error(e, "auth")) {
+      store.close();
+      throw new RemoteConfigError(`${e.message}; check the bucket name, --endpoint and the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or a profile)`);
+    }
+    options.log?.(`objectfs: S3 is not reachable now (${(e as Error).message}); serving from the local journal, replication resumes when it is back`);
+  }
   const cache = await ChunkCache.open({ dir: join(options.dataDir, "cache"), store, ...(options.cacheBytes !== undefined ? { maxBytes: options.cacheBytes } : {}) });
   // s3rver drops common prefixes that hold only deeper prefixes: group keys here there.
   let clientDelimiter = false;

@@ -120,6 +120,19 @@ for (const kind of S3_SERVER_KINDS) {
       const notUrl = await sh(`${OBJECTFS} mount s3://bucket ${mnt} --endpoint localhost`, { env });
       expect(notUrl.code).toBe(2);
       expect(notUrl.stderr).toContain("is not a URL");
+      const dataDir = await mkdtemp(join(tmpdir(), "objectfs-s3data-"));
+      dirs.push(dataDir);
+      const missing = await sh(`${OBJECTFS} mount s3://no-such-bucket-${Date.now()} ${mnt} --endpoint ${server.endpoint} --data-dir ${dataDir}/a`, { env });
+      expect(missing.code).toBe(1);
+      expect(missing.stderr).toContain("does not exist");
+      expect(missing.stderr).toContain("check the bucket name");
+      if (kind === "ceph-rgw") {
+        // (s3rver checks no signatures: any secret works there.)
+        const bucket = await createBucket(server);
+        const denied = await sh(`${OBJECTFS} mount s3://${bucket} ${mnt} --endpoint ${server.endpoint} --data-dir ${dataDir}/b`, { env: { ...env, AWS_SECRET_ACCESS_KEY: "wrong-secret" } });
+        expect(denied.code).toBe(1);
+        expect(denied.stderr).toContain("check the bucket name, --endpoint and the credentials");
+      }
       const noMount = await sh(`${OBJECTFS} status ${mnt}`, { env });
       expect(noMount.code).toBe(1);
       expect(noMount.stderr).toContain("no S3-backed objectfs mount answers");
