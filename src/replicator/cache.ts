@@ -144,6 +144,8 @@ export class ChunkCache {
         range: { start, end },
         ...(base.versionId !== undefined ? { versionId: base.versionId } : { ifMatch: base.etag }),
       });
+      // Servers that ignore If-Match on GET (s3rver) answer with whatever is there now.
+      if (got.head.etag !== base.etag) throw new Error(`${base.key} changed in S3 (ETag ${got.head.etag}, expected ${base.etag})`);
       bytes = got.bytes;
       this.stats.downloadedBytes += bytes.length;
       await writeFile(`${path}.tmp`, bytes);
