@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { makeObjectStore, type ObjectStore } from "../../src/s3/mod.ts";
 import { createBucket, S3_SERVER_KINDS, startS3Server, storeConfig, type S3Server, type S3ServerKind } from "../support/s3_servers.ts";
 import { cleanup, OBJECTFS, sh, startMount, type MountHandle } from "../support/mount_harness.ts";
-import { minioFor, minioGet } from "../support/s3_client.ts";
+import { minioFor, minioGet, s3Env } from "../support/s3_client.ts";
 
 const servers = new Map<S3ServerKind, Promise<S3Server>>();
 const serverFor = (kind: S3ServerKind) => {
@@ -34,9 +34,6 @@ afterAll(async () => {
   await Promise.allSettled([...servers.values()].map(async (s) => (await s).stop()));
 }, 60_000);
 
-export function s3Env(server: S3Server): Record<string, string> {
-  return { AWS_ACCESS_KEY_ID: server.accessKeyId, AWS_SECRET_ACCESS_KEY: server.secretAccessKey, AWS_REGION: server.region, OBJECTFS_RUN_DIR: join(tmpdir(), "objectfs-run") };
-}
 
 async function mountBucket(server: S3Server, source: string, extra: string[] = [], endpoint = server.endpoint): Promise<MountHandle> {
   const mnt = await mkdtemp(join(tmpdir(), "objectfs-s3mnt-"));

@@ -99,6 +99,11 @@ export async function list(fs: Filesystem, path: string): Promise<string[]> {
   return (await fs.readdir(ROOT, ino)).map((e) => e.name).filter((n) => n !== "." && n !== "..").sort();
 }
 
+/** Environment for objectfs processes talking to `server` (credentials, control sockets in a temp dir). */
+export function s3Env(server: S3Server): Record<string, string> {
+  return { AWS_ACCESS_KEY_ID: server.accessKeyId, AWS_SECRET_ACCESS_KEY: server.secretAccessKey, AWS_REGION: server.region, OBJECTFS_RUN_DIR: join(tmpdir(), "objectfs-run") };
+}
+
 /** An independent S3 client (the `minio` package), to check what other tools see. */
 export function minioFor(server: S3Server): MinioClient {
   const url = new URL(server.endpoint);
