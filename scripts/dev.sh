@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up this checkout on a Debian machine (idempotent), then run a job:
-#   bash scripts/dev.sh start [ARGS]   the main job: mount the embedded default at /mnt/objectfs
+#   bash scripts/dev.sh start [ARGS]   the main job: mount the embedded default (a local S3 server's bucket) at /mnt/objectfs
 #   bash scripts/dev.sh test           type-check and run every test
 #   bash scripts/dev.sh setup          only install what is missing
 set -euo pipefail
@@ -46,15 +46,32 @@ shift || true
 case "$job" in
   setup) ;;
   start)
-    # The main job: mount the embedded default (no S3 configured: the local journal backs it).
+    # The main job: mount the embedded default at /mnt/objectfs. Without OBJECTFS_SOURCE
+    # (an s3://BUCKET[/PREFIX] of a real S3), that is the bucket "objectfs" of a local S3
+    # server (objectfs dev-s3, kept running in the background) mounted through the journal.
     mnt=${OBJECTFS_MOUNTPOINT:-/mnt/objectfs}
     mkdir -p "$mnt"
-    bun src/main.ts mount "$mnt" "$@"
+    if [ -n "${OBJECTFS_SOURCE:-}" ]; then
+      source=$OBJECTFS_SOURCE
+    else
+      port=${OBJECTFS_DEV_S3_PORT:-9000}
+      if ! out=$(bun src/main.ts dev-s3 --detach --port "$port" 2>&1) && ! grep -q "already runs" <<<"$out"; then
+        echo "$out" >&2
+        echo "objectfs start: the local S3 server did not start; free port $port or set OBJECTFS_DEV_S3_PORT" >&2
+        exit 1
+      fi
+      export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-S3RVER} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-S3RVER} AWS_REGION=${AWS_REGION:-us-east-1}
+      export OBJECTFS_ENDPOINT=${OBJECTFS_ENDPOINT:-http://127.0.0.1:$port}
+      source=s3://objectfs
+      echo "objectfs start: local S3 server at $OBJECTFS_ENDPOINT (objects in ${XDG_DATA_HOME:-$HOME/.local/share}/objectfs/dev-s3)"
+    fi
+    bun src/main.ts mount "$source" "$mnt" "$@"
     data=${XDG_DATA_HOME:-$HOME/.local/share}/objectfs/$(echo "${mnt#/}" | sed 's/[^A-Za-z0-9._-]\{1,\}/_/g')
     cat <<MSG
 
 Look inside:  ls -la $mnt; echo hello > $mnt/hello.txt; cat $mnt/hello.txt
-Unmount:      bun src/main.ts unmount $mnt   (files stay in the journal at $data; mount again to see them)
+In S3:        bun src/main.ts sync $mnt; bun src/main.ts status $mnt
+Unmount:      bun src/main.ts unmount $mnt   (the journal stays in $data; mount again to continue)
 Check it:     bun src/main.ts fsck --data-dir $data   (after unmounting)
 MSG
     ;;

@@ -29,6 +29,9 @@ export type SettingName = keyof typeof SETTINGS;
 type ValueOf<K> = K extends "string" ? string : K extends "boolean" ? boolean : K extends "number" ? number : K extends { oneOf: readonly (infer V)[] } ? V : never;
 export type Config = { -readonly [N in SettingName]?: ValueOf<(typeof SETTINGS)[N]> };
 
+/** OBJECTFS_* variables that are not settings: the config file, the control-socket dir, scripts/dev.sh's. */
+const NOT_SETTINGS = new Set(["OBJECTFS_CONFIG", "OBJECTFS_RUN_DIR", "OBJECTFS_SOURCE", "OBJECTFS_MOUNTPOINT", "OBJECTFS_DEV_S3_PORT"]);
+
 const envName = (n: string) => `OBJECTFS_${n.toUpperCase().replace(/-/g, "_")}`;
 
 function coerce(name: SettingName, raw: unknown, where: string, problems: string[]): unknown {
@@ -96,7 +99,7 @@ export async function loadConfig(options: {
     if (!k.startsWith("OBJECTFS_") || k.startsWith("OBJECTFS_TEST_") || v === undefined) continue;
     const name = envKnown.get(k);
     if (!name) {
-      if (k !== "OBJECTFS_CONFIG" && k !== "OBJECTFS_RUN_DIR") problems.push(`unknown environment variable ${k}`);
+      if (!NOT_SETTINGS.has(k)) problems.push(`unknown environment variable ${k}`);
       continue;
     }
     const c = coerce(name, v, `environment variable ${k}`, problems);

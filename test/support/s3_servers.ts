@@ -5,7 +5,7 @@
  *   about 2 s to start) through `scripts/ceph-rgw-up.sh` / `ceph-rgw-down.sh`: the full API
  *   (conditional writes, UploadPartCopy, versioning, abort). Needs the Debian packages in
  *   {@linkcode CEPH_APT_PACKAGES}.
- * - `s3rver`: an S3 emulator run under Node by `test/support/s3rver_main.mjs`: the fallbacks
+ * - `s3rver`: an S3 emulator run under Node by `src/s3/dev_server.mjs`: the fallbacks
  *   when those are missing.
  *
  * Each server gets its own free ports and directory, so several runs can share a machine;
@@ -30,7 +30,7 @@ const CEPH_COMMANDS = ["ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "ceph
 const ROOT = join(import.meta.dir, "../..");
 const CEPH_UP = join(ROOT, "scripts/ceph-rgw-up.sh");
 const CEPH_DOWN = join(ROOT, "scripts/ceph-rgw-down.sh");
-const S3RVER_MAIN = join(import.meta.dir, "s3rver_main.mjs");
+const S3RVER_MAIN = join(ROOT, "src/s3/dev_server.mjs");
 
 export interface S3Server {
   readonly kind: S3ServerKind;
@@ -143,9 +143,9 @@ export async function startS3rver(): Promise<S3Server> {
   const node = Bun.which("node", { PATH: process.env.PATH ?? "" });
   if (node === null) throw new Error("Node is not installed: s3rver must run under Node (`node --openssl-legacy-provider`), not Bun");
   const dir = await mkdtemp(join(tmpdir(), "objectfs-s3rver-"));
-  const proc = Bun.spawn([node, "--openssl-legacy-provider", S3RVER_MAIN, "--dir", dir, "--port", "0", "--rm"], {
+  const proc = Bun.spawn([node, "--openssl-legacy-provider", S3RVER_MAIN, "--dir", dir, "--port", "0", "--rm", "--exit-with-stdin"], {
     cwd: ROOT,
-    stdin: "pipe", // kept open: s3rver_main.mjs exits when it closes (when this process dies)
+    stdin: "pipe", // kept open: dev_server.mjs exits when it closes (when this process dies)
     stdout: "pipe",
     stderr: "pipe",
   });
