@@ -240,6 +240,11 @@ export interface SegmentReplicated extends Base {
   readonly etag: string;
   /** The segment's chained checksum, which the next segment names as its predecessor. */
   readonly checksum?: number;
+  /**
+   * Where the data log's bytes are in the segment: [file, pos, length, at] runs (see
+   * `DataRun` in segment.ts), so objects can be assembled from segment ranges server-side.
+   */
+  readonly runs?: readonly (readonly [number, number, number, number])[];
 }
 
 /**

@@ -3,21 +3,28 @@
  * events, with their data inline. The replicator ships them to
  * `.objectfs/journal/<clientId>/<minSeq:016x>-<maxSeq:016x>.seg`.
  *
- * Layout (integers big-endian):
+ * Layout, format version 2 (integers big-endian):
  *
  *   header   0  magic "OFSSEG\0\1"         8 bytes
- *            8  format version (1)         u16
+ *            8  format version (2)         u16
  *           10  flags (0)                  u16
  *           12  event count                u32
  *           16  minSeq                     u64
  *           24  maxSeq                     u64
  *           32  previous segment checksum  u32   (0 for the first segment)
  *           36  header CRC-32              u32   (of bytes 0..35)
- *   events  per event: payload length u32, payload CRC-32 u32, payload (codec.ts, data inline)
+ *   events  per event: payload length u32, payload CRC-32 u32, payload (codec.ts; an
+ *           ExtentWritten's bytes are not in it but in the data area)
+ *   data     length u64, then the bytes of every ExtentWritten in event order, back to back,
+ *            each checked by its event's CRC-32. A file written sequentially is one contiguous
+ *            run here, so S3 can assemble the file's object from segment ranges server-side
+ *            (UploadPartCopy) and its bytes cross the network once.
  *   trailer  magic "OFSEND\0\1"            8 bytes
  *            state checksum slot           32 bytes (supplied by the projections; zeros if none)
  *            segment checksum              u32   CRC-32 of every byte before it, seeded with
  *                                                the previous segment checksum (a chain)
+ *
+ * Version 1 had no data area (the bytes were inline in each event); it is still read.
  *
  * Any single flipped byte is detected: CRC-32 catches every burst of up to 32
  * bits, and the segment checksum covers every byte but itself.
@@ -30,7 +37,7 @@ import { readU64, writeU64 } from "./keys.ts";
 
 const HEADER_MAGIC = Buffer.from("OFSSEG\x00\x01", "latin1");
 const TRAILER_MAGIC = Buffer.from("OFSEND\x00\x01", "latin1");
-const FORMAT_VERSION = 1;
+const FORMAT_VERSION = 2;
 export const SEGMENT_HEADER_BYTES = 40;
 export const SEGMENT_TRAILER_BYTES = 8 + 32 + 4;
 export const STATE_CHECKSUM_BYTES = 32;
@@ -56,7 +63,15 @@ export interface SealedSegment {
   readonly minSeq: Seq;
   readonly maxSeq: Seq;
   readonly checksum: number;
+  /**
+   * Where each ExtentWritten's bytes landed: runs of the local data log (file, pos, length)
+   * that are contiguous both there and in the segment, at byte `at` of the segment.
+   */
+  readonly runs: readonly DataRun[];
 }
+
+/** Bytes [pos, pos+length) of data log file `file` are at byte `at` of the segment. */
+export type DataRun = readonly [file: number, pos: number, length: number, at: number];
 
 /** `<minSeq:016x>-<maxSeq:016x>.seg` */
 export function segmentName(minSeq: number, maxSeq: number): string {
@@ -76,7 +91,9 @@ export function parseSegmentName(name: string): { minSeq: Seq; maxSeq: Seq } | u
 export function sealSegment(events: readonly JournalEvent[], options: SealOptions): SealedSegment {
   if (events.length === 0) throw new JournalError("unsupported", "Cannot seal an empty segment");
   const payloads: Uint8Array[] = [];
-  let total = SEGMENT_HEADER_BYTES + SEGMENT_TRAILER_BYTES;
+  const datas: { data: Uint8Array; ref?: { file: number; pos: number } }[] = [];
+  let eventBytes = 0;
+  let dataBytes = 0;
   for (let i = 0; i < events.length; i++) {
     const e = events[i]!;
     if (i > 0 && e.seq !== events[i - 1]!.seq + 1) {
@@ -85,16 +102,18 @@ export function sealSegment(events: readonly JournalEvent[], options: SealOption
     let stored: JournalEvent = e;
     if (e.type === "ExtentWritten") {
       if (!e.data) throw new JournalError("unsupported", `Cannot seal event ${e.seq}: its data is not inline (read it with data: true)`);
-      const { ref: _ref, ...rest } = e;
+      const { ref, data, ...rest } = e;
       stored = rest as JournalEvent;
+      datas.push({ data, ...(ref ? { ref } : {}) });
+      dataBytes += data.length;
     }
     const p = encodeEvent(stored);
     payloads.push(p);
-    total += 8 + p.length;
+    eventBytes += 8 + p.length;
   }
   const minSeq = events[0]!.seq;
   const maxSeq = events[events.length - 1]!.seq;
-  const out = Buffer.allocUnsafe(total);
+  const out = Buffer.allocUnsafe(SEGMENT_HEADER_BYTES + eventBytes + 8 + dataBytes + SEGMENT_TRAILER_BYTES);
   HEADER_MAGIC.copy(out, 0);
   out.writeUInt16BE(FORMAT_VERSION, 8);
   out.writeUInt16BE(0, 10);
@@ -110,6 +129,16 @@ export function sealSegment(events: readonly JournalEvent[], options: SealOption
     out.set(p, at + 8);
     at += 8 + p.length;
   }
+  writeU64(out, at, dataBytes);
+  at += 8;
+  const runs: [number, number, number, number][] = [];
+  for (const { data, ref } of datas) {
+    out.set(data, at);
+    const last = runs[runs.length - 1];
+    if (ref && last && last[0] === ref.file && last[1] + last[2] === ref.pos && last[3] + last[2] === at) last[2] += data.length;
+    else if (ref && data.length > 0) runs.push([ref.file, ref.pos, data.length, at]);
+    at += data.length;
+  }
   TRAILER_MAGIC.copy(out, at);
   at += 8;
   out.fill(0, at, at + STATE_CHECKSUM_BYTES);
@@ -120,7 +149,7 @@ export function sealSegment(events: readonly JournalEvent[], options: SealOption
   at += STATE_CHECKSUM_BYTES;
   const checksum = crc32(out.subarray(0, at), options.prevChecksum >>> 0);
   out.writeUInt32BE(checksum, at);
-  return { bytes: out, minSeq, maxSeq, checksum };
+  return { bytes: out, minSeq, maxSeq, checksum, runs };
 }
 
 export interface DecodeOptions {
@@ -140,7 +169,7 @@ export function decodeSegment(bytes: Uint8Array, options: DecodeOptions = {}): S
   const headerCrc = crc32(b.subarray(0, 36));
   if (b.readUInt32BE(36) !== headerCrc) throw corrupt(36, `header CRC expected ${b.readUInt32BE(36)}, computed ${headerCrc}`);
   const version = b.readUInt16BE(8);
-  if (version !== FORMAT_VERSION) throw corrupt(8, `format version ${version} is not supported (this build reads ${FORMAT_VERSION})`);
+  if (version !== 1 && version !== FORMAT_VERSION) throw corrupt(8, `format version ${version} is not supported (this build reads 1 and ${FORMAT_VERSION})`);
   const count = b.readUInt32BE(12);
   const minSeq = readU64(b, 16);
   const maxSeq = readU64(b, 24);
@@ -178,6 +207,22 @@ export function decodeSegment(bytes: Uint8Array, options: DecodeOptions = {}): S
     if (event.seq !== minSeq + i) throw corrupt(at + 8, `event #${i} has seq ${event.seq}, expected ${minSeq + i}`);
     events.push(event);
     at += 8 + len;
+  }
+  if (version >= 2) {
+    if (at + 8 > trailerAt) throw corrupt(at, "the data area's length runs past the trailer");
+    const dataBytes = readU64(b, at);
+    at += 8;
+    if (at + dataBytes !== trailerAt) throw corrupt(at - 8, `data area of ${dataBytes} bytes does not end at the trailer (${trailerAt - at} bytes are there)`);
+    for (let i = 0; i < events.length; i++) {
+      const e = events[i]!;
+      if (e.type !== "ExtentWritten") continue;
+      if (at + e.length > trailerAt) throw corrupt(at, `the data of event ${e.seq} runs past the data area`);
+      const data = new Uint8Array(b.subarray(at, at + e.length));
+      const crc = crc32(data);
+      if (crc !== e.crc) throw corrupt(at, `the data of event ${e.seq} has CRC ${crc}, its event says ${e.crc}`);
+      events[i] = { ...e, data };
+      at += e.length;
+    }
   }
   if (at !== trailerAt) throw corrupt(at, `${trailerAt - at} unexpected bytes before the trailer`);
   const stateChecksum = new Uint8Array(b.subarray(trailerAt + 8, trailerAt + 8 + STATE_CHECKSUM_BYTES));

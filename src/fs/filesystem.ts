@@ -144,6 +144,7 @@ function backingOf(journal: Journal): Backing {
     extents: journal.sublevel(SUBLEVELS.extents),
     orphans: journal.sublevel(SUBLEVELS.orphans),
     remote: journal.sublevel(SUBLEVELS.remote),
+    segmentData: journal.sublevel(SUBLEVELS.segmentData),
     meta: journal.sublevel(SUBLEVELS.meta),
   };
 }
@@ -444,6 +445,32 @@ export class Filesystem {
     const size = Math.max(0, Math.min(length, view.inode.size - offset));
     const out = new Uint8Array(size);
     await this.fill(out, offset, extentsIn(view.extents, offset, size), view.inode.remote);
+    return out;
+  }
+
+  /**
+   * Where data log bytes (file, pos, length) are in segments in S3, as consecutive pieces
+   * from `pos` on; it stops at the first byte no segment holds.
+   */
+  async segmentPieces(file: number, pos: number, length: number): Promise<{ length: number; key: string; at: number }[]> {
+    await this.guard(this.journal.flushed());
+    const out: { length: number; key: string; at: number }[] = [];
+    const end = pos + length;
+    // The run that starts at or before pos, then the ones after it.
+    let from = key(file, pos);
+    for await (const k of this.backing.segmentData.keys({ lte: from, gte: key(file, 0), reverse: true, limit: 1 } as never)) from = k as Buffer;
+    let at = pos;
+    for await (const [k, v] of this.backing.segmentData.iterator({ gte: from, lt: key(file + 1, 0) } as never)) {
+      const runPos = readU64(k as Buffer, 8);
+      const [runLength, segKey, runAt] = unpackValue<[number, string, number]>(v as Buffer);
+      if (runPos > at) break;
+      const runEnd = runPos + runLength;
+      if (runEnd <= at) continue;
+      const take = Math.min(runEnd, end) - at;
+      out.push({ length: take, key: segKey, at: runAt + (at - runPos) });
+      at += take;
+      if (at >= end) break;
+    }
     return out;
   }
 

@@ -195,6 +195,7 @@ export function evolve(state: TreeState, event: JournalEvent): void {
       return;
     case "SegmentReplicated":
       state.setSync({ replicated: { seq: event.maxSeq, checksum: event.checksum ?? 0, key: event.key } });
+      for (const [file, pos, length, at] of event.runs ?? []) state.addSegmentRun(file, pos, [length, event.key, at]);
       return;
     case "Reconciled":
       state.setSync({ reconciled: Math.max(state.sync.reconciled, event.through) });

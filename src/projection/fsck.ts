@@ -24,6 +24,7 @@ const NAMES: Record<string, string> = {
   [SUBLEVELS.extents]: "extent",
   [SUBLEVELS.orphans]: "orphan",
   [SUBLEVELS.remote]: "remote index entry",
+  [SUBLEVELS.segmentData]: "segment data run",
   [SUBLEVELS.meta]: "projection meta",
 };
 
@@ -80,6 +81,7 @@ function bySublevelName(b: Backing): Record<string, Backing[keyof Backing]> {
     [SUBLEVELS.extents]: b.extents,
     [SUBLEVELS.orphans]: b.orphans,
     [SUBLEVELS.remote]: b.remote,
+    [SUBLEVELS.segmentData]: b.segmentData,
     [SUBLEVELS.meta]: b.meta,
   };
 }
@@ -96,6 +98,8 @@ function describe(sub: string, k: Buffer): string {
       return `${what} ${readU64(k)}#${readU64(k, 8)}`;
     case SUBLEVELS.extents:
       return `${what} of inode ${readU64(k)} at byte ${readU64(k, 8)}`;
+    case SUBLEVELS.segmentData:
+      return `${what} of data file ${readU64(k)} at byte ${readU64(k, 8)}`;
     default:
       return `${what} ${k.toString("utf8")}`;
   }

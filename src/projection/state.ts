@@ -17,6 +17,7 @@
  *   c!<parent><cookie>       readdir cursor   msgpack [name, ino, kind] (cookies only grow: stable offsets)
  *   x!<ino><offset>          extent           msgpack [length, dataFile, dataPos]
  *   o!<ino>                  orphan           empty (nlink 0, kept while open)
+ *   sd!<file><pos>           segment data     msgpack [length, segment key, at] (data log bytes also in a segment in S3)
  *   r!<key utf8>             remote index     msgpack [ino, etag, asOf] (objects this client knows in S3, and the seq they reflect)
  *   pm!nextIno               next inode number msgpack number
  *   pm!sync                  sync state       msgpack SyncState
@@ -127,10 +128,14 @@ export interface Backing {
   readonly extents: Sublevel;
   readonly orphans: Sublevel;
   readonly remote: Sublevel;
+  readonly segmentData: Sublevel;
   readonly meta: Sublevel;
 }
 
-export const SUBLEVELS = { inodes: "i", dirents: "d", cookies: "c", extents: "x", orphans: "o", remote: "r", meta: "pm" } as const;
+export const SUBLEVELS = { inodes: "i", dirents: "d", cookies: "c", extents: "x", orphans: "o", remote: "r", segmentData: "sd", meta: "pm" } as const;
+
+/** A segment-data row: `length` bytes at data log (file, pos) are at byte `at` of segment `key`. */
+export type SegmentRun = readonly [length: number, key: string, at: number];
 
 const direntKey = (parent: number, name: string) => `${parent}/${name}`;
 const NEXT_INO = Buffer.from("nextIno");
@@ -152,6 +157,8 @@ export class TreeState {
   /** Remote index: written blind (rows), read from LevelDB by the materializer; all of it in memory without backing. */
   private readonly remoteKeys = new Map<string, RemoteKey | null>();
   private syncState: SyncState | undefined;
+  /** Segment data rows, written blind like the remote index. */
+  private readonly segmentRuns = new Map<string, { file: number; pos: number; run: SegmentRun }>();
 
   private readonly dirtyInodes = new Set<number>();
   private readonly dirtyDirents = new Map<string, { parent: Ino; name: string; oldCookie?: number }>();
@@ -296,6 +303,11 @@ export class TreeState {
   /** Record (or with null forget) that S3 has `key` as this client last saw it. */
   setRemoteKey(k: string, value: RemoteKey | null): void {
     this.remoteKeys.set(k, value);
+  }
+
+  /** Record that data log bytes (file, pos, length) are in a segment in S3. */
+  addSegmentRun(file: number, pos: number, run: SegmentRun): void {
+    this.segmentRuns.set(`${file}/${pos}`, { file, pos, run });
   }
 
   /** In-memory states only: the remote index. */
@@ -452,6 +464,8 @@ export class TreeState {
       else ops.push({ type: "del", sublevel: b.remote, key: Buffer.from(k) });
     }
     this.remoteKeys.clear();
+    for (const { file, pos, run } of this.segmentRuns.values()) ops.push({ type: "put", sublevel: b.segmentData, key: key(file, pos), value: Buffer.from(packValue(run)) });
+    this.segmentRuns.clear();
     this.clearDirty();
     return ops;
   }
@@ -487,6 +501,7 @@ export class TreeState {
     if (this.nextInoValue !== 2) put(SUBLEVELS.meta, NEXT_INO, packValue(this.nextInoValue));
     if (this.syncState) put(SUBLEVELS.meta, SYNC, packValue(this.syncState));
     for (const [k, v] of this.remoteKeys) if (v) put(SUBLEVELS.remote, Buffer.from(k), packValue(v));
+    for (const { file, pos, run } of this.segmentRuns.values()) put(SUBLEVELS.segmentData, key(file, pos), packValue(run));
     return out;
   }
 }

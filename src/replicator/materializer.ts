@@ -25,7 +25,6 @@ import type { Ino, NewEvent, ObjectVersion } from "../../journal/mod.ts";
 import type { FileView, Filesystem, WalkEntry } from "../fs/filesystem.ts";
 import type { Inode } from "../projection/state.ts";
 import type { Capabilities, ObjectStore, PartRef, WriteCondition, WriteOutcome } from "../s3/mod.ts";
-import { extentsIn } from "../projection/state.ts";
 import { formatMeta, keyOf } from "./keys.ts";
 import { pool } from "./remote_source.ts";
 import type { RemoteListing } from "../fs/remote.ts";
@@ -39,6 +38,8 @@ export interface MaterializerOptions {
   readonly clientId: string;
   /** Lists one key's parent prefix entry for a conflict (the remote version's attributes). */
   readonly lookup: (prefix: string) => Promise<RemoteListing>;
+  /** Ship every segment of what is staged now (so a large file's bytes can be copied from them). */
+  readonly shipStaged?: () => Promise<void>;
   /** Objects up to this size go up in one PUT; larger ones in parts of this size. @default 8 MiB */
   readonly partBytes?: number;
   /** Objects written at the same time. @default 8 */
@@ -58,6 +59,69 @@ export interface RoundStats {
 }
 
 const MIN_PART = 5 * 1024 * 1024;
+const MAX_PART = 5 * 1024 ** 3;
+
+/** File bytes [start, end) are at byte `from` of object `key` in S3 (a segment, or the file's base object). */
+export interface Source {
+  readonly start: number;
+  readonly end: number;
+  readonly key: string;
+  readonly from: number;
+  readonly etag?: string;
+  readonly versionId?: string;
+}
+
+/** One part of a multipart upload: file bytes [start, end), copied from `copy` or uploaded. */
+export interface Part {
+  readonly start: number;
+  readonly end: number;
+  readonly copy?: { readonly key: string; readonly from: number; readonly etag?: string; readonly versionId?: string };
+}
+
+/**
+ * Parts for a file of `size` bytes: runs of at least 5 MiB that S3 already has are copied
+ * server-side, the rest uploaded in parts of about `partBytes`. Every part but the last is at
+ * least 5 MiB (S3's rule): an upload part shorter than that before a copy run takes bytes from
+ * the run's start.
+ */
+export function planParts(sources: readonly Source[], size: number, partBytes: number): Part[] {
+  // Merge sources that continue each other in the same object.
+  const runs: Source[] = [];
+  for (const s of sources) {
+    const last = runs[runs.length - 1];
+    if (last && last.end === s.start && last.key === s.key && last.from + (last.end - last.start) === s.from && last.etag === s.etag) runs[runs.length - 1] = { ...last, end: s.end };
+    else runs.push(s);
+  }
+  const parts: Part[] = [];
+  let upload: number | undefined; // start of the upload part being gathered
+  const flush = (end: number) => {
+    if (upload !== undefined && end > upload) parts.push({ start: upload, end });
+    upload = undefined;
+  };
+  let pos = 0;
+  let r = 0;
+  while (pos < size) {
+    while (r < runs.length && runs[r]!.end <= pos) r++;
+    const run = runs[r] && runs[r]!.start <= pos ? runs[r]! : undefined;
+    const runEnd = run ? Math.min(run.end, size) : Math.min(runs[r]?.start ?? size, size);
+    if (run && runEnd - pos >= MIN_PART) {
+      if (upload !== undefined && pos - upload < MIN_PART) {
+        pos += Math.min(MIN_PART - (pos - upload), runEnd - pos); // too short to stand alone
+        if (runEnd - pos < MIN_PART) continue;
+      }
+      flush(pos);
+      const end = Math.min(runEnd, pos + MAX_PART);
+      parts.push({ start: pos, end, copy: { key: run.key, from: run.from + (pos - run.start), ...(run.etag ? { etag: run.etag } : {}), ...(run.versionId ? { versionId: run.versionId } : {}) } });
+      pos = end;
+      continue;
+    }
+    upload ??= pos;
+    pos = Math.min(runEnd, upload + partBytes);
+    if (pos - upload >= partBytes) flush(pos);
+  }
+  flush(size);
+  return parts;
+}
 
 export class Materializer {
   readonly totals: RoundStats = { put: 0, copied: 0, deleted: 0, conflicts: 0, uploadedBytes: 0, copiedBytes: 0 };
@@ -157,36 +221,70 @@ export class Materializer {
         this.o.log(`objectfs: server-side copy of ${base.key} to ${key} failed, uploading instead: ${(e as Error).message}`);
       }
     }
-    if (inode.size <= this.partBytes) {
+    const copyParts = inode.size >= MIN_PART && caps.uploadPartCopy;
+    if (copyParts) await this.o.shipStaged?.().catch(() => {}); // if it fails, the bytes are uploaded
+    const plan = copyParts ? planParts(await this.sources(view), inode.size, this.partSize(inode.size)) : undefined;
+    if (inode.size <= this.partBytes && !plan?.some((part) => part.copy)) {
       const body = await fs.readView(view, 0, inode.size);
       const out = await this.putIf(key, body, condition, metadata);
       if (out._tag === "Written") stats.uploadedBytes += body.length;
       return out;
     }
-    return this.multipart(key, view, metadata, condition, caps, stats);
+    return this.multipart(key, view, metadata, condition, caps, stats, plan ?? planParts([], inode.size, this.partSize(inode.size)));
   }
 
-  private async multipart(key: string, view: FileView, metadata: Record<string, string>, condition: WriteCondition, caps: Capabilities, stats: RoundStats): Promise<WriteOutcome> {
+  /** Parts of at least partBytes, and at most 10,000 of them. */
+  private partSize(size: number): number {
+    return Math.max(this.partBytes, Math.ceil(size / 10_000));
+  }
+
+  /**
+   * Where S3 already has the file's bytes: runs of journal segments (for bytes written here
+   * and already replicated) and of the object the file came from (its unchanged bytes).
+   */
+  private async sources(view: FileView): Promise<Source[]> {
+    const out: Source[] = [];
+    const base = view.inode.remote;
+    let at = 0;
+    const baseUpTo = (end: number) => {
+      if (base && base.etag !== "" && at < Math.min(end, base.valid)) {
+        const to = Math.min(end, base.valid);
+        out.push({ start: at, end: to, key: base.key, from: at, etag: base.etag, ...(base.versionId ? { versionId: base.versionId } : {}) });
+      }
+      at = end;
+    };
+    for (const e of view.extents) {
+      baseUpTo(e.offset);
+      let pos = e.offset;
+      for (const piece of await this.o.fs.segmentPieces(e.file, e.pos, e.length)) {
+        out.push({ start: pos, end: pos + piece.length, key: piece.key, from: piece.at });
+        pos += piece.length;
+      }
+      at = e.offset + e.length;
+    }
+    baseUpTo(view.inode.size);
+    return out;
+  }
+
+  private async multipart(key: string, view: FileView, metadata: Record<string, string>, condition: WriteCondition, caps: Capabilities, stats: RoundStats, plan: readonly Part[]): Promise<WriteOutcome> {
     const { fs, store } = this.o;
-    const inode = view.inode;
-    const base = inode.remote;
-    // Parts of at least partBytes, and at most 10,000 of them.
-    const part = Math.max(this.partBytes, Math.ceil(inode.size / 10_000));
-    const count = Math.ceil(inode.size / part);
     const uploadId = await store.createMultipart(key, { metadata });
     try {
       let uploaded = 0;
       let copied = 0;
       const parts = await pool(
-        Array.from({ length: count }, (_, i) => async (): Promise<PartRef> => {
-          const start = i * part;
-          const end = Math.min(inode.size, start + part);
-          const fromBase = caps.uploadPartCopy && base !== undefined && base.etag !== "" && end <= base.valid && (end - start >= MIN_PART || end === inode.size) && extentsIn(view.extents, start, end - start).length === 0;
-          if (fromBase) {
-            copied += end - start;
-            return store.uploadPartCopy(key, uploadId, i + 1, { sourceKey: base!.key, range: { start, end: end - 1 }, ifSourceMatch: base!.etag, ...(base!.versionId ? { sourceVersionId: base!.versionId } : {}) });
+        plan.map((part, i) => async (): Promise<PartRef> => {
+          const c = part.copy;
+          if (c) {
+            copied += part.end - part.start;
+            return store.uploadPartCopy(key, uploadId, i + 1, {
+              sourceKey: c.key,
+              range: { start: c.from, end: c.from + (part.end - part.start) - 1 },
+              ...(c.etag ? { ifSourceMatch: c.etag } : {}),
+              ...(c.versionId ? { sourceVersionId: c.versionId } : {}),
+            });
           }
-          const body = await fs.readView(view, start, end - start);
+          const body = await fs.readView(view, part.start, part.end - part.start);
           uploaded += body.length;
           return store.uploadPart(key, uploadId, i + 1, body);
         }),

@@ -101,7 +101,7 @@ export class SegmentShipper {
       } else {
         etag = (await store.put(key, sealed.bytes)).etag;
       }
-      await fs.record([], () => [{ type: "SegmentReplicated", minSeq: sealed.minSeq as Seq, maxSeq: sealed.maxSeq as Seq, key, etag, checksum: sealed.checksum }]);
+      await fs.record([], () => [{ type: "SegmentReplicated", minSeq: sealed.minSeq as Seq, maxSeq: sealed.maxSeq as Seq, key, etag, checksum: sealed.checksum, runs: sealed.runs }]);
     } catch (e) {
       this.verified = false;
       throw e;

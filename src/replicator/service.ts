@@ -73,6 +73,7 @@ export class Replication {
   private caps: Promise<Capabilities> | undefined;
   /** Steps running now: stop waits for them, so nothing is recorded after the journal closes. */
   private readonly running = new Set<Promise<boolean>>();
+  private shipping: Promise<boolean> = Promise.resolve(false);
 
   constructor(private readonly o: ReplicationOptions) {
     const capabilities = () => {
@@ -85,6 +86,10 @@ export class Replication {
     this.shipper = new SegmentShipper({ fs: o.fs, store: o.store, prefix: o.prefix, capabilities, maxSegmentBytes: o.maxSegmentBytes, log: o.log });
     this.materializer = new Materializer({
       fs: o.fs, store: o.store, prefix: o.prefix, capabilities, clientId: o.fs.journal.clientId, lookup: o.lookup, partBytes: o.partBytes, log: o.log,
+      shipStaged: async () => {
+        await o.fs.journal.flushed();
+        await this.ship();
+      },
     });
   }
 
@@ -105,12 +110,7 @@ export class Replication {
     const writeBack = this.o.writeBackMs ?? 2000;
     const maxDelay = this.o.maxDelayMs ?? 10 * writeBack;
     this.fibers = [
-      Effect.runFork(this.loop(sealMs, async () => {
-        if (this.o.fs.syncState.replicated?.seq !== undefined && this.o.fs.syncState.replicated.seq >= this.lastChange) return false;
-        let shipped = false;
-        while (await this.shipper.shipOne(this.o.fs.journal.head)) shipped = true;
-        return shipped;
-      })),
+      Effect.runFork(this.loop(sealMs, () => this.ship())),
       // Never spin: a zero-delay timer loop starves socket reads in Bun.
       Effect.runFork(this.loop(Math.max(50, Math.min(writeBack, 1000)), async () => {
         if (this.o.fs.syncState.reconciled >= this.lastChange) return false;
@@ -123,6 +123,19 @@ export class Replication {
         return true;
       })),
     ];
+  }
+
+  /** Ship every pending segment; one shipping at a time, whoever asks. */
+  private ship(): Promise<boolean> {
+    const run = async () => {
+      if ((this.o.fs.syncState.replicated?.seq ?? 0) >= this.lastChange) return false;
+      let shipped = false;
+      while (await this.shipper.shipOne(this.o.fs.journal.head)) shipped = true;
+      return shipped;
+    };
+    const next = this.shipping.then(run, run);
+    this.shipping = next.catch(() => false);
+    return next;
   }
 
   private noteChange(e: JournalEvent): void {

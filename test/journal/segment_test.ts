@@ -1,7 +1,8 @@
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { decodeSegment, JournalError, parseSegmentName, sealSegment, SegmentCorruptError, segmentName, type JournalEvent } from "../../journal/mod.ts";
-import { anyEvent, normalize } from "../support/event_arbitraries.ts";
+import { crc32 } from "node:zlib";
+import { anyEvent, eventOf, normalize } from "../support/event_arbitraries.ts";
 
 
 /** Events renumbered to a contiguous range starting at `first`. */
@@ -22,6 +23,18 @@ describe("segments", () => {
       }),
       { numRuns: 100 },
     );
+  });
+
+  test("format version 1 (no data area; written by the first release) is still read", () => {
+    const events = contiguous(fc.sample(fc.array(eventOf("InodeCreated"), { minLength: 2, maxLength: 4 }), { numRuns: 1, seed: 3 })[0]!, 1);
+    const v2 = Buffer.from(sealSegment(events, { prevChecksum: 9 }).bytes);
+    // v1 = v2 without the data area's length field (it holds no data), version 1, CRCs redone.
+    const dataAt = v2.length - 44 - 8;
+    const v1 = Buffer.concat([v2.subarray(0, dataAt), v2.subarray(dataAt + 8)]);
+    v1.writeUInt16BE(1, 8);
+    v1.writeUInt32BE(crc32(v1.subarray(0, 36)), 36);
+    v1.writeUInt32BE(crc32(v1.subarray(0, v1.length - 4), 9), v1.length - 4);
+    expect(normalize(decodeSegment(v1).events)).toEqual(normalize(events));
   });
 
   test("flipping any single byte of a segment is detected", () => {

@@ -1,5 +1,6 @@
 /** fast-check arbitraries for every journal event type. */
 import fc from "fast-check";
+import { crc32 } from "node:zlib";
 import { asIno, asSeq, type JournalEvent, type EventType } from "../../journal/mod.ts";
 
 const u32 = fc.integer({ min: 0, max: 0xffffffff });
@@ -45,8 +46,8 @@ const bodies: { [T in EventType]: fc.Arbitrary<Record<string, unknown>> } = {
   ),
   AttrsChanged: fc.record({ ino, mode: u32, uid: u32, gid: u32, atime: time, mtime: time, ctime: time }, { requiredKeys: ["ino"] }),
   ExtentWritten: fc
-    .record({ ino, offset: fc.integer({ min: 0, max: 2 ** 40 }), data: bytes, crc: u32 })
-    .map((r) => ({ ...r, length: r.data.length })),
+    .record({ ino, offset: fc.integer({ min: 0, max: 2 ** 40 }), data: bytes })
+    .map((r) => ({ ...r, length: r.data.length, crc: crc32(r.data) })),
   Truncated: fc.record({ ino, size: fc.integer({ min: 0, max: 2 ** 45 }) }),
   XattrSet: fc.record({ ino, name, value: bytes }),
   XattrRemoved: fc.record({ ino, name }),
@@ -55,7 +56,10 @@ const bodies: { [T in EventType]: fc.Arbitrary<Record<string, unknown>> } = {
   ObjectChanged: fc.record({ ino, object }),
   ObjectDeleted: fc.record({ ino, key: fc.string() }),
   SegmentSealed: fc.record({ minSeq: seq, maxSeq: seq, bytes: fc.nat(), checksum: u32 }),
-  SegmentReplicated: fc.record({ minSeq: seq, maxSeq: seq, key: fc.string(), etag: fc.string(), checksum: u32 }, { requiredKeys: ["minSeq", "maxSeq", "key", "etag"] }),
+  SegmentReplicated: fc.record(
+    { minSeq: seq, maxSeq: seq, key: fc.string(), etag: fc.string(), checksum: u32, runs: fc.array(fc.tuple(fc.nat(), fc.nat(), fc.nat(), fc.nat()), { maxLength: 3 }) },
+    { requiredKeys: ["minSeq", "maxSeq", "key", "etag"] },
+  ),
   ObjectMaterialized: fc.record({ ino, asOf: seq, object }),
   ConflictDetected: fc.record(
     { ino, key: fc.string(), localEtag: fc.string(), remoteEtag: fc.string(), conflictKey: fc.string() },
