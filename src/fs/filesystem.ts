@@ -377,11 +377,13 @@ export class Filesystem {
     return out;
   }
 
-  /** Every committed entry of a directory (not "." and ".."), in cookie order. */
-  private async entries(ino: Ino): Promise<DirEntry[]> {
-    await this.guard(this.journal.flushed());
-    const out: DirEntry[] = [];
-    const it = this.backing.cookies.iterator({ gt: key(ino, 2), lt: key(ino + 1) } as never);
+  /**
+   * Committed entries of a directory after cookie `after` (2: all but "." and ".."), in
+   * cookie order, at most `limit`. Read in pages: one native call per thousand entries.
+   */
+  private async entries(ino: Ino, after = 2, limit = Infinity, out: DirEntry[] = []): Promise<DirEntry[]> {
+    await this.guard(this.journal.flushed()); // rows of staged operations are committed
+    const it = this.backing.cookies.iterator({ gt: key(ino, after), lt: key(ino + 1), limit: limit === Infinity ? -1 : limit } as never);
     try {
       for (;;) {
         const page = await it.nextv(1000);
@@ -1057,23 +1059,7 @@ export class Filesystem {
     if (offset < 1 && out.length < limit) out.push({ name: ".", ino, kind: "dir", offset: 1 });
     if (offset < 2 && out.length < limit) out.push({ name: "..", ino: dir.parent, kind: "dir", offset: 2 });
     if (out.length >= limit) return out;
-    await this.guard(this.journal.flushed()); // rows of staged operations are committed
-    const start = Math.max(offset, 2);
-    const it = this.backing.cookies.iterator({ gt: key(ino, start), lt: key(ino + 1), limit: limit === Infinity ? -1 : limit - out.length } as never);
-    try {
-      // In pages: one native call per thousand entries instead of one per entry.
-      for (;;) {
-        const page = await it.nextv(1000);
-        if (page.length === 0) break;
-        for (const [k, v] of page) {
-          const [name, child, kind] = unpackValue<[string, Ino, InodeKind]>(v as Buffer);
-          out.push({ name, ino: child, kind, offset: readU64(k as Buffer, 8) });
-        }
-      }
-    } finally {
-      await it.close();
-    }
-    return out;
+    return this.entries(ino, Math.max(offset, 2), limit - out.length, out);
   }
 
   async statfs(_ctx?: Ctx): Promise<StatFs> {

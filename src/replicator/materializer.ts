@@ -53,6 +53,8 @@ export interface RoundStats {
   copied: number;
   deleted: number;
   conflicts: number;
+  /** Paths left for a later round because they changed too recently. */
+  deferred: number;
   /** Bytes sent in request bodies; bytes copied server-side. */
   uploadedBytes: number;
   copiedBytes: number;
@@ -124,18 +126,23 @@ export function planParts(sources: readonly Source[], size: number, partBytes: n
 }
 
 export class Materializer {
-  readonly totals: RoundStats = { put: 0, copied: 0, deleted: 0, conflicts: 0, uploadedBytes: 0, copiedBytes: 0 };
+  readonly totals: RoundStats = { put: 0, copied: 0, deleted: 0, conflicts: 0, deferred: 0, uploadedBytes: 0, copiedBytes: 0 };
   private readonly partBytes: number;
 
   constructor(private readonly o: MaterializerOptions) {
     this.partBytes = Math.max(MIN_PART, o.partBytes ?? 8 * 1024 * 1024);
   }
 
-  /** One round. Returns the seq it covers (every change up to it is in S3 once it resolves). */
-  async round(): Promise<{ through: number; stats: RoundStats }> {
+  /**
+   * One round. Returns the seq it covers: every change up to it is in S3 once it resolves,
+   * unless `stats.deferred` (paths changed less than `settleMs` ago wait for the next round)
+   * or `stats.conflicts` (conflict copies go up in the next round).
+   */
+  async round(options: { readonly settleMs?: number } = {}): Promise<{ through: number; stats: RoundStats }> {
     const { fs, prefix } = this.o;
     const through = fs.staged;
-    const stats: RoundStats = { put: 0, copied: 0, deleted: 0, conflicts: 0, uploadedBytes: 0, copiedBytes: 0 };
+    const stats: RoundStats = { put: 0, copied: 0, deleted: 0, conflicts: 0, deferred: 0, uploadedBytes: 0, copiedBytes: 0 };
+    const settledBefore = Date.now() - (options.settleMs ?? 0);
     const known = new Map<string, { ino: Ino; etag: string; asOf: number }>();
     for await (const r of fs.remoteKeys(prefix)) known.set(r.key, r);
     const local = new Map<string, WalkEntry>();
@@ -150,15 +157,27 @@ export class Materializer {
       }
     };
     const puts: (() => Promise<void>)[] = [];
+    const waiting = new Set<Ino>();
     for (const [key, e] of local) {
       if (this.clean(key, e.inode, known.get(key))) continue;
+      // Still changing (written, renamed, chmodded moments ago): written back once it settles.
+      if (e.inode.ctime > settledBefore) {
+        stats.deferred++;
+        waiting.add(e.inode.ino);
+        continue;
+      }
       puts.push(attempt(() => this.write(key, e, known.get(key), stats)));
     }
     await pool(puts, this.o.concurrency ?? 8);
     if (errors.length > 0) throw errors[0];
 
     const deletes: (() => Promise<void>)[] = [];
-    for (const [key, r] of known) if (!local.has(key)) deletes.push(attempt(() => this.remove(key, r, stats)));
+    for (const [key, r] of known) {
+      if (local.has(key)) continue;
+      // A renamed inode's old key goes only after its new key is written.
+      if (waiting.has(r.ino)) stats.deferred++;
+      else deletes.push(attempt(() => this.remove(key, r, stats)));
+    }
     await pool(deletes, this.o.concurrency ?? 8);
     if (errors.length > 0) throw errors[0];
 

@@ -20,9 +20,9 @@ export interface ReplicationOptions {
   /** Lists a prefix as directory entries (conflicts need the remote version's attributes). */
   readonly lookup: (prefix: string) => Promise<RemoteListing>;
   readonly cache?: ChunkCache;
-  /** A change becomes an object once nothing changed for this long. @default 2000 */
+  /** A path becomes an object once it has not changed for this long. @default 2000 */
   readonly writeBackMs?: number;
-  /** …or once the oldest unmaterialized change is this old, however busy the mount. @default 10 × writeBackMs */
+  /** …or once the oldest unmaterialized change is this old, even if it still changes. @default 10 × writeBackMs */
   readonly maxDelayMs?: number;
   /** How often a segment is sealed while events arrive. @default 1000 */
   readonly sealMs?: number;
@@ -61,12 +61,12 @@ export class Replication {
   readonly shipper: SegmentShipper;
   readonly materializer: Materializer;
   private lastChange = 0;
-  private lastChangeTime = 0;
   /** Time of the oldest change not yet in S3. */
   private oldestPending = 0;
   private force = false;
   private lastError: { message: string; time: number } | undefined;
   private readonly wakers = new Set<() => void>();
+  private readonly pausers = new Set<() => void>();
   private readonly waiters = new Set<() => void>();
   private fibers: Fiber.Fiber<never, never>[] = [];
   private unsubscribe: (() => void) | undefined;
@@ -110,17 +110,16 @@ export class Replication {
     const writeBack = this.o.writeBackMs ?? 2000;
     const maxDelay = this.o.maxDelayMs ?? 10 * writeBack;
     this.fibers = [
-      Effect.runFork(this.loop(sealMs, () => this.ship())),
+      // A segment about every sealMs while events arrive (not one per event).
+      Effect.runFork(this.loop(sealMs, () => this.ship(), { pauseAfterWork: true })),
       // Never spin: a zero-delay timer loop starves socket reads in Bun.
-      Effect.runFork(this.loop(Math.max(50, Math.min(writeBack, 1000)), async () => {
+      Effect.runFork(this.loop(Math.max(50, Math.min(writeBack / 2, 1000)), async () => {
         if (this.o.fs.syncState.reconciled >= this.lastChange) return false;
-        const now = Date.now();
-        const due = this.force || now - this.lastChangeTime >= writeBack || now - this.oldestPending >= maxDelay;
-        if (!due) return false;
-        const { through, stats } = await this.materializer.round();
-        // A conflict renamed the local version: it is uploaded by the next round, before the checkpoint.
-        if (stats.conflicts === 0) await this.o.fs.record([], () => [{ type: "Reconciled", through: through as never }]);
-        return true;
+        const hurry = this.force || Date.now() - this.oldestPending >= maxDelay;
+        const { through, stats } = await this.materializer.round({ settleMs: hurry ? 0 : writeBack });
+        // Deferred paths and conflict copies go up in a later round, before the checkpoint.
+        if (stats.conflicts === 0 && stats.deferred === 0) await this.o.fs.record([], () => [{ type: "Reconciled", through: through as never }]);
+        return stats.put + stats.deleted + stats.conflicts > 0;
       })),
     ];
   }
@@ -142,7 +141,6 @@ export class Replication {
     if (e.seq <= this.lastChange) return;
     if (this.pendingNothing()) this.oldestPending = e.time;
     this.lastChange = e.seq;
-    this.lastChangeTime = e.time;
   }
 
   private pendingNothing(): boolean {
@@ -151,7 +149,7 @@ export class Replication {
   }
 
   /** Run `step` while it finds work; wait `idleMs` (or a wake-up) when it does not; back off on errors. */
-  private loop(idleMs: number, step: () => Promise<boolean>): Effect.Effect<never> {
+  private loop(idleMs: number, step: () => Promise<boolean>, options: { pauseAfterWork?: boolean } = {}): Effect.Effect<never> {
     const self = this;
     return Effect.gen(function* () {
       let failures = 0;
@@ -169,7 +167,8 @@ export class Replication {
         if (failures > 0 || self.lastError) self.lastError = undefined;
         failures = 0;
         if (r.success) self.notifyWaiters();
-        else yield* Effect.promise(() => self.idle(idleMs));
+        if (!r.success) yield* Effect.promise(() => self.idle(idleMs));
+        else if (options.pauseAfterWork && !self.force) yield* Effect.promise(() => self.idle(idleMs, self.pausers));
       }
     }) as Effect.Effect<never>;
   }
@@ -180,15 +179,16 @@ export class Replication {
     return p;
   }
 
-  private idle(ms: number): Promise<void> {
+  /** Wait `ms`, or until woken through `wakers` (commits wake `this.wakers`; only sync wakes `this.pausers`). */
+  private idle(ms: number, wakers = this.wakers): Promise<void> {
     return new Promise((resolve) => {
       const done = () => {
         clearTimeout(timer);
-        this.wakers.delete(done);
+        wakers.delete(done);
         resolve();
       };
       const timer = setTimeout(done, ms);
-      this.wakers.add(done);
+      wakers.add(done);
     });
   }
 
@@ -208,6 +208,7 @@ export class Replication {
     const deadline = Date.now() + (options.timeoutMs ?? Infinity);
     this.force = true;
     this.wake();
+    for (const p of [...this.pausers]) p();
     try {
       while (!done()) {
         options.onProgress?.(this.status());

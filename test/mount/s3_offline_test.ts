@@ -14,30 +14,26 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { makeObjectStore, type ObjectStore } from "../../src/s3/mod.ts";
 import { readRemoteJournal } from "../../src/replicator/mod.ts";
-import { createBucket, S3_SERVER_KINDS, startS3Server, storeConfig, type S3Server, type S3ServerKind } from "../support/s3_servers.ts";
+import { createBucket, S3_SERVER_KINDS, serverPool, storeConfig, type S3Server, type S3ServerKind } from "../support/s3_servers.ts";
 import { cleanup, OBJECTFS, sh, startMount, type MountHandle } from "../support/mount_harness.ts";
 import { startFaultProxy, type FaultProxy } from "../support/fault_proxy.ts";
 import { s3Env } from "../support/s3_client.ts";
 
-const servers = new Map<S3ServerKind, Promise<S3Server>>();
-const serverFor = (kind: S3ServerKind) => {
-  let s = servers.get(kind);
-  if (!s) servers.set(kind, (s = startS3Server(kind)));
-  return s;
-};
+const servers = serverPool();
+const serverFor = servers.get;
 const mounts: MountHandle[] = [];
 const dirs: string[] = [];
 const closers: (() => unknown)[] = [];
 
 beforeAll(async () => {
-  await Promise.allSettled(S3_SERVER_KINDS.map(serverFor));
+  await servers.startAll();
 }, 60_000);
 
 afterAll(async () => {
   for (const m of mounts.splice(0)) await m.stop().catch(() => {});
   await cleanup(...dirs);
   for (const c of closers.splice(0)) await c();
-  await Promise.allSettled([...servers.values()].map(async (s) => (await s).stop()));
+  await servers.stopAll();
 }, 60_000);
 
 async function setup(kind: S3ServerKind): Promise<{ server: S3Server; bucket: string; store: ObjectStore; proxy: FaultProxy; mnt: string; dataDir: string; env: Record<string, string> }> {

@@ -8,26 +8,22 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { makeObjectStore, type ObjectStore } from "../../src/s3/mod.ts";
 import { readRemoteJournal, journalPrefix } from "../../src/replicator/mod.ts";
-import { createBucket, S3_SERVER_KINDS, startS3Server, storeConfig, type S3Server, type S3ServerKind } from "../support/s3_servers.ts";
+import { createBucket, S3_SERVER_KINDS, serverPool, storeConfig, type S3Server } from "../support/s3_servers.ts";
 import { list, minioFor, minioGet, openClient, readPath, removeClient, resolvePath, ROOT, writePath, type Client } from "../support/s3_client.ts";
 
-const servers = new Map<S3ServerKind, Promise<S3Server>>();
-const serverFor = (kind: S3ServerKind) => {
-  let s = servers.get(kind);
-  if (!s) servers.set(kind, (s = startS3Server(kind)));
-  return s;
-};
+const servers = serverPool();
+const serverFor = servers.get;
 const clients: Client[] = [];
 const stores: ObjectStore[] = [];
 
 beforeAll(async () => {
-  await Promise.allSettled(S3_SERVER_KINDS.map(serverFor));
+  await servers.startAll();
 }, 60_000);
 
 afterAll(async () => {
   for (const c of clients.splice(0)) await removeClient(c);
   for (const s of stores.splice(0)) s.close();
-  await Promise.allSettled([...servers.values()].map(async (s) => (await s).stop()));
+  await servers.stopAll();
 }, 60_000);
 
 async function client(server: S3Server, bucket: string, prefix = "", options = {}): Promise<Client> {

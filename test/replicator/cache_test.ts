@@ -11,23 +11,19 @@ import { join } from "node:path";
 import { ChunkCache } from "../../src/replicator/mod.ts";
 import { makeObjectStore, type ObjectStore } from "../../src/s3/mod.ts";
 import type { RemoteBase } from "../../src/projection/state.ts";
-import { closedPort, createBucket, S3_SERVER_KINDS, startS3Server, storeConfig, type S3Server, type S3ServerKind } from "../support/s3_servers.ts";
+import { closedPort, createBucket, S3_SERVER_KINDS, serverPool, storeConfig } from "../support/s3_servers.ts";
 
-const servers = new Map<S3ServerKind, Promise<S3Server>>();
-const serverFor = (kind: S3ServerKind) => {
-  let s = servers.get(kind);
-  if (!s) servers.set(kind, (s = startS3Server(kind)));
-  return s;
-};
+const servers = serverPool();
+const serverFor = servers.get;
 const cleanups: (() => Promise<unknown> | void)[] = [];
 
 beforeAll(async () => {
-  await Promise.allSettled(S3_SERVER_KINDS.map(serverFor));
+  await servers.startAll();
 }, 60_000);
 
 afterAll(async () => {
   for (const c of cleanups.splice(0)) await c();
-  await Promise.allSettled([...servers.values()].map(async (s) => (await s).stop()));
+  await servers.stopAll();
 }, 60_000);
 
 const MIB = 1024 * 1024;

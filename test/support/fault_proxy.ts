@@ -39,7 +39,9 @@ export interface FaultProxy {
   readonly port: number;
   setRules(rules: readonly FaultRule[]): void;
   setDown(down: boolean): Promise<void>;
-  stats(): { requests: number; injected: Record<string, number> };
+  /** Requests seen, faults injected, and body bytes sent up (to the server) and down. */
+  stats(): { requests: number; injected: Record<string, number>; upBytes: number; downBytes: number };
+  resetStats(): void;
   close(): Promise<void>;
 }
 
@@ -60,6 +62,8 @@ export async function startFaultProxy(target: string, options: { seed?: number; 
   const draw = random(options.seed ?? 1);
   let rules: { rule: FaultRule; left: number }[] = [];
   let requests = 0;
+  let upBytes = 0;
+  let downBytes = 0;
   const injected: Record<string, number> = {};
   const sockets = new Set<Socket>();
 
@@ -81,6 +85,7 @@ export async function startFaultProxy(target: string, options: { seed?: number; 
       (answer) => {
         res.writeHead(answer.statusCode ?? 502, answer.headers);
         if (truncate === undefined) {
+          answer.on("data", (chunk: Buffer) => (downBytes += chunk.length));
           answer.pipe(res);
           return;
         }
@@ -96,6 +101,7 @@ export async function startFaultProxy(target: string, options: { seed?: number; 
       },
     );
     up.on("error", () => res.socket?.destroy());
+    req.on("data", (chunk: Buffer) => (upBytes += chunk.length));
     req.pipe(up);
   };
 
@@ -144,7 +150,11 @@ export async function startFaultProxy(target: string, options: { seed?: number; 
         await closed;
       } else await new Promise<void>((ok) => server.listen(port, "127.0.0.1", ok));
     },
-    stats: () => ({ requests, injected: { ...injected } }),
+    stats: () => ({ requests, injected: { ...injected }, upBytes, downBytes }),
+    resetStats() {
+      requests = upBytes = downBytes = 0;
+      for (const k of Object.keys(injected)) delete injected[k];
+    },
     close: () =>
       new Promise<void>((ok) => {
         for (const s of sockets) s.destroy();

@@ -46,6 +46,24 @@ export function startS3Server(kind: S3ServerKind): Promise<S3Server> {
   return kind === "ceph-rgw" ? startCephRgw() : startS3rver();
 }
 
+/**
+ * One server of each kind for a test file, started on first use (call `startAll` in
+ * beforeAll to start both together) and stopped by `stopAll` in afterAll.
+ */
+export function serverPool(): { get(kind: S3ServerKind): Promise<S3Server>; startAll(): Promise<unknown>; stopAll(): Promise<unknown> } {
+  const servers = new Map<S3ServerKind, Promise<S3Server>>();
+  const get = (kind: S3ServerKind) => {
+    let s = servers.get(kind);
+    if (!s) servers.set(kind, (s = startS3Server(kind)));
+    return s;
+  };
+  return {
+    get,
+    startAll: () => Promise.allSettled(S3_SERVER_KINDS.map(get)),
+    stopAll: () => Promise.allSettled([...servers.values()].map(async (s) => (await s).stop())),
+  };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Ceph RADOS Gateway
 
