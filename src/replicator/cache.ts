@@ -16,6 +16,9 @@ import { join } from "node:path";
 import type { RemoteBase } from "../projection/state.ts";
 import type { ObjectStore } from "../s3/mod.ts";
 
+/** Chunks fetched by one ranged GET at most (readahead). */
+const SPAN_CHUNKS = 8;
+
 export interface ChunkCacheOptions {
   readonly dir: string;
   readonly store: ObjectStore;
@@ -23,9 +26,9 @@ export interface ChunkCacheOptions {
   readonly maxBytes?: number;
   /** @default 1 MiB */
   readonly chunkBytes?: number;
-  /** Chunks fetched ahead of a sequential reader, at most. @default 16 */
+  /** Chunks fetched ahead of a sequential reader, at most. @default 32 */
   readonly maxReadahead?: number;
-  /** Chunks kept in memory as well. @default 32 */
+  /** Chunks kept in memory as well (readahead lands there first). @default 64 */
   readonly memoryChunks?: number;
 }
 
@@ -52,8 +55,8 @@ export class ChunkCache {
   private constructor(private readonly options: ChunkCacheOptions) {
     this.chunk = options.chunkBytes ?? 1 << 20;
     this.maxBytes = options.maxBytes ?? 1 << 30;
-    this.maxReadahead = options.maxReadahead ?? 16;
-    this.memoryChunks = options.memoryChunks ?? 32;
+    this.maxReadahead = options.maxReadahead ?? 32;
+    this.memoryChunks = options.memoryChunks ?? 64;
   }
 
   static async open(options: ChunkCacheOptions): Promise<ChunkCache> {
@@ -97,14 +100,34 @@ export class ChunkCache {
 
   private readahead(base: RemoteBase, id: string, first: number, last: number): void {
     const s = this.streams.get(id) ?? { last: -2, window: 0 };
-    if (first === s.last || first === s.last + 1) s.window = Math.min(this.maxReadahead, Math.max(2, s.window * 2));
+    // A reader that moves on to the next chunk is sequential: widen its window.
+    if (first === s.last + 1 || (first === s.last && last > s.last)) s.window = Math.min(this.maxReadahead, Math.max(2, s.window * 2));
     else if (first !== s.last) s.window = 0;
-    s.last = last;
+    s.last = Math.max(last, first === s.last ? s.last : last);
     this.streams.delete(id);
     this.streams.set(id, s);
     if (this.streams.size > 1024) this.streams.delete(this.streams.keys().next().value!);
     const chunks = Math.ceil(base.size / this.chunk);
-    for (let i = last + 1; i <= last + s.window && i < chunks; i++) void this.chunkOf(base, id, i).catch(() => {});
+    this.fetchMissing(base, id, last + 1, Math.min(chunks, last + 1 + s.window));
+  }
+
+  /** Start fetching chunks [from, to) that are nowhere yet, in spans of up to SPAN_CHUNKS per GET. */
+  private fetchMissing(base: RemoteBase, id: string, from: number, to: number): void {
+    let spanStart = -1;
+    const flush = (end: number) => {
+      if (spanStart >= 0) this.fetchSpan(base, id, spanStart, end).catch(() => {});
+      spanStart = -1;
+    };
+    for (let i = from; i < to; i++) {
+      const name = `${id}-${i}`;
+      const present = this.memory.has(name) || this.inflight.has(name) || this.files.has(name);
+      if (present) flush(i);
+      else {
+        if (spanStart < 0) spanStart = i;
+        if (i + 1 - spanStart >= SPAN_CHUNKS) flush(i + 1);
+      }
+    }
+    flush(to);
   }
 
   private chunkOf(base: RemoteBase, id: string, index: number): Promise<Uint8Array> {
@@ -117,45 +140,80 @@ export class ChunkCache {
       this.stats.hits++;
       return Promise.resolve(mem);
     }
-    let p = this.inflight.get(name);
-    if (!p) {
-      p = this.load(base, name, index).finally(() => this.inflight.delete(name));
+    const pending = this.inflight.get(name);
+    if (pending) return pending;
+    if (this.files.has(name)) {
+      const p = this.fromDisk(base, id, index).finally(() => this.inflight.delete(name));
       this.inflight.set(name, p);
+      return p;
     }
-    return p;
+    return this.fetchSpan(base, id, index, index + 1).then((chunks) => chunks[0]!);
   }
 
-  private async load(base: RemoteBase, name: string, index: number): Promise<Uint8Array> {
+  private async fromDisk(base: RemoteBase, id: string, index: number): Promise<Uint8Array> {
+    const name = `${id}-${index}`;
     const path = join(this.options.dir, name);
-    let bytes: Uint8Array | undefined;
-    if (this.files.has(name)) {
-      bytes = await readWhole(path);
-      if (bytes) {
-        this.stats.hits++;
-        this.touch(name);
-        void utimes(path, new Date(), new Date()).catch(() => {});
-      }
-    }
+    const bytes = await readWhole(path);
     if (!bytes) {
-      this.stats.misses++;
-      const start = index * this.chunk;
-      const end = Math.min(base.size, start + this.chunk) - 1;
+      this.files.delete(name); // gone or damaged: S3 has it
+      return (await this.fetchSpan(base, id, index, index + 1))[0]!;
+    }
+    this.stats.hits++;
+    this.touch(name);
+    void utimes(path, new Date(), new Date()).catch(() => {});
+    this.keepInMemory(name, bytes);
+    return bytes;
+  }
+
+  /** One ranged GET for chunks [first, end); each chunk is served as soon as the GET ends and written to disk after. */
+  private fetchSpan(base: RemoteBase, id: string, first: number, end: number): Promise<Uint8Array[]> {
+    const start = first * this.chunk;
+    const stop = Math.min(base.size, end * this.chunk);
+    const span = (async () => {
+      this.stats.misses += end - first;
       const got = await this.options.store.get(base.key, {
-        range: { start, end },
+        range: { start, end: stop - 1 },
         ...(base.versionId !== undefined ? { versionId: base.versionId } : { ifMatch: base.etag }),
       });
       // Servers that ignore If-Match on GET (s3rver) answer with whatever is there now.
       if (got.head.etag !== base.etag) throw new Error(`${base.key} changed in S3 (ETag ${got.head.etag}, expected ${base.etag})`);
-      bytes = got.bytes;
-      this.stats.downloadedBytes += bytes.length;
+      if (got.bytes.length !== stop - start) throw new Error(`S3 returned ${got.bytes.length} bytes of ${base.key} for a range of ${stop - start}`);
+      this.stats.downloadedBytes += got.bytes.length;
+      const chunks: Uint8Array[] = [];
+      for (let i = first; i < end; i++) {
+        const bytes = got.bytes.subarray((i - first) * this.chunk, Math.min(got.bytes.length, (i + 1 - first) * this.chunk));
+        chunks.push(bytes);
+        this.keepInMemory(`${id}-${i}`, bytes);
+        void this.persist(`${id}-${i}`, bytes);
+      }
+      return chunks;
+    })();
+    for (let i = first; i < end; i++) {
+      const name = `${id}-${i}`;
+      const p = span.then((chunks) => chunks[i - first]!);
+      p.catch(() => {});
+      this.inflight.set(name, p);
+      void p.finally(() => this.inflight.get(name) === p && this.inflight.delete(name)).catch(() => {});
+    }
+    return span;
+  }
+
+  private keepInMemory(name: string, bytes: Uint8Array): void {
+    this.memory.delete(name);
+    this.memory.set(name, bytes);
+    while (this.memory.size > this.memoryChunks) this.memory.delete(this.memory.keys().next().value!);
+  }
+
+  private async persist(name: string, bytes: Uint8Array): Promise<void> {
+    const path = join(this.options.dir, name);
+    try {
       await writeFile(`${path}.tmp`, bytes);
       await rename(`${path}.tmp`, path);
       this.remember(name, bytes.length);
-      void this.evict();
+      await this.evict();
+    } catch {
+      // A cache that cannot write (full disk) only costs another GET later.
     }
-    this.memory.set(name, bytes);
-    if (this.memory.size > this.memoryChunks) this.memory.delete(this.memory.keys().next().value!);
-    return bytes;
   }
 
   private remember(name: string, size: number): void {
