@@ -14,7 +14,7 @@ import { createHash } from "node:crypto";
 import { mkdir, open, readdir, rename, stat, unlink, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { RemoteBase } from "../projection/state.ts";
-import type { ObjectStore } from "../s3/mod.ts";
+import { isS3Error, type ObjectStore } from "../s3/mod.ts";
 
 /** Chunks fetched by one ranged GET at most (readahead). */
 const SPAN_CHUNKS = 8;
@@ -171,13 +171,9 @@ export class ChunkCache {
     const stop = Math.min(base.size, end * this.chunk);
     const span = (async () => {
       this.stats.misses += end - first;
-      const got = await this.options.store.get(base.key, {
-        range: { start, end: stop - 1 },
-        ...(base.versionId !== undefined ? { versionId: base.versionId } : { ifMatch: base.etag }),
-      });
+      const got = await this.getRetrying(base, start, stop);
       // Servers that ignore If-Match on GET (s3rver) answer with whatever is there now.
       if (got.head.etag !== base.etag) throw new Error(`${base.key} changed in S3 (ETag ${got.head.etag}, expected ${base.etag})`);
-      if (got.bytes.length !== stop - start) throw new Error(`S3 returned ${got.bytes.length} bytes of ${base.key} for a range of ${stop - start}`);
       this.stats.downloadedBytes += got.bytes.length;
       const chunks: Uint8Array[] = [];
       for (let i = first; i < end; i++) {
@@ -196,6 +192,27 @@ export class ChunkCache {
       void p.finally(() => this.inflight.get(name) === p && this.inflight.delete(name)).catch(() => {});
     }
     return span;
+  }
+
+  /**
+   * A ranged GET, tried again (up to 5 times in about 6 s) after errors that another attempt
+   * can cure: a reader gets EIO only when S3 stays unreachable or the object changed.
+   */
+  private async getRetrying(base: RemoteBase, start: number, stop: number) {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const got = await this.options.store.get(base.key, {
+          range: { start, end: stop - 1 },
+          ...(base.versionId !== undefined ? { versionId: base.versionId } : { ifMatch: base.etag }),
+        });
+        if (got.head.etag === base.etag && got.bytes.length !== stop - start) throw new Error(`S3 returned ${got.bytes.length} bytes of ${base.key} for a range of ${stop - start}`);
+        return got;
+      } catch (e) {
+        const final = isS3Error(e, "not-found") || isS3Error(e, "precondition-failed") || isS3Error(e, "auth") || attempt >= 5;
+        if (final) throw e;
+        await Bun.sleep(200 * 2 ** (attempt - 1));
+      }
+    }
   }
 
   private keepInMemory(name: string, bytes: Uint8Array): void {

@@ -12,11 +12,13 @@ export class RemoteConfigError extends Error {
 }
 import { ChunkCache } from "./cache.ts";
 import { makeRemoteSource } from "./remote_source.ts";
+import { loadSnapshots } from "./snapshot.ts";
 
 export { ChunkCache } from "./cache.ts";
 export { Replication, type ReplicationOptions, type Status } from "./service.ts";
 export { readRemoteJournal, remoteClients, journalPrefix } from "./segments.ts";
 export { makeRemoteSource } from "./remote_source.ts";
+export { loadSnapshots, writeSnapshot } from "./snapshot.ts";
 
 /** `s3://BUCKET[/PREFIX]` → bucket and key prefix ("" or ending in "/"). */
 export function parseS3Url(url: string): { bucket: string; prefix: string } | undefined {
@@ -32,7 +34,7 @@ export function parseS3Url(url: string): { bucket: string; prefix: string } | un
 export interface RemoteSetup {
   readonly store: ObjectStore;
   readonly cache: ChunkCache;
-  readonly source: RemoteSource;
+  readonly source: RemoteSource & { readonly counts: { vouched: number; heads: number } };
   readonly prefix: string;
 }
 
@@ -67,6 +69,9 @@ export async function openRemote(options: {
   } catch {
     // Offline: probed again when replication starts; listings meanwhile trust the server.
   }
-  const source = makeRemoteSource({ store, prefix: options.prefix, cache, uid: options.uid, gid: options.gid, clientDelimiter });
+  const source = makeRemoteSource({
+    store, prefix: options.prefix, cache, uid: options.uid, gid: options.gid, clientDelimiter,
+    snapshots: () => loadSnapshots(store, options.prefix, options.log),
+  });
   return { store, cache, source, prefix: options.prefix };
 }

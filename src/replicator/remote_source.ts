@@ -9,6 +9,7 @@ import type { RemoteBase } from "../projection/state.ts";
 import type { ObjectStore } from "../s3/mod.ts";
 import type { ChunkCache } from "./cache.ts";
 import { badName, META_DIR, parseMeta } from "./keys.ts";
+import type { SnapshotEntry } from "./snapshot.ts";
 
 export interface RemoteSourceOptions {
   readonly store: ObjectStore;
@@ -21,13 +22,23 @@ export interface RemoteSourceOptions {
   readonly clientDelimiter?: boolean;
   /** HEAD requests in flight while reading attributes. @default 32 */
   readonly headConcurrency?: number;
+  /** Attributes vouched for by snapshots (see snapshot.ts), loaded at the first listing. */
+  readonly snapshots?: () => Promise<ReadonlyMap<string, SnapshotEntry>>;
 }
 
 type Found = Omit<RemoteEntry, "ino">;
 
-export function makeRemoteSource(options: RemoteSourceOptions): RemoteSource {
+export function makeRemoteSource(options: RemoteSourceOptions): RemoteSource & { readonly counts: { vouched: number; heads: number } } {
   const { store, cache } = options;
   const headConcurrency = options.headConcurrency ?? 32;
+  let snapshots: Promise<ReadonlyMap<string, SnapshotEntry>> | undefined;
+  const vouched = async (key: string, etag: string) => {
+    snapshots ??= (options.snapshots?.() ?? Promise.resolve(new Map())).catch(() => new Map());
+    const s = (await snapshots).get(key);
+    return s && s.etag === etag ? s : undefined;
+  };
+  /** HEADs avoided thanks to snapshots, and HEADs made. */
+  const counts = { vouched: 0, heads: 0 };
 
   async function list(prefix: string): Promise<RemoteListing> {
     const files = new Map<string, { key: string; size: number; etag: string; mtime: number }>();
@@ -64,6 +75,14 @@ export function makeRemoteSource(options: RemoteSourceOptions): RemoteSource {
   }
 
   async function fileEntry(name: string, f: { key: string; size: number; etag: string; mtime: number }): Promise<Found | undefined> {
+    const snap = await vouched(f.key, f.etag);
+    if (snap) {
+      counts.vouched++;
+      const object = { key: f.key, size: f.size, etag: f.etag, mtime: snap.mtime };
+      const base: Found = { name, kind: snap.kind, mode: snap.mode, uid: snap.uid, gid: snap.gid, mtime: snap.mtime, object };
+      return { ...base, ...(snap.target !== undefined ? { target: snap.target } : {}), ...(snap.rdev !== undefined ? { rdev: snap.rdev } : {}) };
+    }
+    counts.heads++;
     const head = await store.head(f.key);
     if (!head) return undefined; // deleted since the listing
     const meta = parseMeta(head.metadata);
@@ -80,6 +99,12 @@ export function makeRemoteSource(options: RemoteSourceOptions): RemoteSource {
   }
 
   async function dirEntry(name: string, prefix: string): Promise<Found> {
+    const snap = await vouched(prefix, "");
+    if (snap) {
+      counts.vouched++;
+      return { name, kind: "dir", mode: snap.mode, uid: snap.uid, gid: snap.gid, mtime: snap.mtime, prefix };
+    }
+    counts.heads++;
     const marker = await store.head(prefix);
     const meta = marker ? parseMeta(marker.metadata) : {};
     return {
@@ -95,6 +120,7 @@ export function makeRemoteSource(options: RemoteSourceOptions): RemoteSource {
 
   return {
     prefix: options.prefix,
+    counts,
     list,
     read: (base: RemoteBase, offset: number, length: number, into: Uint8Array, at: number) => cache.read(base, offset, length, into, at),
   };

@@ -10,6 +10,7 @@ import type { Filesystem } from "../fs/filesystem.ts";
 import { probeCapabilities, type Capabilities, type ObjectStore } from "../s3/mod.ts";
 import { Materializer } from "./materializer.ts";
 import { BOOKKEEPING, SegmentShipper } from "./segments.ts";
+import { writeSnapshot } from "./snapshot.ts";
 import type { RemoteListing } from "../fs/remote.ts";
 import type { ChunkCache } from "./cache.ts";
 
@@ -27,6 +28,8 @@ export interface ReplicationOptions {
   /** How often a segment is sealed while events arrive. @default 1000 */
   readonly sealMs?: number;
   readonly maxSegmentBytes?: number;
+  /** A projection snapshot goes to S3 at most this often while things change (and at stop). @default 60000 */
+  readonly snapshotMs?: number;
   readonly partBytes?: number;
   readonly log: (message: string) => void;
 }
@@ -74,6 +77,8 @@ export class Replication {
   /** Steps running now: stop waits for them, so nothing is recorded after the journal closes. */
   private readonly running = new Set<Promise<boolean>>();
   private shipping: Promise<boolean> = Promise.resolve(false);
+  private snapshotDue = false;
+  private lastSnapshot = 0;
 
   constructor(private readonly o: ReplicationOptions) {
     const capabilities = () => {
@@ -118,10 +123,20 @@ export class Replication {
         const hurry = this.force || Date.now() - this.oldestPending >= maxDelay;
         const { through, stats } = await this.materializer.round({ settleMs: hurry ? 0 : writeBack });
         // Deferred paths and conflict copies go up in a later round, before the checkpoint.
-        if (stats.conflicts === 0 && stats.deferred === 0) await this.o.fs.record([], () => [{ type: "Reconciled", through: through as never }]);
+        if (stats.conflicts === 0 && stats.deferred === 0) {
+          await this.o.fs.record([], () => [{ type: "Reconciled", through: through as never }]);
+          if (stats.put + stats.deleted > 0) this.snapshotDue = true;
+          if (this.snapshotDue && Date.now() - this.lastSnapshot >= (this.o.snapshotMs ?? 60_000)) await this.snapshot(through);
+        }
         return stats.put + stats.deleted + stats.conflicts > 0;
       })),
     ];
+  }
+
+  private async snapshot(seq: number): Promise<void> {
+    this.snapshotDue = false;
+    this.lastSnapshot = Date.now();
+    await writeSnapshot(this.o.fs, this.o.store, this.o.prefix, seq);
   }
 
   /** Ship every pending segment; one shipping at a time, whoever asks. */
@@ -269,5 +284,10 @@ export class Replication {
     await Effect.runPromise(Effect.forEach(this.fibers, Fiber.interrupt, { discard: true }));
     this.fibers = [];
     await Promise.allSettled([...this.running]);
+    // The last state for the next machine, if S3 has all of it (best effort, bounded).
+    const s = this.o.fs.syncState;
+    if (this.snapshotDue && s.reconciled >= this.lastChange) {
+      await Promise.race([this.snapshot(s.reconciled).catch(() => {}), Bun.sleep(5000)]);
+    }
   }
 }

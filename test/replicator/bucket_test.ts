@@ -169,6 +169,36 @@ for (const kind of S3_SERVER_KINDS) {
       expect(text(await readPath(b.fs, conflict!))).toBe("from B");
     }, 120_000);
 
+    test("a new client takes attributes from the first client's snapshot instead of a HEAD per object, and never from a stale one", async () => {
+      const server = await serverFor(kind);
+      const { bucket, store } = await bucketStore(server);
+      const a = await client(server, bucket);
+      await a.fs.mkdir(ROOT, 1 as never, "d", 0o700);
+      const d = await resolvePath(a.fs, "d");
+      for (let i = 0; i < 150; i++) await writePath(a.fs, `d/f${i}`, `file ${i}`, 0o600 + (i % 8));
+      await a.fs.symlink(ROOT, d, "ln", "f1");
+      await a.replication.sync({ timeoutMs: 60_000 });
+      const snap = `.objectfs/snapshots/${a.fs.journal.clientId}.snap`;
+      for (let i = 0; i < 100 && !(await store.head(snap)); i++) await Bun.sleep(100);
+      expect(await store.head(snap)).toBeDefined();
+      // Changed by someone else after the snapshot: its attributes must come from S3.
+      await store.put("d/f7", "changed", { metadata: { mode: String(0o100644) } });
+
+      const b = await client(server, bucket);
+      expect(await list(b.fs, "d")).toEqual(await list(a.fs, "d"));
+      const counts = b.remote.source.counts;
+      expect(counts.vouched).toBeGreaterThanOrEqual(150);
+      expect(counts.heads).toBeLessThanOrEqual(3);
+      for (const i of [0, 3, 149]) {
+        const at = await b.fs.getattr(ROOT, await resolvePath(b.fs, `d/f${i}`));
+        expect(at.mode).toBe(0o100600 + (i % 8));
+      }
+      expect((await b.fs.getattr(ROOT, await resolvePath(b.fs, "d"))).mode).toBe(0o40700);
+      expect(await b.fs.readlink(ROOT, await resolvePath(b.fs, "d/ln"))).toBe("f1");
+      expect((await b.fs.getattr(ROOT, await resolvePath(b.fs, "d/f7"))).mode).toBe(0o100644);
+      expect(text(await readPath(b.fs, "d/f7"))).toBe("changed");
+    }, 120_000);
+
     test("a corrupted segment is detected, named, and nothing from it is applied", async () => {
       const server = await serverFor(kind);
       const { bucket, store } = await bucketStore(server);

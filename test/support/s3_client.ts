@@ -34,7 +34,7 @@ export async function openClient(server: S3Server, bucket: string, prefix: strin
   const fs = await Filesystem.open(dataDir, { remote: remote.source, log });
   const replication = new Replication({
     fs, store: remote.store, prefix, cache: remote.cache, lookup: (p) => remote.source.list(p), log,
-    writeBackMs: options.writeBackMs ?? 0, sealMs: 100, ...(options.partBytes ? { partBytes: options.partBytes } : {}),
+    writeBackMs: options.writeBackMs ?? 0, sealMs: 100, snapshotMs: 0, ...(options.partBytes ? { partBytes: options.partBytes } : {}),
   });
   await replication.start();
   return {
