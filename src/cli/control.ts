@@ -5,6 +5,9 @@
  *
  *   {"op":"status"}                      → {"status":{…}}
  *   {"op":"sync","timeoutMs":N}          → {"progress":{…}}* then {"done":true} or {"error":"…"}
+ *   {"op":"log","filter":{…}}            → {"entry":{…}}* then {"done":true}
+ *
+ * Every mount listens; status and sync need an S3 source.
  */
 import { createHash } from "node:crypto";
 import { mkdirSync } from "node:fs";
@@ -12,6 +15,8 @@ import { rm } from "node:fs/promises";
 import { connect, createServer, type Server } from "node:net";
 import { join, resolve } from "node:path";
 import type { Replication, Status } from "../replicator/service.ts";
+import type { Filesystem } from "../fs/filesystem.ts";
+import { auditLog, type LogFilter } from "../audit/log.ts";
 
 /** The socket of the mount at `mountpoint`. */
 export function controlPath(mountpoint: string): string {
@@ -20,7 +25,7 @@ export function controlPath(mountpoint: string): string {
   return join(dir, `${id}.sock`);
 }
 
-export async function listenControl(mountpoint: string, replication: Replication): Promise<() => Promise<void>> {
+export async function listenControl(mountpoint: string, fs: Filesystem, replication: Replication | undefined): Promise<() => Promise<void>> {
   const path = controlPath(mountpoint);
   mkdirSync(join(path, ".."), { recursive: true, mode: 0o700 });
   await rm(path, { force: true });
@@ -30,7 +35,7 @@ export async function listenControl(mountpoint: string, replication: Replication
       buf += d.toString();
       const nl = buf.indexOf("\n");
       if (nl < 0) return;
-      let req: { op?: string; timeoutMs?: number };
+      let req: { op?: string; timeoutMs?: number; filter?: LogFilter };
       try {
         req = JSON.parse(buf.slice(0, nl));
       } catch {
@@ -38,11 +43,25 @@ export async function listenControl(mountpoint: string, replication: Replication
         return;
       }
       const send = (o: unknown) => !socket.destroyed && socket.write(`${JSON.stringify(o)}\n`);
-      if (req.op === "status") {
-        socket.end(`${JSON.stringify({ status: replication.status() })}\n`);
+      if (req.op === "log") {
+        void (async () => {
+          try {
+            for await (const entry of auditLog(() => fs.journal.read(), req.filter ?? {})) {
+              if (socket.destroyed) return;
+              if (!socket.write(`${JSON.stringify({ entry })}\n`)) await new Promise((r) => socket.once("drain", r));
+            }
+            socket.end(`${JSON.stringify({ done: true })}\n`);
+          } catch (e) {
+            socket.end(`${JSON.stringify({ error: (e as Error).message })}\n`);
+          }
+        })();
+      } else if (!replication && (req.op === "status" || req.op === "sync")) {
+        socket.end(`${JSON.stringify({ error: `${resolve(mountpoint)} is a local-only mount (no s3:// source): there is nothing to sync` })}\n`);
+      } else if (req.op === "status") {
+        socket.end(`${JSON.stringify({ status: replication!.status() })}\n`);
       } else if (req.op === "sync") {
         let last = 0;
-        replication
+        replication!
           .sync({
             ...(req.timeoutMs !== undefined ? { timeoutMs: req.timeoutMs } : {}),
             onProgress: (s) => {
@@ -88,7 +107,7 @@ export function request(mountpoint: string, req: object, onLine: (reply: Record<
     socket.on("error", (e: NodeJS.ErrnoException) =>
       fail(
         e.code === "ENOENT" || e.code === "ECONNREFUSED"
-          ? new Error(`no S3-backed objectfs mount answers at ${resolve(mountpoint)} (is it mounted with an s3:// source?)`)
+          ? new Error(`no objectfs mount answers at ${resolve(mountpoint)} (is it mounted?)`)
           : e,
       ),
     );

@@ -151,7 +151,12 @@ export function serve(o: ServeOptions): Promise<void> {
         (r) => Effect.promise(() => r.stop()),
       );
       yield* Effect.acquireRelease(
-        Effect.tryPromise({ try: () => listenControl(o.mountpoint, replication), catch: (e) => e }),
+        Effect.tryPromise({ try: () => listenControl(o.mountpoint, fs, replication), catch: (e) => e }),
+        (close) => Effect.promise(() => close()),
+      );
+    } else {
+      yield* Effect.acquireRelease(
+        Effect.tryPromise({ try: () => listenControl(o.mountpoint, fs, undefined), catch: (e) => e }),
         (close) => Effect.promise(() => close()),
       );
     }

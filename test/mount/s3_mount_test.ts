@@ -128,7 +128,7 @@ for (const kind of S3_SERVER_KINDS) {
       }
       const noMount = await sh(`${OBJECTFS} status ${mnt}`, { env });
       expect(noMount.code).toBe(1);
-      expect(noMount.stderr).toContain("no S3-backed objectfs mount answers");
+      expect(noMount.stderr).toContain("no objectfs mount answers");
     }, 60_000);
   });
 }

@@ -1,0 +1,225 @@
+/**
+ * The audit log: every operation of a journal with its time, caller and the paths it touched
+ * as they were at that moment (names are followed through renames by replaying the dirent
+ * events alongside), filtered by path, time, uid and pid.
+ *
+ * `--path P` selects the operations on whatever was at P at the time, and every operation on
+ * the files that are at P at the end of the queried range, under whatever name they had: so
+ * "who wrote bytes X–Y of report.txt" is answered across renames.
+ */
+import { ROOT_INO, type JournalEvent } from "../../journal/mod.ts";
+
+export interface LogFilter {
+  /** A path under the mount, "/" separated, with or without a leading "/". */
+  readonly path?: string;
+  /** Milliseconds since the epoch, inclusive. */
+  readonly since?: number;
+  readonly until?: number;
+  readonly uid?: number;
+  readonly pid?: number;
+  /** Include replication facts and session markers (off: only what callers did). */
+  readonly all?: boolean;
+}
+
+export interface LogEntry {
+  readonly seq: number;
+  readonly time: number;
+  readonly op: string;
+  readonly uid?: number;
+  readonly gid?: number;
+  readonly pid?: number;
+  /** Paths as they were at the time ("/a/b"); a rename has two. */
+  readonly paths: readonly string[];
+  /** Byte range written [from, to), or the new size of a truncate. */
+  readonly range?: readonly [number, number];
+  readonly size?: number;
+  readonly detail?: string;
+}
+
+const FACTS = new Set(["SegmentSealed", "SegmentReplicated", "ObjectMaterialized", "ObjectDeleted", "Reconciled", "RemoteListed", "ConflictDetected", "Mounted", "Unmounted", "ObjectDiscovered", "ObjectChanged"]);
+
+/** Names of inodes as the journal goes: ino → its links (parent, name). */
+class Names {
+  private readonly links = new Map<number, [number, string][]>();
+
+  apply(e: JournalEvent): void {
+    switch (e.type) {
+      case "DirentLinked":
+        this.add(e.ino, e.parent, e.name);
+        return;
+      case "DirentUnlinked":
+        this.remove(e.ino, e.parent, e.name);
+        return;
+      case "Renamed":
+        if (e.replaced !== undefined) this.remove(e.replaced, e.toParent, e.toName);
+        this.remove(e.ino, e.fromParent, e.fromName);
+        this.add(e.ino, e.toParent, e.toName);
+        return;
+      case "RemoteListed":
+        for (const x of e.entries) this.add(x.ino, e.dir, x.name);
+        return;
+      case "InodeDropped":
+        this.links.delete(e.ino);
+        return;
+      default:
+    }
+  }
+
+  private add(ino: number, parent: number, name: string): void {
+    const l = this.links.get(ino) ?? [];
+    l.push([parent, name]);
+    this.links.set(ino, l);
+  }
+
+  private remove(ino: number, parent: number, name: string): void {
+    const l = this.links.get(ino);
+    if (!l) return;
+    const i = l.findIndex(([p, n]) => p === parent && n === name);
+    if (i >= 0) l.splice(i, 1);
+  }
+
+  /** The path of an inode now ("/" for the root), or undefined if it has no name. */
+  path(ino: number, depth = 0): string | undefined {
+    if (ino === ROOT_INO) return "/";
+    const l = this.links.get(ino);
+    if (!l || l.length === 0 || depth > 4096) return undefined;
+    const [parent, name] = l[0]!;
+    const p = this.path(parent, depth + 1);
+    return p === undefined ? undefined : p === "/" ? `/${name}` : `${p}/${name}`;
+  }
+
+  child(parent: number, name: string): number | undefined {
+    for (const [ino, l] of this.links) if (l.some(([p, n]) => p === parent && n === name)) return ino;
+    return undefined;
+  }
+
+  /** The inode at a path now. */
+  resolve(path: string): number | undefined {
+    let ino: number | undefined = ROOT_INO;
+    for (const part of path.split("/").filter(Boolean)) {
+      ino = this.child(ino, part);
+      if (ino === undefined) return undefined;
+    }
+    return ino;
+  }
+}
+
+const normalize = (p: string) => `/${p.split("/").filter(Boolean).join("/")}`;
+
+/** One entry per event (what the event did, with paths as they were), before filtering. */
+function describe(e: JournalEvent, names: Names): LogEntry {
+  const base = { seq: e.seq, time: e.time, op: e.type, ...(e.caller ? { uid: e.caller.uid, gid: e.caller.gid, pid: e.caller.pid } : {}) };
+  const at = (ino: number) => names.path(ino) ?? `<inode ${ino}>`;
+  const under = (parent: number, name: string) => {
+    const p = at(parent);
+    return p === "/" ? `/${name}` : `${p}/${name}`;
+  };
+  switch (e.type) {
+    case "InodeCreated":
+      return { ...base, paths: [], detail: `${e.kind} inode ${e.ino} mode ${(e.mode & 0o7777).toString(8)}${e.target !== undefined ? ` -> ${e.target}` : ""}` };
+    case "DirentLinked":
+      return { ...base, paths: [under(e.parent, e.name)], detail: `inode ${e.ino}` };
+    case "DirentUnlinked":
+      return { ...base, paths: [under(e.parent, e.name)], detail: `inode ${e.ino}` };
+    case "Renamed":
+      return { ...base, paths: [under(e.fromParent, e.fromName), under(e.toParent, e.toName)], ...(e.replaced !== undefined ? { detail: `replaced inode ${e.replaced}` } : {}) };
+    case "AttrsChanged": {
+      const parts = [
+        e.mode !== undefined ? `mode ${(e.mode & 0o7777).toString(8)}` : "",
+        e.uid !== undefined ? `uid ${e.uid}` : "",
+        e.gid !== undefined ? `gid ${e.gid}` : "",
+        e.mtime !== undefined ? `mtime ${new Date(e.mtime).toISOString()}` : "",
+        e.atime !== undefined ? `atime ${new Date(e.atime).toISOString()}` : "",
+      ].filter(Boolean);
+      return { ...base, paths: [at(e.ino)], detail: parts.join(", ") };
+    }
+    case "ExtentWritten":
+      return { ...base, paths: [at(e.ino)], range: [e.offset, e.offset + e.length] };
+    case "Truncated":
+      return { ...base, paths: [at(e.ino)], size: e.size };
+    case "XattrSet":
+    case "XattrRemoved":
+      return { ...base, paths: [at(e.ino)], detail: e.name };
+    case "InodeDropped":
+      return { ...base, paths: [], detail: `inode ${e.ino}` };
+    case "RemoteListed":
+      return { ...base, paths: [at(e.dir)], detail: `${e.entries.length} entries from s3 prefix ${JSON.stringify(e.prefix)}` };
+    case "ConflictDetected":
+      return { ...base, paths: [at(e.ino)], detail: `${e.key} changed in S3; local version kept as ${e.conflictKey}` };
+    case "ObjectMaterialized":
+      return { ...base, paths: [at(e.ino)], detail: `object ${e.object.key} (${e.object.size} bytes)` };
+    case "ObjectDeleted":
+      return { ...base, paths: [], detail: `object ${e.key}` };
+    case "SegmentReplicated":
+      return { ...base, paths: [], detail: `${e.key} (seq ${e.minSeq}-${e.maxSeq})` };
+    case "Mounted":
+      return { ...base, paths: [], detail: `client ${e.clientId} on ${e.host}, pid ${e.pid}` };
+    case "Unmounted":
+      return { ...base, paths: [], detail: `client ${e.clientId}${e.clean ? "" : " (unclean)"}` };
+    default:
+      return { ...base, paths: [] };
+  }
+}
+
+/** The inodes an entry's event is about (for following a file through renames). */
+function inodesOf(e: JournalEvent): number[] {
+  switch (e.type) {
+    case "DirentLinked":
+    case "DirentUnlinked":
+    case "Renamed":
+    case "AttrsChanged":
+    case "ExtentWritten":
+    case "Truncated":
+    case "XattrSet":
+    case "XattrRemoved":
+    case "InodeDropped":
+    case "InodeCreated":
+      return [e.ino];
+    default:
+      return [];
+  }
+}
+
+/**
+ * The audit log of `events` (in seq order), filtered. `events` is called twice when
+ * filtering by path: once to learn which inodes are at the path at the end of the range.
+ */
+export async function* auditLog(events: () => AsyncIterable<JournalEvent>, filter: LogFilter = {}): AsyncGenerator<LogEntry> {
+  const inTime = (e: JournalEvent) => (filter.since === undefined || e.time >= filter.since) && (filter.until === undefined || e.time <= filter.until);
+  const path = filter.path === undefined ? undefined : normalize(filter.path);
+  let followed = new Set<number>();
+  if (path !== undefined) {
+    const names = new Names();
+    for await (const e of events()) {
+      if (filter.until !== undefined && e.time > filter.until) break;
+      names.apply(e);
+    }
+    const ino = names.resolve(path);
+    if (ino !== undefined) followed = new Set([ino]);
+  }
+  const names = new Names();
+  for await (const e of events()) {
+    if (filter.until !== undefined && e.time > filter.until) break;
+    // Paths before the event (an unlink or rename names what was there).
+    const entry = inTime(e) && (filter.all || !FACTS.has(e.type)) ? describe(e, names) : undefined;
+    names.apply(e);
+    if (!entry) continue;
+    if (filter.uid !== undefined && entry.uid !== filter.uid) continue;
+    if (filter.pid !== undefined && entry.pid !== filter.pid) continue;
+    if (path !== undefined) {
+      const hit = entry.paths.some((p) => p === path || p.startsWith(`${path}/`)) || inodesOf(e).some((i) => followed.has(i));
+      if (!hit) continue;
+      // A created inode has no path yet: it is reported with the link that names it.
+      if (e.type === "InodeCreated" && entry.paths.length === 0 && !inodesOf(e).some((i) => followed.has(i))) continue;
+    }
+    yield entry;
+  }
+}
+
+/** One line of text for an entry. */
+export function formatEntry(e: LogEntry): string {
+  const who = e.uid !== undefined ? `uid ${e.uid} gid ${e.gid} pid ${e.pid}` : "-";
+  const what = e.paths.join(" -> ");
+  const extra = e.range ? ` bytes ${e.range[0]}-${e.range[1]}` : e.size !== undefined ? ` size ${e.size}` : "";
+  return `${new Date(e.time).toISOString()}  #${e.seq}  ${who}  ${e.op}  ${what}${extra}${e.detail ? `  (${e.detail})` : ""}`;
+}
