@@ -7,11 +7,12 @@ import { devS3 } from "./cli/dev_s3.ts";
 import { fsckCommand, mount, unmount } from "./cli/mount.ts";
 import { status, sync } from "./cli/sync.ts";
 import { logCommand } from "./cli/log.ts";
+import { restore } from "./cli/restore.ts";
 import { FsError } from "./fs/errors.ts";
 import { MountError } from "./fuse/mount.ts";
 import { RemoteConfigError } from "./replicator/mod.ts";
 
-const COMMANDS: readonly Command[] = [mount, unmount, sync, status, logCommand, fsckCommand, devS3, demo];
+const COMMANDS: readonly Command[] = [mount, unmount, sync, status, logCommand, restore, fsckCommand, devS3, demo];
 
 const HELP = `objectfs: an S3-backed POSIX filesystem with a local event journal
 

@@ -6,7 +6,9 @@ import { homedir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { Filesystem } from "../fs/filesystem.ts";
-import { serve, type S3Source } from "./serve.ts";
+import { serve, type S3Source, type ServeOptions } from "./serve.ts";
+import { parsePoint } from "../audit/time_travel.ts";
+import type { HistorySource } from "./history.ts";
 import { parseS3Url } from "../replicator/mod.ts";
 import { alive, forceUnmount, mountEntry, MountError, servingPid } from "../fuse/mount.ts";
 import { UsageError, type Command } from "./command.ts";
@@ -45,6 +47,8 @@ const MOUNT_OPTIONS = {
   "write-back": { type: "string" },
   "seal-interval": { type: "string" },
   "cache-size": { type: "string" },
+  at: { type: "string" },
+  client: { type: "string" },
   config: { type: "string" },
 } as const;
 
@@ -74,6 +78,12 @@ AWS_SECRET_ACCESS_KEY, or a profile):
   --seal-interval SEC     journal segments are shipped this often while events arrive (default 1)
   --cache-size MIB        read cache of remote bytes in DATA_DIR/cache (default 1024)
 
+Time travel (read-only; the live mount, if any, goes on):
+  --at TIME|SEQ           the tree as it was after that seq, or after the last operation at or
+                          before that time (ISO 8601); from --data-dir DIR (unmounted), or from
+                          the s3:// source's journal segments on any machine
+  --client ID             whose journal, when several clients replicate under the prefix
+
 Settings come from the config file, then OBJECTFS_* environment variables
 (OBJECTFS_DATA_DIR, OBJECTFS_DURABILITY, …), then flags. Without --foreground,
 objectfs returns once the mount is ready and serves it in the background;
@@ -89,7 +99,7 @@ SIGINT or SIGTERM, or "objectfs unmount MOUNTPOINT", unmount it after flushing.`
     if (sourceUrl !== undefined && !parsed) {
       throw new UsageError(`${JSON.stringify(sourceUrl)} is not an S3 source; write s3://BUCKET or s3://BUCKET/PREFIX (a valid bucket name, no "." or ".." segments)`);
     }
-    const { config: configFile, ...flags } = values;
+    const { config: configFile, at: atText, client, ...flags } = values;
     const config = await loadConfig({ file: configFile ?? process.env.OBJECTFS_CONFIG, env: process.env, flags });
     const dataDir = resolve(config["data-dir"] ?? defaultDataDir(mountpoint));
     if (sourceUrl === undefined) {
@@ -109,6 +119,16 @@ SIGINT or SIGTERM, or "objectfs unmount MOUNTPOINT", unmount it after flushing.`
       ...(config["seal-interval"] !== undefined ? { sealMs: config["seal-interval"] * 1000 } : {}),
       ...(config["cache-size"] !== undefined ? { cacheBytes: config["cache-size"] * 1024 * 1024 } : {}),
     };
+    let at: ServeOptions["at"];
+    if (atText !== undefined) {
+      const point = parsePoint(atText);
+      if (!point) throw new UsageError(`--at ${JSON.stringify(atText)} is neither a seq nor a time like 2026-11-24T10:00:00Z`);
+      if (!source && config["data-dir"] === undefined) throw new UsageError("--at needs the journal to read: an s3:// source, or --data-dir DIR");
+      const history: HistorySource = source
+        ? { kind: "s3", bucket: source.bucket, prefix: source.prefix, store: { ...(source.endpoint ? { endpoint: source.endpoint } : {}), ...(source.region ? { region: source.region } : {}), ...(source.pathStyle !== undefined ? { forcePathStyle: source.pathStyle } : {}) }, ...(client ? { client } : {}) }
+        : { kind: "local", dataDir };
+      at = { point, history };
+    }
     if (!config.foreground) {
       // Checked here too so that a mistyped mountpoint leaves no data directory behind.
       if ((await stat(mountpoint).catch((e: NodeJS.ErrnoException) => e.code)) === "ENOENT") {
@@ -116,7 +136,7 @@ SIGINT or SIGTERM, or "objectfs unmount MOUNTPOINT", unmount it after flushing.`
       }
       return daemonize(args, dataDir, mountpoint);
     }
-    return serveForeground(mountpoint, dataDir, config, source);
+    return serveForeground(mountpoint, dataDir, config, source, at);
   },
 };
 
@@ -154,9 +174,10 @@ async function daemonize(args: string[], dataDir: string, mountpoint: string): P
 }
 
 /** Mount and serve from this process until unmounted or signalled. */
-async function serveForeground(mountpoint: string, dataDir: string, config: Config, source: S3Source | undefined): Promise<number> {
+async function serveForeground(mountpoint: string, dataDir: string, config: Config, source: S3Source | undefined, at: ServeOptions["at"]): Promise<number> {
   await serve({
     ...(source ? { source } : {}),
+    ...(at ? { at } : {}),
     mountpoint,
     dataDir,
     durability: config.durability,

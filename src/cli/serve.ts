@@ -12,6 +12,8 @@ import { Filesystem, type Durability } from "../fs/filesystem.ts";
 import { exited, mountEntry, mountFilesystem, MountError } from "../fuse/mount.ts";
 import { openRemote, Replication } from "../replicator/mod.ts";
 import { listenControl } from "./control.ts";
+import { openPast, type HistorySource } from "./history.ts";
+import type { Point } from "../audit/time_travel.ts";
 
 /** An S3 source: `s3://BUCKET[/PREFIX]` and how to reach it. */
 export interface S3Source {
@@ -28,6 +30,8 @@ export interface S3Source {
 
 export interface ServeOptions {
   readonly source?: S3Source;
+  /** Serve a past state, read-only, instead of the live journal. */
+  readonly at?: { readonly point: Point | undefined; readonly history: HistorySource };
   readonly mountpoint: string;
   readonly dataDir: string;
   readonly durability?: Durability;
@@ -104,8 +108,31 @@ const stopRequested = (mountpoint: string) =>
     });
   });
 
+/** Serve a past state read-only: built in a temporary directory, removed on the way out. */
+function servePast(o: ServeOptions & { at: NonNullable<ServeOptions["at"]> }): Promise<void> {
+  const program = Effect.gen(function* () {
+    const past = yield* Effect.acquireRelease(
+      Effect.tryPromise({ try: () => openPast(o.at.history, o.at.point, o.log), catch: (e) => e }),
+      (p) => Effect.promise(() => p.close()),
+    );
+    yield* Effect.acquireRelease(
+      Effect.tryPromise({ try: () => listenControl(o.mountpoint, past.fs, undefined), catch: (e) => e }),
+      (close) => Effect.promise(() => close()),
+    );
+    yield* Effect.acquireRelease(
+      Effect.tryPromise({ try: () => mountFilesystem(past.fs, o.mountpoint, { allowOther: o.allowOther, cacheTimeout: o.cacheTimeout, readOnly: true, log: o.log }), catch: (e) => e }),
+      (m) => Effect.promise(() => m.unmount()),
+    );
+    o.onReady(`objectfs: serving ${o.mountpoint} read-only as it was after seq ${past.seq} (pid ${process.pid})`);
+    const why = yield* stopRequested(o.mountpoint);
+    o.log(`objectfs: ${why}: unmounting ${o.mountpoint}`);
+  });
+  return Effect.runPromise(Effect.scoped(program)).then(() => o.log("objectfs: unmounted cleanly"));
+}
+
 /** Mount and serve until asked to stop; every resource is released on the way out. */
 export function serve(o: ServeOptions): Promise<void> {
+  if (o.at) return servePast({ ...o, at: o.at });
   const program = Effect.gen(function* () {
     yield* Effect.acquireRelease(
       Effect.tryPromise({ try: () => lockDataDir(o.dataDir, o.mountpoint), catch: (e) => e }),
