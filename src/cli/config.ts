@@ -23,6 +23,7 @@ export const SETTINGS = {
   "write-back": "number",
   "seal-interval": "number",
   "cache-size": "number",
+  metrics: "string",
 } as const satisfies Record<string, Kind>;
 
 export type SettingName = keyof typeof SETTINGS;

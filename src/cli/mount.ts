@@ -8,6 +8,7 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 import { Filesystem } from "../fs/filesystem.ts";
 import { serve, type S3Source, type ServeOptions } from "./serve.ts";
 import { parsePoint } from "../audit/time_travel.ts";
+import { parseAddr } from "./metrics_server.ts";
 import type { HistorySource } from "./history.ts";
 import { parseS3Url } from "../replicator/mod.ts";
 import { alive, forceUnmount, mountEntry, MountError, servingPid } from "../fuse/mount.ts";
@@ -47,6 +48,7 @@ const MOUNT_OPTIONS = {
   "write-back": { type: "string" },
   "seal-interval": { type: "string" },
   "cache-size": { type: "string" },
+  metrics: { type: "string" },
   at: { type: "string" },
   client: { type: "string" },
   config: { type: "string" },
@@ -68,6 +70,8 @@ Without an s3:// source the local journal alone backs the mount.
   --cache-timeout SEC     how long the kernel may cache names (default 1; attributes are never
                           cached, so hard links never show stale attributes)
   --config FILE           YAML file of the same settings (data-dir: …, durability: …)
+  --metrics ADDR          serve Prometheus metrics at http://ADDR/metrics and a health check at
+                          /health (ADDR like 127.0.0.1:9464)
 
 With an s3:// source (credentials: the AWS default chain, e.g. AWS_ACCESS_KEY_ID and
 AWS_SECRET_ACCESS_KEY, or a profile):
@@ -106,6 +110,7 @@ SIGINT or SIGTERM, or "objectfs unmount MOUNTPOINT", unmount it after flushing.`
       const s3Only = (["endpoint", "region", "path-style", "write-back", "seal-interval", "cache-size"] as const).filter((k) => config[k] !== undefined);
       if (s3Only.length > 0) throw new UsageError(`${s3Only.map((k) => `--${k}`).join(", ")} only apply to an s3:// source; give one before MOUNTPOINT`);
     }
+    if (config.metrics !== undefined) parseAddr(config.metrics);
     if (config.endpoint !== undefined && !/^https?:\/\/[^/]+/.test(config.endpoint)) {
       throw new UsageError(`--endpoint ${JSON.stringify(config.endpoint)} is not a URL; write it like http://127.0.0.1:9000`);
     }
@@ -178,6 +183,7 @@ async function serveForeground(mountpoint: string, dataDir: string, config: Conf
   await serve({
     ...(source ? { source } : {}),
     ...(at ? { at } : {}),
+    ...(config.metrics !== undefined ? { metrics: config.metrics } : {}),
     mountpoint,
     dataDir,
     durability: config.durability,

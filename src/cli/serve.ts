@@ -12,6 +12,8 @@ import { Filesystem, type Durability } from "../fs/filesystem.ts";
 import { exited, mountEntry, mountFilesystem, MountError } from "../fuse/mount.ts";
 import { openRemote, Replication } from "../replicator/mod.ts";
 import { listenControl } from "./control.ts";
+import { Metrics } from "../metrics/metrics.ts";
+import { serveMetrics } from "./metrics_server.ts";
 import { openPast, type HistorySource } from "./history.ts";
 import type { Point } from "../audit/time_travel.ts";
 
@@ -38,6 +40,8 @@ export interface ServeOptions {
   readonly readOnly?: boolean;
   readonly allowOther?: boolean;
   readonly cacheTimeout?: number;
+  /** Serve Prometheus metrics and /health at HOST:PORT. */
+  readonly metrics?: string;
   readonly version: string;
   /** Called once the mount is ready. */
   readonly onReady: (message: string) => void;
@@ -108,6 +112,20 @@ const stopRequested = (mountpoint: string) =>
     });
   });
 
+/** With `--metrics`: the metrics endpoint (released with the scope) and the hook that feeds it. */
+function metricsFor(o: ServeOptions, fs: Filesystem, replication: Replication | undefined) {
+  return Effect.gen(function* () {
+    if (!o.metrics) return {};
+    const metrics = new Metrics();
+    const addr = o.metrics;
+    yield* Effect.acquireRelease(
+      Effect.tryPromise({ try: () => serveMetrics(addr, metrics, fs, replication), catch: (e) => e }),
+      (m) => Effect.promise(() => m.close()),
+    );
+    return { onOperation: (op: string, seconds: number, ok: boolean, bytes: number) => metrics.observe(op, seconds, ok, bytes) };
+  });
+}
+
 /** Serve a past state read-only: built in a temporary directory, removed on the way out. */
 function servePast(o: ServeOptions & { at: NonNullable<ServeOptions["at"]> }): Promise<void> {
   const program = Effect.gen(function* () {
@@ -119,8 +137,9 @@ function servePast(o: ServeOptions & { at: NonNullable<ServeOptions["at"]> }): P
       Effect.tryPromise({ try: () => listenControl(o.mountpoint, past.fs, undefined), catch: (e) => e }),
       (close) => Effect.promise(() => close()),
     );
+    const observe = yield* metricsFor(o, past.fs, undefined);
     yield* Effect.acquireRelease(
-      Effect.tryPromise({ try: () => mountFilesystem(past.fs, o.mountpoint, { allowOther: o.allowOther, cacheTimeout: o.cacheTimeout, readOnly: true, log: o.log }), catch: (e) => e }),
+      Effect.tryPromise({ try: () => mountFilesystem(past.fs, o.mountpoint, { allowOther: o.allowOther, cacheTimeout: o.cacheTimeout, readOnly: true, log: o.log, ...observe }), catch: (e) => e }),
       (m) => Effect.promise(() => m.unmount()),
     );
     o.onReady(`objectfs: serving ${o.mountpoint} read-only as it was after seq ${past.seq} (pid ${process.pid})`);
@@ -161,8 +180,9 @@ export function serve(o: ServeOptions): Promise<void> {
       }),
       (fs) => Effect.promise(() => fs.close()),
     );
+    let replication: Replication | undefined;
     if (remote && src) {
-      const replication = yield* Effect.acquireRelease(
+      replication = yield* Effect.acquireRelease(
         Effect.tryPromise({
           try: async () => {
             const r = new Replication({
@@ -187,8 +207,9 @@ export function serve(o: ServeOptions): Promise<void> {
         (close) => Effect.promise(() => close()),
       );
     }
+    const observe = yield* metricsFor(o, fs, replication);
     yield* Effect.acquireRelease(
-      Effect.tryPromise({ try: () => mountFilesystem(fs, o.mountpoint, { allowOther: o.allowOther, cacheTimeout: o.cacheTimeout, readOnly: o.readOnly, log: o.log }), catch: (e) => e }),
+      Effect.tryPromise({ try: () => mountFilesystem(fs, o.mountpoint, { allowOther: o.allowOther, cacheTimeout: o.cacheTimeout, readOnly: o.readOnly, log: o.log, ...observe }), catch: (e) => e }),
       (m, exit) =>
         Effect.promise(async () => {
           if (!Exit.isSuccess(exit)) o.log(`objectfs: after an error: unmounting ${o.mountpoint}`);

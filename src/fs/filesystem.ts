@@ -401,6 +401,11 @@ export class Filesystem {
 
   // ---- for the replicator: whole-tree views, no permission checks ------------------
 
+  /** Why the filesystem stopped taking changes (a journal failure), or undefined while it works. */
+  get failedWith(): string | undefined {
+    return this.failed?.message;
+  }
+
   /** The seq of everything staged so far. */
   get staged(): number {
     return this.journal.staged;

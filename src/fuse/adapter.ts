@@ -27,6 +27,8 @@ export interface FuseContext {
 export interface AdapterOptions {
   /** Log unexpected (non-errno) failures. @default console.error */
   readonly log?: (message: string) => void;
+  /** Told about every answered operation: its time, success, and bytes read or written. */
+  readonly onOperation?: (op: string, seconds: number, ok: boolean, bytes: number) => void;
 }
 
 const EIO = constants.errno.EIO;
@@ -146,16 +148,38 @@ export function makeOperations(fs: Filesystem, context: () => FuseContext | null
     cb(-EIO);
   }
 
+  const observe = options.onOperation;
+
   /** Run an operation and answer FUSE: 0 and the reply values, or an errno. */
   function answer<T>(op: string, cb: Cb, work: (ctx: Ctx) => Promise<T>, reply: (v: T) => unknown[] = () => []): void {
     const ctx = ctxOf(); // must be read synchronously, before any await
-    work(ctx).then((v) => cb(0, ...reply(v)), (e) => failed(op, cb, e));
+    const start = observe ? performance.now() : 0;
+    work(ctx).then(
+      (v) => {
+        observe?.(op, (performance.now() - start) / 1000, true, 0);
+        cb(0, ...reply(v));
+      },
+      (e) => {
+        observe?.(op, (performance.now() - start) / 1000, false, 0);
+        failed(op, cb, e);
+      },
+    );
   }
 
   /** Like `answer` for read and write, whose first callback value is a byte count (or -errno). */
   function count(op: string, cb: Cb, work: (ctx: Ctx) => Promise<number>): void {
     const ctx = ctxOf();
-    work(ctx).then((n) => cb(n), (e) => failed(op, cb, e));
+    const start = observe ? performance.now() : 0;
+    work(ctx).then(
+      (n) => {
+        observe?.(op, (performance.now() - start) / 1000, true, n);
+        cb(n);
+      },
+      (e) => {
+        observe?.(op, (performance.now() - start) / 1000, false, 0);
+        failed(op, cb, e);
+      },
+    );
   }
 
   return {

@@ -33,6 +33,8 @@ export interface MountOptions {
   /** libfuse debug output. @default false */
   readonly debug?: boolean;
   readonly log?: (message: string) => void;
+  /** Told about every answered operation (metrics). */
+  readonly onOperation?: (op: string, seconds: number, ok: boolean, bytes: number) => void;
 }
 
 export interface Mounted {
@@ -145,7 +147,7 @@ export async function mountFilesystem(fs: Filesystem, mountpoint: string, option
   await prepareMountpoint(mountpoint, log);
   const timeout = options.cacheTimeout ?? 1;
   let fuse: Fuse;
-  const ops = makeOperations(fs, () => fuse.context(), { log });
+  const ops = makeOperations(fs, () => fuse.context(), { log, ...(options.onOperation ? { onOperation: options.onOperation } : {}) });
   fuse = new Fuse(mountpoint, ops, {
     fsname: `objectfs@${process.pid}`,
     // fuse-native has no "ro" option; it joins options with commas, so one can ride after the subtype.

@@ -44,6 +44,8 @@ export interface Status {
   readonly lastChange: number;
   /** Events after the last segment in S3, and whether every change is materialized. */
   readonly pendingEvents: number;
+  /** File bytes written after the last segment in S3. */
+  readonly pendingBytes: number;
   readonly pendingMaterialization: boolean;
   readonly replicatedThrough: number;
   readonly materializedThrough: number;
@@ -64,6 +66,8 @@ export class Replication {
   readonly shipper: SegmentShipper;
   readonly materializer: Materializer;
   private lastChange = 0;
+  /** [seq, bytes] of writes not yet known to be in a segment. */
+  private unshipped: [number, number][] = [];
   /** Time of the oldest change not yet in S3. */
   private oldestPending = 0;
   private force = false;
@@ -107,8 +111,14 @@ export class Replication {
         break;
       }
     }
+    const replicated = this.o.fs.syncState.replicated?.seq ?? 0;
+    for await (const e of journal.read({ gte: replicated + 1, limit: 200_000 })) if (e.type === "ExtentWritten") this.unshipped.push([e.seq, e.length]);
     this.unsubscribe = journal.subscribe((events) => {
-      for (const e of events) if (!BOOKKEEPING.has(e.type)) this.noteChange(e);
+      for (const e of events) {
+        if (BOOKKEEPING.has(e.type)) continue;
+        this.noteChange(e);
+        if (e.type === "ExtentWritten") this.unshipped.push([e.seq, e.length]);
+      }
       this.wake();
     });
     const sealMs = Math.max(50, this.o.sealMs ?? 1000);
@@ -253,6 +263,10 @@ export class Replication {
     const s = this.o.fs.syncState;
     const replicated = s.replicated?.seq ?? 0;
     const pendingEvents = Math.max(0, this.lastChange - replicated);
+    let drop = 0;
+    while (drop < this.unshipped.length && this.unshipped[drop]![0] <= replicated) drop++;
+    if (drop > 0) this.unshipped = this.unshipped.slice(drop);
+    const pendingBytes = this.unshipped.reduce((sum, [, n]) => sum + n, 0);
     const pendingMaterialization = s.reconciled < this.lastChange;
     const stats = this.materializer.totals;
     return {
@@ -263,6 +277,7 @@ export class Replication {
       head: this.o.fs.journal.head,
       lastChange: this.lastChange,
       pendingEvents,
+      pendingBytes,
       pendingMaterialization,
       replicatedThrough: replicated,
       materializedThrough: s.reconciled,
