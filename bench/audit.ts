@@ -1,0 +1,138 @@
+/**
+ * Audit and restore, in one run:
+ * 1. `objectfs log` queries over a journal of about 1M events (made in-process with the fs core:
+ *    files created, written, renamed, chmodded by two users): by path (following renames), by
+ *    uid, and by time. Target: a query ≤ 1 s.
+ * 2. Restore from S3 (Ceph RGW started here) of a tree of large files, beside a plain SDK
+ *    download of the same bytes (the materialized objects, 4 in parallel) in the same run.
+ *    Target: restore throughput ≥ 80% of the plain download.
+ *
+ *   bun bench/audit.ts [--events N] [--restore-mib N]
+ */
+import { GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import { randomBytes } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { Journal, ROOT_INO, type Ino } from "../journal/mod.ts";
+import { auditLog, type LogFilter } from "../src/audit/log.ts";
+import { restoreTree } from "../src/audit/restore.ts";
+import { openPast } from "../src/cli/history.ts";
+import { Filesystem } from "../src/fs/filesystem.ts";
+import { createBucket, startCephRgw, storeConfig } from "../test/support/s3_servers.ts";
+import { openClient, writePath } from "../test/support/s3_client.ts";
+
+const { values } = parseArgs({ options: { events: { type: "string", default: "1000000" }, "restore-mib": { type: "string", default: "256" } } });
+const EVENTS = Number(values.events);
+const RESTORE_MIB = Number(values["restore-mib"]);
+const MiB = 1024 * 1024;
+const log = (m: string) => process.stderr.write(`${m}\n`);
+const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
+const cleanups: (() => Promise<unknown>)[] = [];
+
+async function timeQuery(journal: Journal, filter: LogFilter): Promise<{ seconds: number; entries: number }> {
+  const t = performance.now();
+  let entries = 0;
+  for await (const _ of auditLog(() => journal.read(), filter)) entries++;
+  return { seconds: (performance.now() - t) / 1000, entries };
+}
+
+async function queries() {
+  const dir = await mkdtemp(join(tmpdir(), "objectfs-bench-audit-"));
+  cleanups.push(() => rm(dir, { recursive: true, force: true }));
+  const fs = await Filesystem.open(dir);
+  const users = [{ uid: 0, gid: 0, pid: 100 }, { uid: 1000, gid: 1000, pid: 200 }];
+  const d = await fs.mkdir(users[0]!, ROOT_INO, "d", 0o777);
+  const O_RDWR_CREAT = 0o102;
+  const block = randomBytes(512);
+  let i = 0;
+  const t0 = performance.now();
+  // Per file: InodeCreated, DirentLinked, ExtentWritten, Renamed, AttrsChanged = 5 events.
+  while (fs.journal.head < EVENTS) {
+    const who = users[i % 2]!;
+    const { fh, attr } = await fs.create(who, d.ino as Ino, `f${i}`, 0o644, O_RDWR_CREAT);
+    await fs.write(who, fh, 0, block);
+    await fs.release(who, fh);
+    await fs.rename(who, d.ino as Ino, `f${i}`, d.ino as Ino, `g${i}`);
+    await fs.setattr(who, attr.ino, { mode: 0o600 });
+    i++;
+  }
+  await fs.close();
+  log(`   built ${i} files, about ${EVENTS} events, in ${round((performance.now() - t0) / 1000, 1)} s`);
+  const journal = await Journal.open(dir);
+  cleanups.push(() => journal.close());
+  const mid = (await journal.get(Math.floor(EVENTS / 2)))!.time;
+  const byPath = await timeQuery(journal, { path: `/d/g${Math.floor(i / 2)}` });
+  const byUid = await timeQuery(journal, { uid: 1000, since: mid });
+  const byTime = await timeQuery(journal, { since: mid, until: mid + 50 });
+  return {
+    events: journal.head,
+    log_by_path_s: round(byPath.seconds, 3),
+    log_by_path_entries: byPath.entries,
+    log_by_uid_s: round(byUid.seconds, 3),
+    log_by_time_s: round(byTime.seconds, 3),
+  };
+}
+
+async function restoreVsDownload() {
+  const server = await startCephRgw({ memstoreBytes: 3 * 1024 ** 3 });
+  cleanups.push(() => server.stop());
+  const bucket = await createBucket(server);
+  const c = await openClient(server, bucket, "");
+  cleanups.push(() => c.close());
+  const files = 16;
+  const each = Math.floor((RESTORE_MIB * MiB) / files);
+  for (let f = 0; f < files; f++) await writePath(c.fs, `f${f}`, randomBytes(each));
+  await c.replication.sync({ timeoutMs: 600_000 });
+  const client = new S3Client({ endpoint: server.endpoint, region: server.region, forcePathStyle: true, credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey } });
+  cleanups.push(async () => client.destroy());
+  const t1 = performance.now();
+  let got = 0;
+  const next = { f: 0 };
+  await Promise.all(
+    Array.from({ length: 4 }, async () => {
+      while (next.f < files) {
+        const out = await client.send(new GetObjectCommand({ Bucket: bucket, Key: `f${next.f++}` }));
+        for await (const chunk of out.Body as AsyncIterable<Uint8Array>) got += chunk.length;
+      }
+    }),
+  );
+  const download = got / MiB / ((performance.now() - t1) / 1000);
+  const into = join(await mkdtemp(join(tmpdir(), "objectfs-bench-restore-")), "t");
+  cleanups.push(() => rm(join(into, ".."), { recursive: true, force: true }));
+  const t2 = performance.now();
+  const past = await openPast(
+    { kind: "s3", bucket, prefix: "", store: { endpoint: server.endpoint, region: server.region, forcePathStyle: true, credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey } } },
+    undefined,
+    log,
+  );
+  const done = await restoreTree(past.fs, into);
+  await past.close();
+  const restore = done.bytes / MiB / ((performance.now() - t2) / 1000);
+  void storeConfig;
+  return { restore_mib: round(done.bytes / MiB), download_mib_s: round(download, 1), restore_mib_s: round(restore, 1), restore_vs_download: round(restore / download, 3) };
+}
+
+try {
+  log(`1. log queries over about ${EVENTS} events`);
+  const q = await queries();
+  log(`   by path ${q.log_by_path_s} s (${q.log_by_path_entries} entries), by uid since the middle ${q.log_by_uid_s} s, by a 50 ms window ${q.log_by_time_s} s`);
+  log(`2. restore of ${RESTORE_MIB} MiB from S3 beside a plain download`);
+  const r = await restoreVsDownload();
+  log(`   download ${r.download_mib_s} MiB/s, restore ${r.restore_mib_s} MiB/s (${r.restore_vs_download})`);
+  const worst = Math.max(q.log_by_path_s, q.log_by_uid_s, q.log_by_time_s);
+  console.log(
+    JSON.stringify({
+      bench: "audit",
+      ...q,
+      ...r,
+      targets: {
+        log_query_s: { value: worst, goal: "a log query over 1M events <= 1 s", met: worst <= 1 && q.events >= 1_000_000 },
+        restore_vs_download: { value: r.restore_vs_download, goal: ">= 0.8 of a plain download", met: r.restore_vs_download >= 0.8 },
+      },
+    }),
+  );
+} finally {
+  for (const c of cleanups.reverse()) await c().catch(() => {});
+}
