@@ -15,7 +15,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { Journal, ROOT_INO, type Ino } from "../journal/mod.ts";
+import { ROOT_INO, type Ino } from "../journal/mod.ts";
 import { auditLog, type LogFilter } from "../src/audit/log.ts";
 import { restoreTree } from "../src/audit/restore.ts";
 import { openPast } from "../src/cli/history.ts";
@@ -31,10 +31,10 @@ const log = (m: string) => process.stderr.write(`${m}\n`);
 const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
 const cleanups: (() => Promise<unknown>)[] = [];
 
-async function timeQuery(journal: Journal, filter: LogFilter): Promise<{ seconds: number; entries: number }> {
+async function timeQuery(fs: Filesystem, filter: LogFilter): Promise<{ seconds: number; entries: number }> {
   const t = performance.now();
   let entries = 0;
-  for await (const _ of auditLog(() => journal.read(), filter)) entries++;
+  for await (const _ of auditLog(() => fs.journal.read(), filter, { resolveNow: (p) => fs.resolvePath(p) })) entries++;
   return { seconds: (performance.now() - t) / 1000, entries };
 }
 
@@ -60,14 +60,14 @@ async function queries() {
   }
   await fs.close();
   log(`   built ${i} files, about ${EVENTS} events, in ${round((performance.now() - t0) / 1000, 1)} s`);
-  const journal = await Journal.open(dir);
-  cleanups.push(() => journal.close());
-  const mid = (await journal.get(Math.floor(EVENTS / 2)))!.time;
-  const byPath = await timeQuery(journal, { path: `/d/g${Math.floor(i / 2)}` });
-  const byUid = await timeQuery(journal, { uid: 1000, since: mid });
-  const byTime = await timeQuery(journal, { since: mid, until: mid + 50 });
+  const ro = await Filesystem.open(dir, { readOnly: true });
+  cleanups.push(() => ro.close());
+  const mid = (await ro.journal.get(Math.floor(EVENTS / 2)))!.time;
+  const byPath = await timeQuery(ro, { path: `/d/g${Math.floor(i / 2)}` });
+  const byUid = await timeQuery(ro, { uid: 1000, since: mid });
+  const byTime = await timeQuery(ro, { since: mid, until: mid + 50 });
   return {
-    events: journal.head,
+    events: ro.journal.head,
     log_by_path_s: round(byPath.seconds, 3),
     log_by_path_entries: byPath.entries,
     log_by_uid_s: round(byUid.seconds, 3),

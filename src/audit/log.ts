@@ -88,6 +88,30 @@ class Names {
     return p === undefined ? undefined : p === "/" ? `/${name}` : `${p}/${name}`;
   }
 
+  /**
+   * Whether the event could be at a path whose last segment is `base` or under one: its
+   * own name or an ancestor's is `base`. (Exact paths are checked after.)
+   */
+  mayBeAt(e: JournalEvent, base: string): boolean {
+    const named = (ino: number, depth = 0): boolean => {
+      if (ino === ROOT_INO || depth > 4096) return base === "";
+      const l = this.links.get(ino);
+      if (!l) return false;
+      return l.some(([p, n]) => n === base || named(p, depth + 1));
+    };
+    switch (e.type) {
+      case "DirentLinked":
+      case "DirentUnlinked":
+        return e.name === base || named(e.parent);
+      case "Renamed":
+        return e.fromName === base || e.toName === base || named(e.fromParent) || named(e.toParent);
+      case "RemoteListed":
+        return named(e.dir) || e.entries.some((x) => x.name === base);
+      default:
+        return inodesOf(e).some((i) => named(i));
+    }
+  }
+
   child(parent: number, name: string): number | undefined {
     for (const [ino, l] of this.links) if (l.some(([p, n]) => p === parent && n === name)) return ino;
     return undefined;
@@ -184,11 +208,22 @@ function inodesOf(e: JournalEvent): number[] {
  * The audit log of `events` (in seq order), filtered. `events` is called twice when
  * filtering by path: once to learn which inodes are at the path at the end of the range.
  */
-export async function* auditLog(events: () => AsyncIterable<JournalEvent>, filter: LogFilter = {}): AsyncGenerator<LogEntry> {
+export async function* auditLog(
+  events: () => AsyncIterable<JournalEvent>,
+  filter: LogFilter = {},
+  options: {
+    /** The inode at a path now, from the projection: spares the first pass when the range ends now. */
+    readonly resolveNow?: (path: string) => Promise<number | undefined>;
+  } = {},
+): AsyncGenerator<LogEntry> {
   const inTime = (e: JournalEvent) => (filter.since === undefined || e.time >= filter.since) && (filter.until === undefined || e.time <= filter.until);
   const path = filter.path === undefined ? undefined : normalize(filter.path);
+  const base = path?.slice(path.lastIndexOf("/") + 1);
   let followed = new Set<number>();
-  if (path !== undefined) {
+  if (path !== undefined && filter.until === undefined && options.resolveNow) {
+    const ino = await options.resolveNow(path);
+    if (ino !== undefined) followed = new Set([ino]);
+  } else if (path !== undefined) {
     const names = new Names();
     for await (const e of events()) {
       if (filter.until !== undefined && e.time > filter.until) break;
@@ -200,12 +235,17 @@ export async function* auditLog(events: () => AsyncIterable<JournalEvent>, filte
   const names = new Names();
   for await (const e of events()) {
     if (filter.until !== undefined && e.time > filter.until) break;
+    // Cheap rejections first; paths are worked out only for events that may be reported.
+    const wanted =
+      inTime(e) &&
+      (filter.all || !FACTS.has(e.type)) &&
+      (filter.uid === undefined || e.caller?.uid === filter.uid) &&
+      (filter.pid === undefined || e.caller?.pid === filter.pid) &&
+      (path === undefined || inodesOf(e).some((i) => followed.has(i)) || names.mayBeAt(e, base!));
     // Paths before the event (an unlink or rename names what was there).
-    const entry = inTime(e) && (filter.all || !FACTS.has(e.type)) ? describe(e, names) : undefined;
+    const entry = wanted ? describe(e, names) : undefined;
     names.apply(e);
     if (!entry) continue;
-    if (filter.uid !== undefined && entry.uid !== filter.uid) continue;
-    if (filter.pid !== undefined && entry.pid !== filter.pid) continue;
     if (path !== undefined) {
       const hit = entry.paths.some((p) => p === path || p.startsWith(`${path}/`)) || inodesOf(e).some((i) => followed.has(i));
       if (!hit) continue;

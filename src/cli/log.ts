@@ -2,7 +2,7 @@
 import { stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { Journal, type JournalEvent } from "../../journal/mod.ts";
+import { Filesystem } from "../fs/filesystem.ts";
 import { auditLog, formatEntry, type LogEntry, type LogFilter } from "../audit/log.ts";
 import { parseS3Url, readRemoteJournal, remoteClients } from "../replicator/mod.ts";
 import { makeObjectStore } from "../s3/mod.ts";
@@ -92,14 +92,14 @@ From S3 (the journal segments; any machine can audit):
     } else if (values["data-dir"]) {
       const dir = resolve(values["data-dir"]);
       if (!(await stat(join(dir, "journal")).catch(() => undefined))) throw new UsageError(`${dir} holds no objectfs journal; give the --data-dir of a mount`);
-      const journal = await Journal.open(dir);
+      const fs = await Filesystem.open(dir, { readOnly: true });
       try {
-        for await (const e of auditLog(() => journal.read() as AsyncIterable<JournalEvent>, filter)) {
+        for await (const e of auditLog(() => fs.journal.read(), filter, { resolveNow: (p) => fs.resolvePath(p) })) {
           print(e);
           count++;
         }
       } finally {
-        await journal.close();
+        await fs.close();
       }
     } else {
       let error: string | undefined;

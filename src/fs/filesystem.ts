@@ -486,6 +486,21 @@ export class Filesystem {
     await this.run(needs, () => ({ events: decide({ nextIno: this.state.nextIno }), result: undefined }), { system: true });
   }
 
+  /** The inode at a path ("/a/b") now, without permission checks or listing, or undefined. */
+  async resolvePath(path: string): Promise<Ino | undefined> {
+    let ino: Ino = ROOT_INO;
+    for (const name of path.split("/").filter(Boolean)) {
+      // No dirent need: it would list a pending directory; a miss loads the row without listing.
+      const d = await this.run([{ inode: ino }], () => {
+        const dir = this.state.inode(ino);
+        return { events: [], result: dir?.kind === "dir" && dir.pending === undefined ? this.state.dirent(ino, name) : undefined };
+      });
+      if (!d) return undefined;
+      ino = d.ino;
+    }
+    return ino;
+  }
+
   /** The inode now (a copy), or undefined. */
   async inodeNow(ino: Ino): Promise<Inode | undefined> {
     return this.run([{ inode: ino }], () => {

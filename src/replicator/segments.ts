@@ -127,8 +127,19 @@ export async function* readRemoteJournal(store: ObjectStore, prefix: string, cli
   }
   names.sort((a, b) => a.minSeq - b.minSeq);
   let after: { maxSeq: number; checksum: number } | undefined;
-  for (const n of names) {
-    const { bytes } = await store.get(n.key);
+  // Up to 4 segments fetched ahead of the one being decoded.
+  const fetches: Promise<Uint8Array>[] = [];
+  const fetch = (i: number) => {
+    const p = store.get(names[i]!.key).then((r) => r.bytes);
+    p.catch(() => {});
+    fetches[i] = p;
+  };
+  for (let i = 0; i < Math.min(4, names.length); i++) fetch(i);
+  for (let i = 0; i < names.length; i++) {
+    const n = names[i]!;
+    const bytes = await fetches[i]!;
+    delete fetches[i];
+    if (i + 4 < names.length) fetch(i + 4);
     const seg = decodeSegment(bytes, { name: n.key, after: after ?? { maxSeq: 0, checksum: 0 } });
     yield* seg.events;
     after = { maxSeq: seg.maxSeq, checksum: seg.checksum };
