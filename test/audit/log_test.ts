@@ -3,32 +3,23 @@
  * renamed; filters by uid, pid and time; the same answers from the unmounted data directory and
  * from the journal segments in S3 (any machine can audit).
  */
-import { afterAll, beforeAll, expect, test } from "bun:test";
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { cleanup, OBJECTFS, sh, startMount } from "../support/mount_harness.ts";
-import { createBucket, serverPool } from "../support/s3_servers.ts";
+import { expect, test } from "bun:test";
+import { OBJECTFS, sh, startMount } from "../support/mount_harness.ts";
+import { createBucket } from "../support/s3_servers.ts";
+import { s3Testbed } from "../support/testbed.ts";
 import { s3Env } from "../support/s3_client.ts";
 
-const dirs: string[] = [];
-const servers = serverPool();
-beforeAll(() => servers.get("ceph-rgw"), 60_000);
-afterAll(async () => {
-  await cleanup(...dirs);
-  await servers.stopAll();
-}, 60_000);
+const bed = s3Testbed(["ceph-rgw"]);
 
 interface Entry { seq: number; time: number; op: string; uid?: number; pid?: number; paths: string[]; range?: [number, number] }
 const parse = (out: string): Entry[] => out.trim().split("\n").filter(Boolean).map((l) => JSON.parse(l));
 
 test("who wrote bytes X–Y of a renamed file: through the mount, from the data directory and from S3", async () => {
-  const server = await servers.get("ceph-rgw");
+  const server = await bed.server("ceph-rgw");
   const bucket = await createBucket(server);
   const env = s3Env(server);
-  const mnt = await mkdtemp(join(tmpdir(), "objectfs-logmnt-"));
-  const dataDir = await mkdtemp(join(tmpdir(), "objectfs-logdata-"));
-  dirs.push(mnt, dataDir);
+  const mnt = await bed.tmp("logmnt");
+  const dataDir = await bed.tmp("logdata");
   const m = await startMount({ source: `s3://${bucket}`, mnt, dataDir, args: ["--endpoint", server.endpoint, "--write-back", "0.2", "--seal-interval", "0.2", "--allow-other"], env });
   const as1000 = "setpriv --reuid=1000 --regid=1000 --clear-groups";
   const w = await sh(

@@ -1,20 +1,12 @@
 /** `mount --metrics`: Prometheus metrics that follow what the mount did, and a health check that follows S3. */
-import { afterAll, beforeAll, expect, test } from "bun:test";
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { cleanup, OBJECTFS, sh, startMount } from "../support/mount_harness.ts";
-import { closedPort, createBucket, serverPool } from "../support/s3_servers.ts";
+import { expect, test } from "bun:test";
+import { OBJECTFS, sh, startMount } from "../support/mount_harness.ts";
+import { closedPort, createBucket } from "../support/s3_servers.ts";
+import { s3Testbed } from "../support/testbed.ts";
 import { s3Env } from "../support/s3_client.ts";
 import { startFaultProxy } from "../support/fault_proxy.ts";
 
-const dirs: string[] = [];
-const servers = serverPool();
-beforeAll(() => servers.get("ceph-rgw"), 60_000);
-afterAll(async () => {
-  await cleanup(...dirs);
-  await servers.stopAll();
-}, 60_000);
+const bed = s3Testbed(["ceph-rgw"]);
 
 const metric = (text: string, series: string) => {
   const line = text.split("\n").find((l) => l.startsWith(`${series} `));
@@ -22,13 +14,12 @@ const metric = (text: string, series: string) => {
 };
 
 test("operations, bytes, latency histograms, replication and cache figures; /health turns 503 while S3 is down", async () => {
-  const server = await servers.get("ceph-rgw");
+  const server = await bed.server("ceph-rgw");
   const bucket = await createBucket(server);
   const proxy = await startFaultProxy(server.endpoint);
   const env = s3Env(server);
-  const mnt = await mkdtemp(join(tmpdir(), "objectfs-metmnt-"));
-  const dataDir = await mkdtemp(join(tmpdir(), "objectfs-metdata-"));
-  dirs.push(mnt, dataDir);
+  const mnt = await bed.tmp("metmnt");
+  const dataDir = await bed.tmp("metdata");
   const port = await closedPort();
   const m = await startMount({ source: `s3://${bucket}`, mnt, dataDir, args: ["--endpoint", proxy.endpoint, "--write-back", "0.2", "--metrics", `127.0.0.1:${port}`], env });
   try {

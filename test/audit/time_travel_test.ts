@@ -5,28 +5,17 @@
  * directory; a corrupted segment is refused by name, or used up to its last good point when
  * asked.
  */
-import { afterAll, beforeAll, expect, test } from "bun:test";
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { expect, test } from "bun:test";
 import { join } from "node:path";
 import { makeObjectStore } from "../../src/s3/mod.ts";
-import { cleanup, OBJECTFS, sh, startMount } from "../support/mount_harness.ts";
-import { createBucket, serverPool, storeConfig } from "../support/s3_servers.ts";
+import { OBJECTFS, sh, startMount } from "../support/mount_harness.ts";
+import { createBucket, storeConfig } from "../support/s3_servers.ts";
+import { s3Testbed } from "../support/testbed.ts";
 import { s3Env } from "../support/s3_client.ts";
 
-const dirs: string[] = [];
-const servers = serverPool();
-beforeAll(() => servers.get("ceph-rgw"), 60_000);
-afterAll(async () => {
-  await cleanup(...dirs);
-  await servers.stopAll();
-}, 60_000);
+const bed = s3Testbed(["ceph-rgw"]);
 
-const tmp = async (name: string) => {
-  const d = await mkdtemp(join(tmpdir(), `objectfs-tt-${name}-`));
-  dirs.push(d);
-  return d;
-};
+const tmp = (name: string) => bed.tmp(`tt-${name}`);
 
 /** Names, kinds, modes, sizes, link targets and contents of a tree. */
 async function capture(dir: string): Promise<string> {
@@ -42,7 +31,7 @@ const PHASES = [
 ];
 
 test("the tree at each point equals mount --at (seq and time) locally and restore --at from S3; a corrupt segment is named", async () => {
-  const server = await servers.get("ceph-rgw");
+  const server = await bed.server("ceph-rgw");
   const bucket = await createBucket(server);
   const env = s3Env(server);
   const mnt = await tmp("mnt");

@@ -3,41 +3,23 @@
  * existing objects read through the mount, new files written by ordinary tools, `objectfs
  * sync` and `objectfs status`, what an independent client sees, and a second client.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { makeObjectStore, type ObjectStore } from "../../src/s3/mod.ts";
-import { createBucket, S3_SERVER_KINDS, serverPool, storeConfig, type S3Server } from "../support/s3_servers.ts";
-import { cleanup, OBJECTFS, sh, startMount, type MountHandle } from "../support/mount_harness.ts";
+import { makeObjectStore } from "../../src/s3/mod.ts";
+import { createBucket, S3_SERVER_KINDS, storeConfig, type S3Server } from "../support/s3_servers.ts";
+import { OBJECTFS, sh, startMount, type MountHandle } from "../support/mount_harness.ts";
+import { s3Testbed } from "../support/testbed.ts";
 import { minioFor, minioGet, s3Env } from "../support/s3_client.ts";
 
-const servers = serverPool();
-const serverFor = servers.get;
-const mounts: MountHandle[] = [];
-const dirs: string[] = [];
-const stores: ObjectStore[] = [];
-
-beforeAll(async () => {
-  await servers.startAll();
-}, 60_000);
-
-afterAll(async () => {
-  for (const m of mounts.splice(0)) await m.stop().catch(() => {});
-  await cleanup(...dirs);
-  for (const s of stores.splice(0)) s.close();
-  await servers.stopAll();
-}, 60_000);
-
+const bed = s3Testbed();
+const serverFor = bed.server;
 
 async function mountBucket(server: S3Server, source: string, extra: string[] = [], endpoint = server.endpoint): Promise<MountHandle> {
-  const mnt = await mkdtemp(join(tmpdir(), "objectfs-s3mnt-"));
-  const dataDir = await mkdtemp(join(tmpdir(), "objectfs-s3data-"));
-  dirs.push(mnt, dataDir);
+  const mnt = await bed.tmp("s3mnt");
+  const dataDir = await bed.tmp("s3data");
   const m = await startMount({ source, mnt, dataDir, args: ["--endpoint", endpoint, "--write-back", "0.2", "--seal-interval", "0.2", ...extra], env: s3Env(server) });
-  mounts.push(m);
-  return m;
+  return bed.mount(m);
 }
 
 const md5 = (b: Uint8Array | string) => createHash("md5").update(b).digest("hex");
@@ -48,7 +30,7 @@ for (const kind of S3_SERVER_KINDS) {
       const server = await serverFor(kind);
       const bucket = await createBucket(server);
       const store = makeObjectStore(storeConfig(server, bucket));
-      stores.push(store);
+      bed.later(() => store.close());
       const big = randomBytes(3 * 1024 * 1024 + 77);
       await store.put("home/docs/readme.txt", "read me\n", { metadata: { mode: String(0o100640), uid: "1000", gid: "1000", mtime: "1600000000" } });
       await store.put("home/big.bin", big);
@@ -60,8 +42,7 @@ for (const kind of S3_SERVER_KINDS) {
       expect(ls.stderr).toBe("");
       expect(ls.stdout.split("\n").slice(0, 5)).toEqual(["big.bin", "docs", "640 1000 1000 1600000000 8", "read me", `${md5(big)}  -`]);
 
-      const local = join(await mkdtemp(join(tmpdir(), "objectfs-src-")), "tree");
-      dirs.push(join(local, ".."));
+      const local = join(await bed.tmp("src"), "tree");
       await sh(`mkdir -p ${local}/a/b && head -c 5000000 /dev/urandom > ${local}/a/b/r.bin && echo hi > ${local}/a/hi.txt && chmod 600 ${local}/a/hi.txt && ln -s hi.txt ${local}/a/link`);
       const w = await sh(`cp -a ${local}/a ${m.mnt}/a && echo appended >> ${m.mnt}/docs/readme.txt && mv ${m.mnt}/big.bin ${m.mnt}/moved.bin && ${OBJECTFS} sync ${m.mnt} --timeout 60`, { env });
       expect(w.stderr).toBe("");
@@ -99,8 +80,7 @@ for (const kind of S3_SERVER_KINDS) {
 
     test("bad sources and flags: one sentence each, exit 2", async () => {
       const server = await serverFor(kind);
-      const mnt = await mkdtemp(join(tmpdir(), "objectfs-s3mnt-"));
-      dirs.push(mnt);
+      const mnt = await bed.tmp("s3mnt");
       const env = s3Env(server);
       const bad = await sh(`${OBJECTFS} mount s3://Bad_Bucket ${mnt}`, { env });
       expect(bad.code).toBe(2);
@@ -113,8 +93,7 @@ for (const kind of S3_SERVER_KINDS) {
       const notUrl = await sh(`${OBJECTFS} mount s3://bucket ${mnt} --endpoint localhost`, { env });
       expect(notUrl.code).toBe(2);
       expect(notUrl.stderr).toContain("is not a URL");
-      const dataDir = await mkdtemp(join(tmpdir(), "objectfs-s3data-"));
-      dirs.push(dataDir);
+      const dataDir = await bed.tmp("s3data");
       const missing = await sh(`${OBJECTFS} mount s3://no-such-bucket-${Date.now()} ${mnt} --endpoint ${server.endpoint} --data-dir ${dataDir}/a`, { env });
       expect(missing.code).toBe(1);
       expect(missing.stderr).toContain("does not exist");

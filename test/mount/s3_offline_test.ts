@@ -8,43 +8,27 @@
  *   during a workload: everything converges, nothing lost, the journal in S3 is one unbroken
  *   chain (nothing duplicated or skipped).
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { describe, expect, test } from "bun:test";
 import { makeObjectStore, type ObjectStore } from "../../src/s3/mod.ts";
 import { readRemoteJournal } from "../../src/replicator/mod.ts";
-import { createBucket, S3_SERVER_KINDS, serverPool, storeConfig, type S3Server, type S3ServerKind } from "../support/s3_servers.ts";
-import { cleanup, OBJECTFS, sh, startMount, type MountHandle } from "../support/mount_harness.ts";
+import { createBucket, S3_SERVER_KINDS, storeConfig, type S3Server, type S3ServerKind } from "../support/s3_servers.ts";
+import { OBJECTFS, sh, startMount } from "../support/mount_harness.ts";
+import { s3Testbed } from "../support/testbed.ts";
 import { startFaultProxy, type FaultProxy } from "../support/fault_proxy.ts";
 import { s3Env } from "../support/s3_client.ts";
 
-const servers = serverPool();
-const serverFor = servers.get;
-const mounts: MountHandle[] = [];
-const dirs: string[] = [];
-const closers: (() => unknown)[] = [];
-
-beforeAll(async () => {
-  await servers.startAll();
-}, 60_000);
-
-afterAll(async () => {
-  for (const m of mounts.splice(0)) await m.stop().catch(() => {});
-  await cleanup(...dirs);
-  for (const c of closers.splice(0)) await c();
-  await servers.stopAll();
-}, 60_000);
+const bed = s3Testbed();
+const serverFor = bed.server;
 
 async function setup(kind: S3ServerKind): Promise<{ server: S3Server; bucket: string; store: ObjectStore; proxy: FaultProxy; mnt: string; dataDir: string; env: Record<string, string> }> {
   const server = await serverFor(kind);
   const bucket = await createBucket(server);
   const store = makeObjectStore(storeConfig(server, bucket));
   const proxy = await startFaultProxy(server.endpoint, { seed: 7 });
-  closers.push(() => store.close(), () => proxy.close());
-  const mnt = await mkdtemp(join(tmpdir(), "objectfs-s3mnt-"));
-  const dataDir = await mkdtemp(join(tmpdir(), "objectfs-s3data-"));
-  dirs.push(mnt, dataDir);
+  bed.later(() => store.close());
+  bed.later(() => proxy.close());
+  const mnt = await bed.tmp("s3mnt");
+  const dataDir = await bed.tmp("s3data");
   return { server, bucket, store, proxy, mnt, dataDir, env: s3Env(server) };
 }
 
@@ -78,7 +62,7 @@ for (const kind of S3_SERVER_KINDS) {
     test("endpoint down mid-workload, mount restarted while down, writes go on; when it returns sync converges with nothing lost", async () => {
       const { store, proxy, mnt, dataDir, env } = await setup(kind);
       let m = await startMount({ source: `s3://${(store as { bucket: string }).bucket}`, mnt, dataDir, args: mountArgs(proxy.endpoint), env });
-      mounts.push(m);
+      bed.mount(m);
       const w1 = await sh(`mkdir ${mnt}/d && for i in $(seq 1 20); do echo a$i > ${mnt}/d/a$i; done && ${OBJECTFS} sync ${mnt} --timeout 60`, { env });
       expect(w1.stderr).toBe("");
       expect(w1.code).toBe(0);
@@ -99,7 +83,7 @@ for (const kind of S3_SERVER_KINDS) {
       // Restart while the endpoint is still down: the journal serves the mount.
       expect(await m.stop()).toBe(0);
       m = await startMount({ source: `s3://${(store as { bucket: string }).bucket}`, mnt, dataDir, args: mountArgs(proxy.endpoint), env });
-      mounts.push(m);
+      bed.mount(m);
       const w3 = await sh(`cat ${mnt}/d/a1 && ls ${mnt}/d | wc -l && for i in $(seq 1 5); do echo c$i > ${mnt}/d/e/c$i; done`, { env });
       expect(w3.stderr).toBe("");
       expect(w3.stdout).toBe("changed\n40\n");
@@ -122,7 +106,7 @@ for (const kind of S3_SERVER_KINDS) {
       const { store, proxy, mnt, dataDir, env } = await setup(kind);
       await store.put("remote/big.bin", "R".repeat(3 * 1024 * 1024));
       const m = await startMount({ source: `s3://${(store as { bucket: string }).bucket}`, mnt, dataDir, args: mountArgs(proxy.endpoint), env });
-      mounts.push(m);
+      bed.mount(m);
       proxy.setRules([
         { fault: { kind: "status", status: 503 }, probability: 0.1 },
         { fault: { kind: "status", status: 500 }, probability: 0.1 },
