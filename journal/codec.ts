@@ -4,7 +4,7 @@
  * Wire format, version 2 (current):
  *   [0x02][msgpack array: typeCode, seq, time, caller | nil, body map]
  * where typeCode is the index of the type in {@link TYPE_CODES} (append-only
- * list: never reorder), caller is [uid, gid, pid], and body holds the remaining
+ * list: never reorder), caller is [uid, gid, pid] or [uid, gid, pid, comm], and body holds the remaining
  * fields of the event.
  *
  * Version 1 (the first release) was the event object as one MessagePack map,
@@ -51,7 +51,8 @@ export function encodeEvent(event: JournalEvent): Uint8Array {
   const { type, seq, time, caller, ...body } = event;
   const code = CODE_OF.get(type);
   if (code === undefined) throw new JournalError("unsupported", `Cannot encode event of unknown type ${type}`);
-  const packed = packr.pack([code, seq, time, caller ? [caller.uid, caller.gid, caller.pid] : null, body]);
+  const who = caller ? (caller.comm !== undefined ? [caller.uid, caller.gid, caller.pid, caller.comm] : [caller.uid, caller.gid, caller.pid]) : null;
+  const packed = packr.pack([code, seq, time, who, body]);
   const out = new Uint8Array(packed.length + 1);
   out[0] = SCHEMA_VERSION;
   out.set(packed, 1);
@@ -82,11 +83,11 @@ export function decodeEvent(bytes: Uint8Array): JournalEvent {
 
 function fromV2(value: unknown): JournalEvent {
   if (!Array.isArray(value) || value.length !== 5) throw new JournalError("corrupt", "Cannot decode event: bad v2 record shape");
-  const [code, seq, time, caller, body] = value as [number, number, number, number[] | null, Record<string, unknown>];
+  const [code, seq, time, caller, body] = value as [number, number, number, [number, number, number, string?] | null, Record<string, unknown>];
   const type = TYPE_CODES[code];
   if (type === undefined) throw new JournalError("corrupt", `Cannot decode event: unknown type code ${code}`);
   const event: Record<string, unknown> = { type, seq, time };
-  if (caller) event.caller = { uid: caller[0], gid: caller[1], pid: caller[2] };
+  if (caller) event.caller = caller.length > 3 ? { uid: caller[0], gid: caller[1], pid: caller[2], comm: caller[3] } : { uid: caller[0], gid: caller[1], pid: caller[2] };
   Object.assign(event, body);
   return event as unknown as JournalEvent;
 }

@@ -26,6 +26,8 @@ export interface Caller {
   readonly uid: number;
   readonly gid: number;
   readonly pid: number;
+  /** The process's name (its comm, from /proc), where known. */
+  readonly comm?: string;
 }
 
 export type InodeKind = "file" | "dir" | "symlink" | "fifo" | "char" | "block" | "socket";

@@ -28,6 +28,8 @@ export interface LogEntry {
   readonly uid?: number;
   readonly gid?: number;
   readonly pid?: number;
+  /** The calling process's name, where known. */
+  readonly comm?: string;
   /** Paths as they were at the time ("/a/b"); a rename has two. */
   readonly paths: readonly string[];
   /** Byte range written [from, to), or the new size of a truncate. */
@@ -132,7 +134,8 @@ const normalize = (p: string) => `/${p.split("/").filter(Boolean).join("/")}`;
 
 /** One entry per event (what the event did, with paths as they were), before filtering. */
 function describe(e: JournalEvent, names: Names): LogEntry {
-  const base = { seq: e.seq, time: e.time, op: e.type, ...(e.caller ? { uid: e.caller.uid, gid: e.caller.gid, pid: e.caller.pid } : {}) };
+  const c = e.caller;
+  const base = { seq: e.seq, time: e.time, op: e.type, ...(c ? { uid: c.uid, gid: c.gid, pid: c.pid, ...(c.comm !== undefined ? { comm: c.comm } : {}) } : {}) };
   const at = (ino: number) => names.path(ino) ?? `<inode ${ino}>`;
   const under = (parent: number, name: string) => {
     const p = at(parent);
@@ -258,7 +261,7 @@ export async function* auditLog(
 
 /** One line of text for an entry. */
 export function formatEntry(e: LogEntry): string {
-  const who = e.uid !== undefined ? `uid ${e.uid} gid ${e.gid} pid ${e.pid}` : "-";
+  const who = e.uid !== undefined ? `uid ${e.uid} gid ${e.gid} pid ${e.pid}${e.comm !== undefined ? ` (${e.comm})` : ""}` : "-";
   const what = e.paths.join(" -> ");
   const extra = e.range ? ` bytes ${e.range[0]}-${e.range[1]}` : e.size !== undefined ? ` size ${e.size}` : "";
   return `${new Date(e.time).toISOString()}  #${e.seq}  ${who}  ${e.op}  ${what}${extra}${e.detail ? `  (${e.detail})` : ""}`;

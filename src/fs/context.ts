@@ -4,6 +4,8 @@ export interface Ctx {
   readonly gid: number;
   readonly pid: number;
   readonly groups?: readonly number[];
+  /** The calling process's name, where known (recorded on events for the audit log). */
+  readonly comm?: string;
 }
 
 export const R_OK = 4;

@@ -44,23 +44,26 @@ const UNCHANGED_ID = 0xffffffff;
 const ACL_XATTRS = new Set(["system.posix_acl_access", "system.posix_acl_default"]);
 
 /** Supplementary groups of a process, from /proc, cached briefly (the kernel does not send them). */
-class GroupCache {
-  private readonly cache = new Map<number, { groups: number[]; at: number }>();
-  get(pid: number): number[] | undefined {
+/** A process's supplementary groups and name, from /proc/PID/status, cached for a second. */
+class ProcessCache {
+  private readonly cache = new Map<number, { groups: number[]; comm?: string; at: number }>();
+  get(pid: number): { groups: number[]; comm?: string } | undefined {
     if (pid === 0) return undefined;
     const now = Date.now();
     const hit = this.cache.get(pid);
-    if (hit && now - hit.at < 1000) return hit.groups;
-    let groups: number[] = [];
+    if (hit && now - hit.at < 1000) return hit;
+    let entry: { groups: number[]; comm?: string; at: number } = { groups: [], at: now };
     try {
-      const m = /^Groups:\s*(.*)$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-      groups = m?.[1]?.trim() ? m[1].trim().split(/\s+/).map(Number) : [];
+      const status = readFileSync(`/proc/${pid}/status`, "utf8");
+      const g = /^Groups:\s*(.*)$/m.exec(status);
+      const name = /^Name:\t(.*)$/m.exec(status)?.[1];
+      entry = { groups: g?.[1]?.trim() ? g[1].trim().split(/\s+/).map(Number) : [], ...(name !== undefined ? { comm: name } : {}), at: now };
     } catch {
       // the process may be gone already
     }
     if (this.cache.size > 4096) this.cache.clear();
-    this.cache.set(pid, { groups, at: now });
-    return groups;
+    this.cache.set(pid, entry);
+    return entry;
   }
 }
 
@@ -112,7 +115,7 @@ function toStat(a: Attr) {
 export function makeOperations(fs: Filesystem, context: () => FuseContext | null, options: AdapterOptions = {}) {
   const log = options.log ?? ((m: string) => console.error(m));
   const paths = new PathCache();
-  const groups = new GroupCache();
+  const processes = new ProcessCache();
 
   /**
    * libfuse 2 cannot serve an unlinked file that is still open by inode, so it
@@ -127,7 +130,8 @@ export function makeOperations(fs: Filesystem, context: () => FuseContext | null
   const ctxOf = (): Ctx => {
     const c = context();
     if (!c) return { uid: 0, gid: 0, pid: 0 };
-    return { uid: c.uid, gid: c.gid, pid: c.pid, groups: groups.get(c.pid) };
+    const p = processes.get(c.pid);
+    return { uid: c.uid, gid: c.gid, pid: c.pid, ...(p ? { groups: p.groups, ...(p.comm !== undefined ? { comm: p.comm } : {}) } : {}) };
   };
 
   /** Resolve a path to an inode, walking (and checking search permission) from the nearest cached ancestor. */

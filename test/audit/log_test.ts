@@ -36,7 +36,7 @@ test("who wrote bytes X–Y of a renamed file: through the mount, from the data 
   const entries = parse(viaMount.stdout);
   const byUser = entries.filter((e) => e.op === "ExtentWritten" && e.uid === 1000);
   expect(byUser).toHaveLength(1);
-  expect(byUser[0]).toMatchObject({ pid: writerPid, paths: ["/w/report.txt"], range: [1000, 1100] });
+  expect(byUser[0]).toMatchObject({ pid: writerPid, comm: "dd", paths: ["/w/report.txt"], range: [1000, 1100] });
   expect(entries.some((e) => e.op === "Renamed" && e.paths[0] === "/w/report.txt" && e.paths[1] === "/w/final.txt")).toBe(true);
   expect(entries.some((e) => e.paths.includes("/w/other.txt"))).toBe(false);
 
@@ -47,7 +47,7 @@ test("who wrote bytes X–Y of a renamed file: through the mount, from the data 
   const future = await sh(`${OBJECTFS} log ${mnt} --since 2999-01-01T00:00:00Z --json`, { env });
   expect(future.stdout).toBe("");
   const text = await sh(`${OBJECTFS} log ${mnt} --path /w/final.txt`, { env });
-  expect(text.stdout).toContain("ExtentWritten  /w/report.txt bytes 1000-1100");
+  expect(text.stdout).toContain("(dd)  ExtentWritten  /w/report.txt bytes 1000-1100");
   expect(text.stderr).toContain("operations");
 
   expect((await sh(`${OBJECTFS} sync ${mnt} --timeout 60`, { env })).code).toBe(0);
