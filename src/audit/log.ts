@@ -133,7 +133,7 @@ class Names {
 const normalize = (p: string) => `/${p.split("/").filter(Boolean).join("/")}`;
 
 /** One entry per event (what the event did, with paths as they were), before filtering. */
-function describe(e: JournalEvent, names: Names): LogEntry {
+function describe(e: JournalEvent, names: { path(ino: number): string | undefined }): LogEntry {
   const c = e.caller;
   const base = { seq: e.seq, time: e.time, op: e.type, ...(c ? { uid: c.uid, gid: c.gid, pid: c.pid, ...(c.comm !== undefined ? { comm: c.comm } : {}) } : {}) };
   const at = (ino: number) => names.path(ino) ?? `<inode ${ino}>`;
@@ -207,6 +207,122 @@ function inodesOf(e: JournalEvent): number[] {
   }
 }
 
+/** What the projections offer for answering without a scan (a local journal). */
+export interface AuditIndex {
+  /** The inode at a path now. */
+  resolveNow(path: string): Promise<number | undefined>;
+  /** Whether an inode is a directory now. */
+  isDir(ino: number): Promise<boolean>;
+  /** Seqs of the events that touched an inode. */
+  eventsOf(ino: number): Promise<number[]>;
+  get(seq: number): Promise<JournalEvent | undefined>;
+  /** Events in [from, to], in order. */
+  range(from: number, to: number): AsyncIterable<JournalEvent>;
+  readonly head: number;
+}
+
+/** Where inodes were named when, rebuilt per inode from its own events through the index. */
+class NameHistory {
+  private readonly timelines = new Map<number, Promise<[number, number | undefined, string | undefined][]>>();
+  constructor(private readonly index: AuditIndex) {}
+
+  private timeline(ino: number) {
+    let t = this.timelines.get(ino);
+    if (!t) {
+      t = (async () => {
+        const out: [number, number | undefined, string | undefined][] = [];
+        for (const seq of await this.index.eventsOf(ino)) {
+          const e = await this.index.get(seq);
+          if (!e) continue;
+          if (e.type === "DirentLinked" && e.ino === ino) out.push([seq, e.parent, e.name]);
+          else if (e.type === "Renamed" && e.ino === ino) out.push([seq, e.toParent, e.toName]);
+          else if ((e.type === "Renamed" && e.replaced === ino) || (e.type === "DirentUnlinked" && e.ino === ino) || e.type === "InodeDropped") out.push([seq, undefined, undefined]);
+          else if (e.type === "RemoteListed") {
+            const x = e.entries.find((y) => y.ino === ino);
+            if (x) out.push([seq, e.dir, x.name]);
+          }
+        }
+        return out;
+      })();
+      if (this.timelines.size > 100_000) this.timelines.clear();
+      this.timelines.set(ino, t);
+    }
+    return t;
+  }
+
+  /** The path of `ino` just before event `seq`. */
+  async pathAt(ino: number, seq: number, depth = 0): Promise<string | undefined> {
+    if (ino === ROOT_INO) return "/";
+    if (depth > 4096) return undefined;
+    let at: [number, number | undefined, string | undefined] | undefined;
+    for (const step of await this.timeline(ino)) if (step[0] < seq) at = step;
+    if (!at || at[1] === undefined) return undefined;
+    const p = await this.pathAt(at[1], seq, depth + 1);
+    return p === undefined ? undefined : p === "/" ? `/${at[2]}` : `${p}/${at[2]}`;
+  }
+
+  /** Paths before event `e` of every inode it names, for `describe`. */
+  async namesFor(e: JournalEvent): Promise<{ path(ino: number): string | undefined }> {
+    const r = e as { ino?: number; parent?: number; fromParent?: number; toParent?: number; dir?: number };
+    const inos = [r.ino, r.parent, r.fromParent, r.toParent, r.dir].filter((x): x is number => x !== undefined);
+    const paths = new Map<number, string | undefined>();
+    for (const ino of inos) paths.set(ino, await this.pathAt(ino, e.seq));
+    return { path: (ino) => paths.get(ino) };
+  }
+}
+
+/** The first seq whose event time is ≥ t (head + 1 if none), by bisection: times grow with seqs. */
+async function seqAtTime(index: AuditIndex, t: number): Promise<number> {
+  let lo = 1;
+  let hi = index.head + 1;
+  while (lo < hi) {
+    const mid = Math.floor((lo + hi) / 2);
+    const e = await index.get(mid);
+    if (e && e.time >= t) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
+/** Window queries touching at most this many events go through the index; larger ones scan. */
+const INDEXED_WINDOW = 100_000;
+
+/**
+ * The audit log through the projections, where they can answer without reading the whole
+ * journal: a file (not a directory) named by --path, or a time window of bounded size.
+ * Undefined when the query needs the scan.
+ */
+async function indexed(index: AuditIndex, filter: LogFilter): Promise<AsyncGenerator<LogEntry> | undefined> {
+  const history = new NameHistory(index);
+  const keep = (e: JournalEvent) =>
+    (filter.since === undefined || e.time >= filter.since) &&
+    (filter.until === undefined || e.time <= filter.until) &&
+    (filter.all || !FACTS.has(e.type)) &&
+    (filter.uid === undefined || e.caller?.uid === filter.uid) &&
+    (filter.pid === undefined || e.caller?.pid === filter.pid);
+  if (filter.path !== undefined && filter.until === undefined) {
+    const ino = await index.resolveNow(normalize(filter.path));
+    if (ino === undefined || (await index.isDir(ino))) return undefined;
+    const seqs = await index.eventsOf(ino);
+    return (async function* () {
+      for (const seq of seqs) {
+        const e = await index.get(seq);
+        if (e && keep(e)) yield describe(e, await history.namesFor(e));
+      }
+    })();
+  }
+  if (filter.path === undefined && (filter.since !== undefined || filter.until !== undefined)) {
+    const from = filter.since === undefined ? 1 : await seqAtTime(index, filter.since);
+    const to = filter.until === undefined ? index.head : (await seqAtTime(index, filter.until + 1)) - 1;
+    if (to - from + 1 > INDEXED_WINDOW) return undefined;
+    return (async function* () {
+      if (to < from) return;
+      for await (const e of index.range(from, to)) if (keep(e)) yield describe(e, await history.namesFor(e));
+    })();
+  }
+  return undefined;
+}
+
 /**
  * The audit log of `events` (in seq order), filtered. `events` is called twice when
  * filtering by path: once to learn which inodes are at the path at the end of the range.
@@ -217,8 +333,15 @@ export async function* auditLog(
   options: {
     /** The inode at a path now, from the projection: spares the first pass when the range ends now. */
     readonly resolveNow?: (path: string) => Promise<number | undefined>;
+    /** The projections' indexes (a local journal): most path and time queries need no scan. */
+    readonly index?: AuditIndex;
   } = {},
 ): AsyncGenerator<LogEntry> {
+  const fast = options.index ? await indexed(options.index, filter) : undefined;
+  if (fast) {
+    yield* fast;
+    return;
+  }
   const inTime = (e: JournalEvent) => (filter.since === undefined || e.time >= filter.since) && (filter.until === undefined || e.time <= filter.until);
   const path = filter.path === undefined ? undefined : normalize(filter.path);
   const base = path?.slice(path.lastIndexOf("/") + 1);

@@ -46,7 +46,7 @@ export async function listenControl(mountpoint: string, fs: Filesystem, replicat
       if (req.op === "log") {
         void (async () => {
           try {
-            for await (const entry of auditLog(() => fs.journal.read(), req.filter ?? {}, { resolveNow: (p) => fs.resolvePath(p) })) {
+            for await (const entry of auditLog(() => fs.journal.read(), req.filter ?? {}, { resolveNow: (p) => fs.resolvePath(p), index: fs.auditIndex() })) {
               if (socket.destroyed) return;
               if (!socket.write(`${JSON.stringify({ entry })}\n`)) await new Promise((r) => socket.once("drain", r));
             }

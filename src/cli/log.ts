@@ -94,7 +94,7 @@ From S3 (the journal segments; any machine can audit):
       if (!(await stat(join(dir, "journal")).catch(() => undefined))) throw new UsageError(`${dir} holds no objectfs journal; give the --data-dir of a mount`);
       const fs = await Filesystem.open(dir, { readOnly: true });
       try {
-        for await (const e of auditLog(() => fs.journal.read(), filter, { resolveNow: (p) => fs.resolvePath(p) })) {
+        for await (const e of auditLog(() => fs.journal.read(), filter, { resolveNow: (p) => fs.resolvePath(p), index: fs.auditIndex() })) {
           print(e);
           count++;
         }

@@ -145,6 +145,7 @@ function backingOf(journal: Journal): Backing {
     orphans: journal.sublevel(SUBLEVELS.orphans),
     remote: journal.sublevel(SUBLEVELS.remote),
     segmentData: journal.sublevel(SUBLEVELS.segmentData),
+    audit: journal.sublevel(SUBLEVELS.audit),
     meta: journal.sublevel(SUBLEVELS.meta),
   };
 }
@@ -499,6 +500,26 @@ export class Filesystem {
       ino = d.ino;
     }
     return ino;
+  }
+
+  /** The audit index over this filesystem's projections (see audit/log.ts). */
+  auditIndex(): import("../audit/log.ts").AuditIndex {
+    return {
+      resolveNow: (p) => this.resolvePath(p),
+      isDir: async (ino) => (await this.inodeNow(ino as Ino))?.kind === "dir",
+      eventsOf: (ino) => this.eventsOf(ino),
+      get: (seq) => this.journal.get(seq),
+      range: (from, to) => this.journal.read({ gte: from, lte: to }),
+      head: this.journal.head,
+    };
+  }
+
+  /** Seqs of the events that touched an inode, in order (the audit index). */
+  async eventsOf(ino: number): Promise<number[]> {
+    await this.guard(this.journal.flushed());
+    const out: number[] = [];
+    for await (const k of this.backing.audit.keys({ gte: key(ino, 0), lt: key(ino + 1, 0) } as never)) out.push(readU64(k as Buffer, 8));
+    return out;
   }
 
   /** The inode now (a copy), or undefined. */

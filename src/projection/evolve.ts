@@ -19,6 +19,7 @@ export const TYPE_BITS: Record<InodeKind, number> = {
 };
 
 export function evolve(state: TreeState, event: JournalEvent): void {
+  for (const ino of inodesTouched(event)) state.indexEvent(ino, event.seq);
   switch (event.type) {
     case "InodeCreated": {
       state.putInode({
@@ -214,6 +215,30 @@ export function evolve(state: TreeState, event: JournalEvent): void {
       const never: never = event;
       throw new Error(`evolve: unknown event ${(never as { type: string }).type}`);
     }
+  }
+}
+
+/** The inodes an event is about (the audit index): whose history it is part of. */
+export function inodesTouched(e: JournalEvent): readonly number[] {
+  switch (e.type) {
+    case "InodeCreated":
+    case "DirentLinked":
+    case "DirentUnlinked":
+    case "AttrsChanged":
+    case "ExtentWritten":
+    case "Truncated":
+    case "XattrSet":
+    case "XattrRemoved":
+    case "InodeDropped":
+    case "ObjectMaterialized":
+    case "ConflictDetected":
+      return [e.ino];
+    case "Renamed":
+      return e.replaced !== undefined ? [e.ino, e.replaced] : [e.ino];
+    case "RemoteListed":
+      return e.entries.map((x) => x.ino);
+    default:
+      return [];
   }
 }
 

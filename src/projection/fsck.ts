@@ -25,6 +25,7 @@ const NAMES: Record<string, string> = {
   [SUBLEVELS.orphans]: "orphan",
   [SUBLEVELS.remote]: "remote index entry",
   [SUBLEVELS.segmentData]: "segment data run",
+  [SUBLEVELS.audit]: "audit index entry",
   [SUBLEVELS.meta]: "projection meta",
 };
 
@@ -82,6 +83,7 @@ function bySublevelName(b: Backing): Record<string, Backing[keyof Backing]> {
     [SUBLEVELS.orphans]: b.orphans,
     [SUBLEVELS.remote]: b.remote,
     [SUBLEVELS.segmentData]: b.segmentData,
+    [SUBLEVELS.audit]: b.audit,
     [SUBLEVELS.meta]: b.meta,
   };
 }
@@ -100,6 +102,8 @@ function describe(sub: string, k: Buffer): string {
       return `${what} of inode ${readU64(k)} at byte ${readU64(k, 8)}`;
     case SUBLEVELS.segmentData:
       return `${what} of data file ${readU64(k)} at byte ${readU64(k, 8)}`;
+    case SUBLEVELS.audit:
+      return `${what} of inode ${readU64(k)} for seq ${readU64(k, 8)}`;
     default:
       return `${what} ${k.toString("utf8")}`;
   }

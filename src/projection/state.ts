@@ -17,6 +17,7 @@
  *   c!<parent><cookie>       readdir cursor   msgpack [name, ino, kind] (cookies only grow: stable offsets)
  *   x!<ino><offset>          extent           msgpack [length, dataFile, dataPos]
  *   o!<ino>                  orphan           empty (nlink 0, kept while open)
+ *   ae!<ino><seq>            audit index      empty (event seq touched inode ino: the log follows a file without a scan)
  *   sd!<file><pos>           segment data     msgpack [length, segment key, at] (data log bytes also in a segment in S3)
  *   r!<key utf8>             remote index     msgpack [ino, etag, asOf] (objects this client knows in S3, and the seq they reflect)
  *   pm!nextIno               next inode number msgpack number
@@ -129,10 +130,11 @@ export interface Backing {
   readonly orphans: Sublevel;
   readonly remote: Sublevel;
   readonly segmentData: Sublevel;
+  readonly audit: Sublevel;
   readonly meta: Sublevel;
 }
 
-export const SUBLEVELS = { inodes: "i", dirents: "d", cookies: "c", extents: "x", orphans: "o", remote: "r", segmentData: "sd", meta: "pm" } as const;
+export const SUBLEVELS = { inodes: "i", dirents: "d", cookies: "c", extents: "x", orphans: "o", remote: "r", segmentData: "sd", audit: "ae", meta: "pm" } as const;
 
 /** A segment-data row: `length` bytes at data log (file, pos) are at byte `at` of segment `key`. */
 export type SegmentRun = readonly [length: number, key: string, at: number];
@@ -140,6 +142,7 @@ export type SegmentRun = readonly [length: number, key: string, at: number];
 const direntKey = (parent: number, name: string) => `${parent}/${name}`;
 const NEXT_INO = Buffer.from("nextIno");
 const SYNC = Buffer.from("sync");
+const EMPTY = Buffer.alloc(0);
 const MAX_SKIPPED = 200;
 
 export class TreeState {
@@ -159,6 +162,8 @@ export class TreeState {
   private syncState: SyncState | undefined;
   /** Segment data rows, written blind like the remote index. */
   private readonly segmentRuns = new Map<string, { file: number; pos: number; run: SegmentRun }>();
+  /** Audit index rows to write: [ino, seq]. */
+  private auditRows: [number, number][] = [];
 
   private readonly dirtyInodes = new Set<number>();
   private readonly dirtyDirents = new Map<string, { parent: Ino; name: string; oldCookie?: number }>();
@@ -303,6 +308,11 @@ export class TreeState {
   /** Record (or with null forget) that S3 has `key` as this client last saw it. */
   setRemoteKey(k: string, value: RemoteKey | null): void {
     this.remoteKeys.set(k, value);
+  }
+
+  /** Record that event `seq` touched inode `ino` (the audit index). */
+  indexEvent(ino: number, seq: number): void {
+    this.auditRows.push([ino, seq]);
   }
 
   /** Record that data log bytes (file, pos, length) are in a segment in S3. */
@@ -466,6 +476,8 @@ export class TreeState {
     this.remoteKeys.clear();
     for (const { file, pos, run } of this.segmentRuns.values()) ops.push({ type: "put", sublevel: b.segmentData, key: key(file, pos), value: Buffer.from(packValue(run)) });
     this.segmentRuns.clear();
+    for (const [ino, seq] of this.auditRows) ops.push({ type: "put", sublevel: b.audit, key: key(ino, seq), value: EMPTY });
+    this.auditRows = [];
     this.clearDirty();
     return ops;
   }
@@ -502,6 +514,7 @@ export class TreeState {
     if (this.syncState) put(SUBLEVELS.meta, SYNC, packValue(this.syncState));
     for (const [k, v] of this.remoteKeys) if (v) put(SUBLEVELS.remote, Buffer.from(k), packValue(v));
     for (const { file, pos, run } of this.segmentRuns.values()) put(SUBLEVELS.segmentData, key(file, pos), packValue(run));
+    for (const [ino, seq] of this.auditRows) put(SUBLEVELS.audit, key(ino, seq), EMPTY);
     return out;
   }
 }

@@ -59,6 +59,12 @@ test("who wrote bytes X–Y of a renamed file: through the mount, from the data 
   const fromS3 = await sh(`${OBJECTFS} log s3://${bucket} --endpoint ${server.endpoint} --path /w/final.txt --json`, { env });
   expect(fromS3.stderr).toBe("");
   expect(parse(fromS3.stdout)).toEqual(entries);
+  // A time window: the data directory answers through its indexes, S3 by a scan; the same.
+  const window = `--since ${new Date(byUser[0]!.time - 1).toISOString()} --until ${new Date(byUser[0]!.time + 2000).toISOString()}`;
+  const windowDir = await sh(`${OBJECTFS} log --data-dir ${dataDir} ${window} --json`, { env });
+  const windowS3 = await sh(`${OBJECTFS} log s3://${bucket} --endpoint ${server.endpoint} ${window} --json`, { env });
+  expect(parse(windowDir.stdout).length).toBeGreaterThan(2);
+  expect(parse(windowDir.stdout)).toEqual(parse(windowS3.stdout));
 
   const bad = await sh(`${OBJECTFS} log ${mnt} --since yesterday-ish`, { env });
   expect(bad.code).toBe(2);
