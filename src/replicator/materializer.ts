@@ -10,9 +10,10 @@
  * where neither key holds the data.
  *
  * Bytes cross the network about once: a file whose bytes are all an existing object's (a
- * rename, a chmod) is copied server-side; a large file is uploaded in parts, and parts that
- * lie wholly in an unchanged object are copied server-side (UploadPartCopy) where the server
- * can.
+ * rename, a chmod) is copied server-side; a large file is assembled from parts, those that S3
+ * already has (in a journal segment or the unchanged object) copied server-side
+ * (UploadPartCopy) where the server can; a large file with nothing to copy goes through the
+ * adaptive multipart engine (src/transfer).
  *
  * Nothing is overwritten silently: a write is conditional on the ETag last seen at the key
  * (or on there being none). When that fails someone else changed the object: the local
@@ -26,6 +27,7 @@ import type { FileView, Filesystem, WalkEntry } from "../fs/filesystem.ts";
 import type { Inode } from "../projection/state.ts";
 import type { Capabilities, ObjectStore, PartRef, WriteCondition, WriteOutcome } from "../s3/mod.ts";
 import { formatMeta, keyOf } from "./keys.ts";
+import { TransferEngine } from "../transfer/engine.ts";
 import { pool } from "./remote_source.ts";
 import type { RemoteListing } from "../fs/remote.ts";
 
@@ -128,9 +130,11 @@ export function planParts(sources: readonly Source[], size: number, partBytes: n
 export class Materializer {
   readonly totals: RoundStats = { put: 0, copied: 0, deleted: 0, conflicts: 0, deferred: 0, uploadedBytes: 0, copiedBytes: 0 };
   private readonly partBytes: number;
+  private readonly engine: TransferEngine;
 
   constructor(private readonly o: MaterializerOptions) {
     this.partBytes = Math.max(MIN_PART, o.partBytes ?? 8 * 1024 * 1024);
+    this.engine = new TransferEngine(o.store);
   }
 
   /**
@@ -249,7 +253,16 @@ export class Materializer {
       if (out._tag === "Written") stats.uploadedBytes += body.length;
       return out;
     }
-    return this.multipart(key, view, metadata, condition, caps, stats, plan ?? planParts([], inode.size, this.partSize(inode.size)));
+    if (plan?.some((part) => part.copy)) return this.multipart(key, view, metadata, condition, caps, stats, plan);
+    // Nothing to copy: the adaptive engine sends it (part size and parts in flight follow the link).
+    const conditional = this.canCondition(condition, caps, true);
+    if (!conditional) {
+      const blocked = await this.emulateCondition(key, condition, caps);
+      if (blocked) return blocked;
+    }
+    const report = await this.engine.upload({ key, size: inode.size, read: (at, n) => fs.readView(view, at, n), metadata, ...(conditional ? { condition } : {}) });
+    if (report.outcome._tag === "Written") stats.uploadedBytes += inode.size;
+    return report.outcome;
   }
 
   /** Parts of at least partBytes, and at most 10,000 of them. */

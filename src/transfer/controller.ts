@@ -66,9 +66,10 @@ export interface ControllerState {
 export function initialState(now: number, o: ControllerOptions = {}): ControllerState {
   const memoryBytes = o.memoryBytes ?? 256 * 1024 * 1024;
   const minPartSize = Math.max(MIN_PART, o.size ? Math.ceil(o.size / MAX_PARTS) : 0);
+  // Cold: 5 MiB parts, 4 in flight (what lib-storage uses throughout), then measure.
   const partSize = clampPart(o.warm?.partSize ?? MIN_PART, minPartSize);
   const maxInflight = o.maxInflight ?? 64;
-  const inflight = Math.max(1, Math.min(o.warm?.inflight ?? 2, capFor(memoryBytes, partSize, maxInflight)));
+  const inflight = Math.max(1, Math.min(o.warm?.inflight ?? 4, capFor(memoryBytes, partSize, maxInflight)));
   return {
     phase: o.warm ? "cruise" : "startup",
     inflight,
@@ -108,8 +109,8 @@ export function partDone(s: ControllerState, bytes: number, latency: number, now
     const grew = goodput >= 1.1 * s.lastRoundGoodput;
     const flat = grew ? 0 : s.flatRounds + 1;
     if (flat >= 3 || s.inflight >= cap) {
-      // Drain to what gave the best goodput, then cruise.
-      return withPartSize({ ...next, phase: "cruise", flatRounds: 0, inflight: Math.max(1, Math.min(cap, next.bestInflight)) });
+      // Drain to what gave the best goodput (and a quarter more, for headroom), then cruise.
+      return withPartSize({ ...next, phase: "cruise", flatRounds: 0, inflight: Math.max(1, Math.min(cap, Math.ceil(next.bestInflight * 1.25))) });
     }
     return withPartSize({ ...next, flatRounds: flat, inflight: Math.min(cap, grew ? s.inflight * 2 : s.inflight) });
   }

@@ -49,6 +49,11 @@ export class TransferEngine {
     private readonly options: EngineOptions = {},
   ) {}
 
+  /** What the last transfer to an endpoint learned (parts in flight, part size, goodput). */
+  learned(endpoint: string): Estimate | undefined {
+    return this.estimates.get(endpoint);
+  }
+
   async upload(src: UploadSource): Promise<EngineReport> {
     const { store } = this;
     const memory = this.options.memoryBytes ?? 256 * 1024 * 1024;
