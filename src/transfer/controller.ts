@@ -61,6 +61,8 @@ export interface ControllerState {
   readonly memoryBytes: number;
   readonly maxInflight: number;
   readonly minPartSize: number;
+  /** Object size, when known: parts stay small enough to keep the parts in flight busy. */
+  readonly size?: number;
 }
 
 export function initialState(now: number, o: ControllerOptions = {}): ControllerState {
@@ -87,6 +89,7 @@ export function initialState(now: number, o: ControllerOptions = {}): Controller
     memoryBytes,
     maxInflight,
     minPartSize,
+    ...(o.size !== undefined ? { size: o.size } : {}),
   };
 }
 
@@ -134,7 +137,9 @@ export function fault(s: ControllerState, now: number): ControllerState {
 function withPartSize(s: ControllerState): ControllerState {
   if (!Number.isFinite(s.minLatency) || s.bestGoodput <= 0) return s;
   const bdp = s.bestGoodput * s.minLatency;
-  const partSize = clampPart(bdp / 4, s.minPartSize);
+  // No larger than a share of the object that leaves two parts for each one in flight.
+  const share = s.size !== undefined ? s.size / (2 * Math.max(1, s.inflight)) : Infinity;
+  const partSize = clampPart(Math.min(bdp / 4, share), s.minPartSize);
   const inflight = Math.max(1, Math.min(s.inflight, capFor(s.memoryBytes, partSize, s.maxInflight)));
   return { ...s, partSize, inflight };
 }

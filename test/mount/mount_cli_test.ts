@@ -231,7 +231,7 @@ test("a --read-only mount serves reads and refuses every change with EROFS, and 
   expect((await fsckDataDir(ro.dataDir)).code).toBe(0);
 }, 60_000);
 
-test("without --allow-other another user cannot enter a root-served mount; with it, a file that user creates is owned by them and the journal records their uid, gid and pid", async () => {
+test("without --allow-other another user cannot enter a root-served mount; with it, a file that user creates is owned by them and the journal records their uid, gid, pid and executable name", async () => {
   if (process.getuid?.() !== 0) throw new Error("this test switches users with setpriv and must run as root (bash scripts/dev.sh test does)");
   if ((await sh("command -v setpriv")).code !== 0) throw new Error('setpriv not installed: run "apt-get install util-linux"');
   const as1000 = (cmd: string) => sh(`setpriv --reuid=1000 --regid=1000 --clear-groups bash -c ${q(cmd)}`);
@@ -262,7 +262,7 @@ test("without --allow-other another user cannot enter a root-served mount; with 
   expect(linked).toHaveLength(1);
   const created = events.filter((e) => e.type === "InodeCreated" && e.ino === linked[0]!.ino);
   expect(created).toHaveLength(1);
-  for (const e of [...linked, ...created]) expect(e.caller).toEqual({ uid: 1000, gid: 1000, pid });
+  for (const e of [...linked, ...created]) expect(e.caller as unknown).toEqual({ uid: 1000, gid: 1000, pid, comm: "touch" });
   expect(created[0]).toMatchObject({ uid: 1000, gid: 1000, kind: "file" });
   // And root's own operations are recorded as root's.
   const rootLinked = events.find((e) => e.type === "DirentLinked" && e.name === "by-root");
