@@ -460,7 +460,9 @@ class SdkObjectStore implements ObjectStore {
       responseChecksumValidation: config.responseChecksumValidation ?? "WHEN_REQUIRED",
       requestHandler: {
         connectionTimeout: config.connectTimeoutMs ?? 5_000,
-        requestTimeout: config.requestTimeoutMs ?? 60_000,
+        // An idle socket fails the request. (The SDK's requestTimeout bounds the whole request,
+        // which would fail a large part on a slow link, and by default only logs a warning.)
+        socketTimeout: config.requestTimeoutMs ?? 60_000,
       },
     });
   }

@@ -137,9 +137,12 @@ export function fault(s: ControllerState, now: number): ControllerState {
 function withPartSize(s: ControllerState): ControllerState {
   if (!Number.isFinite(s.minLatency) || s.bestGoodput <= 0) return s;
   const bdp = s.bestGoodput * s.minLatency;
-  // No larger than a share of the object that leaves two parts for each one in flight.
+  // No larger than a share of the object that leaves two parts for each one in flight, nor
+  // than a part sent in about 4 s at each one's share of the goodput (so a rate drop is felt
+  // within seconds, not after a minute-long part).
   const share = s.size !== undefined ? s.size / (2 * Math.max(1, s.inflight)) : Infinity;
-  const partSize = clampPart(Math.min(bdp / 4, share), s.minPartSize);
+  const quick = (4 * s.bestGoodput) / Math.max(1, s.inflight);
+  const partSize = clampPart(Math.min(bdp / 4, share, quick), s.minPartSize);
   const inflight = Math.max(1, Math.min(s.inflight, capFor(s.memoryBytes, partSize, s.maxInflight)));
   return { ...s, partSize, inflight };
 }
