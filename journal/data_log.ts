@@ -10,8 +10,14 @@
  * written since the last one first. The journal head row records the end of
  * the log; on open anything past it is cut off: it belongs to a commit that
  * never happened.
+ *
+ * Reclaiming space (retention): bytes that no retained point needs are recorded as dead in
+ * `<n:08x>.dead` (pairs of u64 position and length, appended and fsynced); once enough of a
+ * file that is no longer written is dead, it is rewritten as a sparse copy holding only the
+ * rest, at the same positions (so every reference into it stays valid), fsynced and renamed
+ * over the original. A file that is all dead is removed.
  */
-import { mkdir, open, readdir, rm, type FileHandle } from "node:fs/promises";
+import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
 import { JournalError } from "./errors.ts";
@@ -31,6 +37,29 @@ interface PendingWrite {
 }
 
 const fileName = (n: number) => `${n.toString(16).padStart(8, "0")}.dat`;
+const deadName = (n: number) => `${n.toString(16).padStart(8, "0")}.dead`;
+
+/** What {@link DataLog.reclaim} did. */
+export interface ReclaimResult {
+  /** Files rewritten as sparse copies, and files removed because nothing in them was live. */
+  readonly rewritten: number;
+  readonly removed: number;
+  /** Bytes that no longer take space. */
+  readonly bytes: number;
+}
+
+/** Sort and merge [pos, len] ranges. */
+function mergeRanges(ranges: [number, number][]): [number, number][] {
+  ranges.sort((a, b) => a[0] - b[0]);
+  const out: [number, number][] = [];
+  for (const [pos, len] of ranges) {
+    if (len <= 0) continue;
+    const last = out[out.length - 1];
+    if (last && pos <= last[0] + last[1]) last[1] = Math.max(last[1], pos + len - last[0]);
+    else out.push([pos, len]);
+  }
+  return out;
+}
 
 export class DataLog {
   private readonly handles = new Map<number, Promise<FileHandle>>();
@@ -59,8 +88,9 @@ export class DataLog {
   static async open(dir: string, committed: DataLogPosition, maxFileBytes = DEFAULT_DATA_FILE_BYTES): Promise<DataLog> {
     await mkdir(dir, { recursive: true });
     for (const name of await readdir(dir)) {
-      const m = /^([0-9a-f]{8})\.dat$/.exec(name);
+      const m = /^([0-9a-f]{8})\.(dat|dead)$/.exec(name);
       if (m && parseInt(m[1]!, 16) > committed.file) await rm(join(dir, name));
+      else if (name.endsWith(".tmp")) await rm(join(dir, name)); // a reclaim that did not finish
     }
     const log = new DataLog(dir, committed, maxFileBytes);
     const fh = await log.handle(committed.file);
@@ -195,6 +225,7 @@ export class DataLog {
    * Bytes not yet durable are served from memory.
    */
   async read(ref: DataRef, offset: number, length: number, into?: Uint8Array, intoOffset = 0): Promise<Uint8Array> {
+    if (ref.file < 0) throw new JournalError("dropped", "Cannot read these bytes: retention dropped them (they belong to a point older than the retained window)");
     const buf = into ?? new Uint8Array(length);
     const start = ref.pos + offset;
     const ft = this.flushedTo;
@@ -239,6 +270,136 @@ export class DataLog {
     this.handles.clear();
   }
 
+  /** The file being appended to now (reclaim leaves it alone). */
+  get activeFile(): number {
+    return this.file;
+  }
+
+  /** Begin a new file with the next reservation, so the current one can be reclaimed. */
+  rotate(): void {
+    if (this.end === 0) return;
+    this.file += 1;
+    this.end = 0;
+    // With nothing waiting to be written, the old file is complete now.
+    if (this.pending.length === 0 && this.inflight.length === 0) this.flushedTo = { file: this.file, end: 0 };
+  }
+
+  /** Record bytes no retained point needs any more: (file, pos, length) each. */
+  async markDead(ranges: readonly (readonly [number, number, number])[]): Promise<void> {
+    const byFile = new Map<number, number[]>();
+    for (const [file, pos, length] of ranges) {
+      if (file < 0 || length <= 0) continue;
+      let l = byFile.get(file);
+      if (!l) byFile.set(file, (l = []));
+      l.push(pos, length);
+    }
+    for (const [file, list] of byFile) {
+      const buf = Buffer.allocUnsafe(list.length * 8);
+      for (let i = 0; i < list.length; i++) buf.writeBigUInt64BE(BigInt(list[i]!), i * 8);
+      const fh = await open(join(this.dir, deadName(file)), "a", 0o600);
+      try {
+        await fh.write(buf);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    }
+  }
+
+  private async deadRanges(file: number): Promise<[number, number][]> {
+    let buf: Buffer;
+    try {
+      buf = await readFile(join(this.dir, deadName(file)));
+    } catch {
+      return [];
+    }
+    const out: [number, number][] = [];
+    for (let at = 0; at + 16 <= buf.length; at += 16) out.push([Number(buf.readBigUInt64BE(at)), Number(buf.readBigUInt64BE(at + 8))]);
+    return mergeRanges(out);
+  }
+
+  /**
+   * Rewrite every file but the active one whose dead bytes reach `minDeadFraction` of its
+   * size (or `minDeadBytes`) as a sparse copy of the rest; remove files that are all dead.
+   * `guard(file, live)` is asked first and may refuse (it checks that nothing still points
+   * into the dead ranges).
+   */
+  async reclaim(options: { readonly minDeadFraction?: number; readonly minDeadBytes?: number; readonly guard?: (file: number, dead: readonly (readonly [number, number])[]) => Promise<boolean> } = {}): Promise<ReclaimResult> {
+    const minFraction = options.minDeadFraction ?? 0.5;
+    const minBytes = options.minDeadBytes ?? 256 << 20;
+    let rewritten = 0;
+    let removed = 0;
+    let bytes = 0;
+    const names = await readdir(this.dir);
+    for (const name of names) {
+      const m = /^([0-9a-f]{8})\.dead$/.exec(name);
+      if (!m) continue;
+      const file = parseInt(m[1]!, 16);
+      // Only files every write has reached: none pending, none in flight.
+      if (file >= this.file || file >= this.flushedTo.file || this.pending.some((w) => w.file === file) || this.inflight.some((w) => w.file === file)) continue;
+      const path = join(this.dir, fileName(file));
+      let size: number;
+      let allocated: number;
+      try {
+        const st = await stat(path);
+        size = st.size;
+        allocated = st.blocks * 512;
+      } catch {
+        await rm(join(this.dir, name), { force: true }); // the file is gone already
+        continue;
+      }
+      const dead = (await this.deadRanges(file)).filter(([pos]) => pos < size).map(([pos, len]) => [pos, Math.min(len, size - pos)] as [number, number]);
+      const deadBytes = dead.reduce((n, [, len]) => n + len, 0);
+      if (deadBytes < Math.min(minBytes, size * minFraction) && deadBytes < size) continue;
+      if (options.guard && !(await options.guard(file, dead))) continue;
+      const old = this.handles.get(file);
+      this.handles.delete(file);
+      if (deadBytes >= size) {
+        if (old) setTimeout(() => void old.then((h) => h.close()).catch(() => {}), 30_000).unref?.();
+        await rm(path, { force: true });
+        await rm(join(this.dir, name), { force: true });
+        removed++;
+        bytes += allocated;
+      } else {
+        const tmp = `${path}.tmp`;
+        const src = old ? await old : await open(path, "r");
+        const out = await open(tmp, "w", 0o600);
+        try {
+          const chunk = Buffer.allocUnsafe(8 << 20);
+          let at = 0;
+          const live: [number, number][] = [];
+          for (const [pos, len] of dead) {
+            if (pos > at) live.push([at, pos - at]);
+            at = pos + len;
+          }
+          if (at < size) live.push([at, size - at]);
+          for (const [pos, len] of live) {
+            for (let done = 0; done < len; ) {
+              const n = Math.min(chunk.length, len - done);
+              const { bytesRead } = await src.read(chunk, 0, n, pos + done);
+              if (bytesRead !== n) throw new JournalError("corrupt", `Data log ${fileName(file)} ends before byte ${pos + done + n}; the data directory is damaged`);
+              await out.write(chunk, 0, n, pos + done);
+              done += n;
+            }
+          }
+          await out.truncate(size);
+          await out.sync();
+        } finally {
+          await out.close();
+          // Reads may still be using the old file: close it a little later.
+          setTimeout(() => void src.close().catch(() => {}), 30_000).unref?.();
+        }
+        await rename(tmp, path);
+        await rm(join(this.dir, name), { force: true });
+        const after = (await stat(path)).blocks * 512;
+        bytes += Math.max(0, allocated - after);
+        rewritten++;
+      }
+      await syncDir(this.dir);
+    }
+    return { rewritten, removed, bytes };
+  }
+
   private handle(file: number): Promise<FileHandle> {
     let fh = this.handles.get(file);
     if (!fh) {
@@ -251,6 +412,15 @@ export class DataLog {
       this.handles.set(file, fh);
     }
     return fh;
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const d = await open(dir, "r");
+  try {
+    await d.sync();
+  } finally {
+    await d.close();
   }
 }
 

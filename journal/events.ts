@@ -44,6 +44,13 @@ export interface DataRef {
   readonly pos: number;
 }
 
+/**
+ * Where the bytes of an ExtentWritten whose data retention dropped "are": nowhere. Projections
+ * built from such an event point at this; reading it fails with a `dropped` JournalError.
+ * Only past states older than the retained window contain it.
+ */
+export const DROPPED_DATA_REF: DataRef = Object.freeze({ file: -1, pos: 0 });
+
 interface Base {
   readonly seq: Seq;
   /** Milliseconds since the Unix epoch. */
@@ -121,6 +128,11 @@ export interface ExtentWritten extends Base {
   readonly crc: number;
   readonly data?: Uint8Array;
   readonly ref?: DataRef;
+  /**
+   * Retention dropped the bytes (they were needed by no point still kept for restore): the
+   * event stays for the audit log, with neither `data` nor `ref`.
+   */
+  readonly dataDropped?: true;
 }
 
 export interface Truncated extends Base {

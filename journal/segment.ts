@@ -24,6 +24,15 @@
  *            segment checksum              u32   CRC-32 of every byte before it, seeded with
  *                                                the previous segment checksum (a chain)
  *
+ * Version 3 (written by compaction, see src/replicator/compaction.ts) adds, right after the
+ * header, 8 bytes: level u16, reserved u16, tail checksum u32. A compacted segment stands for
+ * the run of level-0 segments it replaced: it may leave events out (retention dropped them),
+ * so its seqs only increase within [minSeq, maxSeq]; an ExtentWritten marked `dataDropped`
+ * has no bytes in the data area; its previous-checksum field is the level-0 chain's value
+ * before minSeq, and the tail checksum the chain's value at maxSeq (the checksum of the last
+ * level-0 segment it replaced), so a chain can mix levels. A level-0 segment's tail is its
+ * own checksum.
+ *
  * Version 1 had no data area (the bytes were inline in each event); it is still read.
  *
  * Any single flipped byte is detected: CRC-32 catches every burst of up to 32
@@ -38,7 +47,9 @@ import { readU64, writeU64 } from "./keys.ts";
 const HEADER_MAGIC = Buffer.from("OFSSEG\x00\x01", "latin1");
 const TRAILER_MAGIC = Buffer.from("OFSEND\x00\x01", "latin1");
 const FORMAT_VERSION = 2;
+const COMPACTED_VERSION = 3;
 export const SEGMENT_HEADER_BYTES = 40;
+const COMPACTED_EXTRA_BYTES = 8;
 export const SEGMENT_TRAILER_BYTES = 8 + 32 + 4;
 export const STATE_CHECKSUM_BYTES = 32;
 
@@ -47,6 +58,11 @@ export interface SealOptions {
   readonly prevChecksum: number;
   /** Up to 32 bytes that summarize the projected state after `maxSeq`. */
   readonly stateChecksum?: Uint8Array;
+  /**
+   * A compacted segment (format 3): its level (1 and up), the range it stands for (events may
+   * be missing from it), and the level-0 chain's checksum at `maxSeq`.
+   */
+  readonly compacted?: { readonly level: number; readonly minSeq: number; readonly maxSeq: number; readonly tailChecksum: number };
 }
 
 export interface Segment {
@@ -54,6 +70,10 @@ export interface Segment {
   readonly maxSeq: Seq;
   readonly prevChecksum: number;
   readonly checksum: number;
+  /** The level-0 chain's checksum at maxSeq: what the next segment's previous checksum must be. */
+  readonly tailChecksum: number;
+  /** 0 for segments as shipped, 1 and up for compacted ones. */
+  readonly level: number;
   readonly stateChecksum: Uint8Array;
   readonly events: readonly JournalEvent[];
 }
@@ -63,6 +83,8 @@ export interface SealedSegment {
   readonly minSeq: Seq;
   readonly maxSeq: Seq;
   readonly checksum: number;
+  /** See {@link Segment.tailChecksum}. */
+  readonly tailChecksum: number;
   /**
    * Where each ExtentWritten's bytes landed: runs of the local data log (file, pos, length)
    * that are contiguous both there and in the segment, at byte `at` of the segment.
@@ -89,18 +111,26 @@ export function parseSegmentName(name: string): { minSeq: Seq; maxSeq: Seq } | u
  * Seal contiguous events (ExtentWritten with `data` inline) into a segment.
  */
 export function sealSegment(events: readonly JournalEvent[], options: SealOptions): SealedSegment {
-  if (events.length === 0) throw new JournalError("unsupported", "Cannot seal an empty segment");
+  const compacted = options.compacted;
+  if (events.length === 0 && !compacted) throw new JournalError("unsupported", "Cannot seal an empty segment");
   const payloads: Uint8Array[] = [];
   const datas: { data: Uint8Array; ref?: { file: number; pos: number } }[] = [];
   let eventBytes = 0;
   let dataBytes = 0;
   for (let i = 0; i < events.length; i++) {
     const e = events[i]!;
-    if (i > 0 && e.seq !== events[i - 1]!.seq + 1) {
+    if (i > 0 && (compacted ? e.seq <= events[i - 1]!.seq : e.seq !== events[i - 1]!.seq + 1)) {
       throw new JournalError("discontinuous", `Cannot seal a segment with a gap: seq ${events[i - 1]!.seq} is followed by ${e.seq}`);
     }
+    if (compacted && (e.seq < compacted.minSeq || e.seq > compacted.maxSeq)) {
+      throw new JournalError("unsupported", `Cannot seal event ${e.seq} into a compacted segment for seqs ${compacted.minSeq}-${compacted.maxSeq}`);
+    }
     let stored: JournalEvent = e;
-    if (e.type === "ExtentWritten") {
+    if (e.type === "ExtentWritten" && e.dataDropped) {
+      if (!compacted) throw new JournalError("unsupported", `Cannot seal event ${e.seq}: its data was dropped, and only compacted segments hold such events`);
+      const { ref: _ref, data: _data, ...rest } = e;
+      stored = rest as JournalEvent;
+    } else if (e.type === "ExtentWritten") {
       if (!e.data) throw new JournalError("unsupported", `Cannot seal event ${e.seq}: its data is not inline (read it with data: true)`);
       const { ref, data, ...rest } = e;
       stored = rest as JournalEvent;
@@ -111,11 +141,12 @@ export function sealSegment(events: readonly JournalEvent[], options: SealOption
     payloads.push(p);
     eventBytes += 8 + p.length;
   }
-  const minSeq = events[0]!.seq;
-  const maxSeq = events[events.length - 1]!.seq;
-  const out = Buffer.allocUnsafe(SEGMENT_HEADER_BYTES + eventBytes + 8 + dataBytes + SEGMENT_TRAILER_BYTES);
+  const minSeq = (compacted?.minSeq ?? events[0]!.seq) as Seq;
+  const maxSeq = (compacted?.maxSeq ?? events[events.length - 1]!.seq) as Seq;
+  const extra = compacted ? COMPACTED_EXTRA_BYTES : 0;
+  const out = Buffer.allocUnsafe(SEGMENT_HEADER_BYTES + extra + eventBytes + 8 + dataBytes + SEGMENT_TRAILER_BYTES);
   HEADER_MAGIC.copy(out, 0);
-  out.writeUInt16BE(FORMAT_VERSION, 8);
+  out.writeUInt16BE(compacted ? COMPACTED_VERSION : FORMAT_VERSION, 8);
   out.writeUInt16BE(0, 10);
   out.writeUInt32BE(events.length, 12);
   writeU64(out, 16, minSeq);
@@ -123,6 +154,13 @@ export function sealSegment(events: readonly JournalEvent[], options: SealOption
   out.writeUInt32BE(options.prevChecksum >>> 0, 32);
   out.writeUInt32BE(crc32(out.subarray(0, 36)), 36);
   let at = SEGMENT_HEADER_BYTES;
+  if (compacted) {
+    if (!(compacted.level >= 1 && compacted.level < 0x10000)) throw new JournalError("unsupported", `Cannot seal a compacted segment of level ${compacted.level}`);
+    out.writeUInt16BE(compacted.level, at);
+    out.writeUInt16BE(0, at + 2);
+    out.writeUInt32BE(compacted.tailChecksum >>> 0, at + 4);
+    at += COMPACTED_EXTRA_BYTES;
+  }
   for (const p of payloads) {
     out.writeUInt32BE(p.length, at);
     out.writeUInt32BE(crc32(p), at + 4);
@@ -149,13 +187,13 @@ export function sealSegment(events: readonly JournalEvent[], options: SealOption
   at += STATE_CHECKSUM_BYTES;
   const checksum = crc32(out.subarray(0, at), options.prevChecksum >>> 0);
   out.writeUInt32BE(checksum, at);
-  return { bytes: out, minSeq, maxSeq, checksum, runs };
+  return { bytes: out, minSeq, maxSeq, checksum, tailChecksum: compacted ? compacted.tailChecksum >>> 0 : checksum, runs };
 }
 
 export interface DecodeOptions {
   /** Name used in error messages. @default "(unnamed)" */
   readonly name?: string;
-  /** The segment this one must follow: its maxSeq and checksum. */
+  /** The segment this one must follow: its maxSeq and its tail (level-0 chain) checksum. */
   readonly after?: { readonly maxSeq: number; readonly checksum: number };
 }
 
@@ -169,12 +207,13 @@ export function decodeSegment(bytes: Uint8Array, options: DecodeOptions = {}): S
   const headerCrc = crc32(b.subarray(0, 36));
   if (b.readUInt32BE(36) !== headerCrc) throw corrupt(36, `header CRC expected ${b.readUInt32BE(36)}, computed ${headerCrc}`);
   const version = b.readUInt16BE(8);
-  if (version !== 1 && version !== FORMAT_VERSION) throw corrupt(8, `format version ${version} is not supported (this build reads 1 and ${FORMAT_VERSION})`);
+  if (version < 1 || version > COMPACTED_VERSION) throw corrupt(8, `format version ${version} is not supported (this build reads 1 to ${COMPACTED_VERSION})`);
+  const compacted = version === COMPACTED_VERSION;
   const count = b.readUInt32BE(12);
   const minSeq = readU64(b, 16);
   const maxSeq = readU64(b, 24);
   const prevChecksum = b.readUInt32BE(32);
-  if (maxSeq < minSeq || maxSeq - minSeq + 1 !== count) throw corrupt(12, `range ${minSeq}-${maxSeq} does not hold ${count} events`);
+  if (maxSeq < minSeq || (compacted ? count > maxSeq - minSeq + 1 : maxSeq - minSeq + 1 !== count)) throw corrupt(12, `range ${minSeq}-${maxSeq} does not hold ${count} events`);
   const sumAt = b.length - 4;
   const checksum = crc32(b.subarray(0, sumAt), prevChecksum);
   if (b.readUInt32BE(sumAt) !== checksum) throw corrupt(sumAt, `segment checksum expected ${b.readUInt32BE(sumAt)}, computed ${checksum}`);
@@ -190,6 +229,15 @@ export function decodeSegment(bytes: Uint8Array, options: DecodeOptions = {}): S
   if (!b.subarray(trailerAt, trailerAt + 8).equals(TRAILER_MAGIC)) throw corrupt(trailerAt, "trailer magic is wrong");
   const events: JournalEvent[] = [];
   let at = SEGMENT_HEADER_BYTES;
+  let level = 0;
+  let tailChecksum = checksum;
+  if (compacted) {
+    if (at + COMPACTED_EXTRA_BYTES > trailerAt) throw corrupt(at, "the compaction fields run past the trailer");
+    level = b.readUInt16BE(at);
+    tailChecksum = b.readUInt32BE(at + 4);
+    if (level < 1) throw corrupt(at, `a compacted segment has level ${level}`);
+    at += COMPACTED_EXTRA_BYTES;
+  }
   for (let i = 0; i < count; i++) {
     if (at + 8 > trailerAt) throw corrupt(at, `event #${i} header runs past the trailer`);
     const len = b.readUInt32BE(at);
@@ -204,7 +252,10 @@ export function decodeSegment(bytes: Uint8Array, options: DecodeOptions = {}): S
     } catch (cause) {
       throw corrupt(at + 8, `event #${i} does not decode: ${(cause as Error).message}`);
     }
-    if (event.seq !== minSeq + i) throw corrupt(at + 8, `event #${i} has seq ${event.seq}, expected ${minSeq + i}`);
+    if (compacted) {
+      const after = i === 0 ? minSeq - 1 : events[i - 1]!.seq;
+      if (!(event.seq > after && event.seq <= maxSeq)) throw corrupt(at + 8, `event #${i} has seq ${event.seq}, expected one after ${after} and at most ${maxSeq}`);
+    } else if (event.seq !== minSeq + i) throw corrupt(at + 8, `event #${i} has seq ${event.seq}, expected ${minSeq + i}`);
     events.push(event);
     at += 8 + len;
   }
@@ -215,7 +266,7 @@ export function decodeSegment(bytes: Uint8Array, options: DecodeOptions = {}): S
     if (at + dataBytes !== trailerAt) throw corrupt(at - 8, `data area of ${dataBytes} bytes does not end at the trailer (${trailerAt - at} bytes are there)`);
     for (let i = 0; i < events.length; i++) {
       const e = events[i]!;
-      if (e.type !== "ExtentWritten") continue;
+      if (e.type !== "ExtentWritten" || e.dataDropped) continue;
       if (at + e.length > trailerAt) throw corrupt(at, `the data of event ${e.seq} runs past the data area`);
       const data = new Uint8Array(b.subarray(at, at + e.length));
       const crc = crc32(data);
@@ -226,5 +277,5 @@ export function decodeSegment(bytes: Uint8Array, options: DecodeOptions = {}): S
   }
   if (at !== trailerAt) throw corrupt(at, `${trailerAt - at} unexpected bytes before the trailer`);
   const stateChecksum = new Uint8Array(b.subarray(trailerAt + 8, trailerAt + 8 + STATE_CHECKSUM_BYTES));
-  return { minSeq: asSeq(minSeq), maxSeq: asSeq(maxSeq), prevChecksum, checksum, stateChecksum, events };
+  return { minSeq: asSeq(minSeq), maxSeq: asSeq(maxSeq), prevChecksum, checksum, tailChecksum, level, stateChecksum, events };
 }

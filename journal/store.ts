@@ -406,7 +406,7 @@ export class Journal {
   }
 
   private async withData(event: JournalEvent): Promise<JournalEvent> {
-    if (event.type !== "ExtentWritten" || event.data || !event.ref) return event;
+    if (event.type !== "ExtentWritten" || event.data || !event.ref || event.dataDropped) return event;
     const data = await this.data.read(event.ref, 0, event.length);
     const crc = crc32(data);
     if (crc !== event.crc) {
@@ -455,6 +455,58 @@ export class Journal {
   /** Retention: delete every event with seq < `seq`. Data log files are the caller's to reclaim. */
   async deleteBefore(seq: number): Promise<void> {
     await this.events.clear({ lt: u64Key(seq) } as never);
+  }
+
+  /**
+   * Retention: delete events (seqs, or inclusive [from, to] ranges) and store `replacements`
+   * in place of theirs (an ExtentWritten whose bytes were dropped: no `data`, no `ref`).
+   * Only committed seqs may be touched. The bytes they pointed at are then the data log's to
+   * reclaim ({@link markDataDead}).
+   */
+  async retire(deletes: readonly (number | readonly [number, number])[], replacements: readonly JournalEvent[] = []): Promise<void> {
+    if (this.failed) throw this.failed;
+    let ops: unknown[] = [];
+    const flush = async () => {
+      if (ops.length > 0) await this.db.batch(ops as never, { sync: false } as never);
+      ops = [];
+    };
+    for (const d of deletes) {
+      if (typeof d === "number") {
+        if (d > this.committedSeq) throw new JournalError("unsupported", `Cannot retire seq ${d}: it is not committed`);
+        ops.push({ type: "del", sublevel: this.events, key: u64Key(d) });
+        if (ops.length >= 1000) await flush();
+      } else {
+        if (d[1] > this.committedSeq) throw new JournalError("unsupported", `Cannot retire seqs up to ${d[1]}: they are not committed`);
+        if (d[1] >= d[0]) await this.events.clear({ gte: u64Key(d[0]), lte: u64Key(d[1]) } as never);
+      }
+    }
+    for (const e of replacements) {
+      if (e.seq > this.committedSeq) throw new JournalError("unsupported", `Cannot replace seq ${e.seq}: it is not committed`);
+      ops.push({ type: "put", sublevel: this.events, key: u64Key(e.seq), value: Buffer.from(encodeEvent(e)) });
+      if (ops.length >= 1000) await flush();
+    }
+    await flush();
+    await this.sync();
+  }
+
+  /** Retention: bytes of the data log (file, pos, length) that nothing retained needs. */
+  markDataDead(ranges: readonly (readonly [number, number, number])[]): Promise<void> {
+    return this.data.markDead(ranges);
+  }
+
+  /** The data log file appends go to now. */
+  get activeDataFile(): number {
+    return this.data.activeFile;
+  }
+
+  /** Retention: start a new data log file, so that the current one can be reclaimed. */
+  rotateData(): void {
+    this.data.rotate();
+  }
+
+  /** Retention: rewrite data log files that are mostly dead (see DataLog.reclaim). */
+  reclaimData(options?: Parameters<DataLog["reclaim"]>[0]): Promise<import("./data_log.ts").ReclaimResult> {
+    return this.data.reclaim(options);
   }
 
   /** Commit pending appends, sync, and close. */

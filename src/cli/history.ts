@@ -8,7 +8,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Journal, JournalError, type JournalEvent } from "../../journal/mod.ts";
 import { stateAt, type PastState, type Point } from "../audit/time_travel.ts";
-import { ChunkCache, makeRemoteSource, readRemoteJournal, remoteClients } from "../replicator/mod.ts";
+import { remoteHistory } from "../replicator/checkpoints.ts";
+import { ChunkCache, makeRemoteSource, remoteClients } from "../replicator/mod.ts";
+import { localCheckpoint } from "../retention/history.ts";
 import { makeObjectStore, type ObjectStoreConfig } from "../s3/mod.ts";
 import { UsageError } from "./command.ts";
 
@@ -28,7 +30,9 @@ export async function openPast(source: HistorySource, at: Point | undefined, log
       throw e;
     }
     try {
-      const past = await stateAt(journal.read({ data: true }), at, work, { ...(onProgress ? { onProgress } : {}) });
+      const checkpoint = await localCheckpoint(source.dataDir);
+      const history = { ...(checkpoint ? { checkpoint } : {}), events: () => journal.read({ data: true }) };
+      const past = await stateAt(history, at, work, { ...(onProgress ? { onProgress } : {}) });
       return withCleanup(past, work);
     } finally {
       await journal.close();
@@ -42,8 +46,9 @@ export async function openPast(source: HistorySource, at: Point | undefined, log
     const cache = await ChunkCache.open({ dir: join(work, "cache"), store });
     const reads = makeRemoteSource({ store, prefix: source.prefix, cache, uid: 0, gid: 0 });
     const remote = { ...reads, list: () => Promise.reject(new Error("this directory had not been listed at that point, so its contents then are unknown")) };
-    const events = stopAtCorruption(readRemoteJournal(store, source.prefix, clients[0]!), source.stopAtCorruption ?? false, log);
-    const past = await stateAt(events, at, work, { remote, ...(onProgress ? { onProgress } : {}) });
+    const h = await remoteHistory(store, source.prefix, clients[0]!);
+    const history = { ...h, events: () => stopAtCorruption(h.events(), source.stopAtCorruption ?? false, log) };
+    const past = await stateAt(history, at, work, { remote, ...(onProgress ? { onProgress } : {}) });
     return withCleanup(past, work, () => store.close());
   } catch (e) {
     store.close();

@@ -27,7 +27,8 @@ import {
 } from "../../journal/mod.ts";
 import { evolve, S_IFMT, TYPE_BITS } from "../projection/evolve.ts";
 import { extentsIn, NotLoaded, SUBLEVELS, TreeState, type Backing, type Dirent, type Inode, type Need } from "../projection/state.ts";
-import { fsck, rebuild, type FsckReport } from "../projection/fsck.ts";
+import { fsck, rebuild, type FsckReport, type ReplayStart } from "../projection/fsck.ts";
+import { localReplayStart } from "../retention/history.ts";
 import { permits, inGroup, R_OK, S_ISGID, S_ISUID, S_ISVTX, W_OK, X_OK, type Ctx } from "./context.ts";
 import { fail, FsError } from "./errors.ts";
 import { key, readU64 } from "../../journal/keys.ts";
@@ -136,7 +137,7 @@ export const XATTR_REPLACE = 2;
 const NAME_MAX = 255;
 const BLOCK = 4096;
 
-function backingOf(journal: Journal): Backing {
+export function backingOf(journal: Journal): Backing {
   return {
     inodes: journal.sublevel(SUBLEVELS.inodes),
     dirents: journal.sublevel(SUBLEVELS.dirents),
@@ -182,7 +183,7 @@ export class Filesystem {
     try {
       const backing = backingOf(journal);
       // The journal was cut back after an unclean stop: rows derived from the removed events go too.
-      if (journal.recovery?.truncatedFrom !== undefined) await rebuild(journal, backing);
+      if (journal.recovery?.truncatedFrom !== undefined) await rebuild(journal, backing, await localReplayStart(journal));
       const state = await TreeState.open(backing);
       const fs = new Filesystem(journal, state, backing, {
         durability: options.durability ?? "fsync",
@@ -1179,14 +1180,15 @@ export class Filesystem {
   /** Rebuild every projection from the journal alone and compare with the persisted rows. */
   async fsck(): Promise<FsckReport> {
     await this.guard(this.journal.flushed());
-    return fsck(this.journal, this.backing);
+    const start = await localReplayStart(this.journal);
+    return fsck(this.journal, this.backing, start ? { start } : {});
   }
 
   /** Replace every projection row with the journal's replay (after fsck found differences). */
-  static async repair(dir: string): Promise<{ events: number }> {
+  static async repair(dir: string, start?: ReplayStart): Promise<{ events: number }> {
     const journal = await Journal.open(dir);
     try {
-      return await rebuild(journal, backingOf(journal));
+      return await rebuild(journal, backingOf(journal), start ?? (await localReplayStart(journal)));
     } finally {
       await journal.close();
     }

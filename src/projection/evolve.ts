@@ -2,7 +2,7 @@
  * evolve(state, event): apply one journal event to the projection state.
  * Deterministic and free of I/O; the projection equals fold(evolve, events).
  */
-import { ROOT_INO, type Ino, type InodeKind, type JournalEvent, type ObjectVersion } from "../../journal/mod.ts";
+import { DROPPED_DATA_REF, ROOT_INO, type Ino, type InodeKind, type JournalEvent, type ObjectVersion } from "../../journal/mod.ts";
 import { validAfter, type Inode, type RemoteBase, type TreeState } from "./state.ts";
 
 export const S_IFMT = 0o170000;
@@ -97,8 +97,9 @@ export function evolve(state: TreeState, event: JournalEvent): void {
     }
     case "ExtentWritten": {
       const inode = must(state, event.ino);
-      if (!event.ref) throw new Error(`ExtentWritten ${event.seq} has no data reference`);
-      if (event.length > 0) state.writeExtent(event.ino, { offset: event.offset, length: event.length, file: event.ref.file, pos: event.ref.pos });
+      const ref = event.ref ?? (event.dataDropped ? DROPPED_DATA_REF : undefined);
+      if (!ref) throw new Error(`ExtentWritten ${event.seq} has no data reference`);
+      if (event.length > 0) state.writeExtent(event.ino, { offset: event.offset, length: event.length, file: ref.file, pos: ref.pos });
       inode.size = Math.max(inode.size, event.offset + event.length);
       inode.changedAt = event.seq;
       stamp(state, inode, event.time, true);

@@ -29,18 +29,18 @@ const NAMES: Record<string, string> = {
   [SUBLEVELS.meta]: "projection meta",
 };
 
-export async function fsck(journal: Journal, backing: Backing, options: { maxDifferences?: number } = {}): Promise<FsckReport> {
+export async function fsck(journal: Journal, backing: Backing, options: { maxDifferences?: number; start?: ReplayStart } = {}): Promise<FsckReport> {
   const max = options.maxDifferences ?? 100;
   const differences: string[] = [];
   const first = await journal.firstSeq();
-  if (first > 1) {
+  if (first > 1 && !options.start) {
     return {
       ok: false,
       events: 0,
-      differences: [`The local journal starts at seq ${first} (older events were removed by retention), so the projections cannot be rebuilt from it alone`],
+      differences: [`The local journal starts at seq ${first} (older events were removed by retention) and no checkpoint stands for them, so the projections cannot be rebuilt from it`],
     };
   }
-  const { memory, events } = await replay(journal);
+  const { memory, events } = await replay(journal, options.start);
   const expected = memory.rows();
   for (const [sub, level] of Object.entries(bySublevelName(backing))) {
     const want = new Map(expected.get(sub)!);
@@ -63,11 +63,17 @@ export async function fsck(journal: Journal, backing: Backing, options: { maxDif
   return { ok: differences.length === 0, events, differences };
 }
 
-/** fold(evolve, events) over the whole journal, in memory. */
-async function replay(journal: Journal): Promise<{ memory: TreeState; events: number }> {
-  const memory = TreeState.memory();
+/** Where a replay starts: a state (a checkpoint's) and the first seq to evolve on it. */
+export interface ReplayStart {
+  readonly initial: TreeState;
+  readonly fromSeq: number;
+}
+
+/** fold(evolve, events) over the whole journal (or from a start), in memory. */
+async function replay(journal: Journal, start?: ReplayStart): Promise<{ memory: TreeState; events: number }> {
+  const memory = start?.initial ?? TreeState.memory();
   let events = 0;
-  for await (const e of journal.read()) {
+  for await (const e of journal.read(start ? { gte: start.fromSeq } : {})) {
     evolve(memory, e);
     events++;
   }
@@ -145,8 +151,8 @@ const show = (v: Uint8Array) => {
  * after the journal was cut back on open (an unclean stop lost unsynced
  * data), and by `fsck --repair`.
  */
-export async function rebuild(journal: Journal, backing: Backing): Promise<{ events: number }> {
-  const { memory, events } = await replay(journal);
+export async function rebuild(journal: Journal, backing: Backing, start?: ReplayStart): Promise<{ events: number }> {
+  const { memory, events } = await replay(journal, start);
   const rows = memory.rows();
   for (const [sub, level] of Object.entries(bySublevelName(backing))) {
     await level.clear();

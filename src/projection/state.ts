@@ -136,6 +136,18 @@ export interface Backing {
 
 export const SUBLEVELS = { inodes: "i", dirents: "d", cookies: "c", extents: "x", orphans: "o", remote: "r", segmentData: "sd", audit: "ae", meta: "pm" } as const;
 
+/** A whole state as plain data (a checkpoint's contents). */
+export interface StateDump {
+  readonly inodes: readonly Inode[];
+  readonly dirents: readonly (readonly [parent: number, name: string, ino: number, cookie: number, kind: InodeKind])[];
+  readonly extents: readonly (readonly [ino: number, offset: number, length: number, file: number, pos: number])[];
+  readonly orphans: readonly number[];
+  readonly nextIno: number;
+  readonly sync?: SyncState;
+  readonly remote: readonly (readonly [key: string, ino: number, etag: string, asOf: number])[];
+  readonly segmentRuns: readonly (readonly [file: number, pos: number, length: number, key: string, at: number])[];
+}
+
 /** A segment-data row: `length` bytes at data log (file, pos) are at byte `at` of segment `key`. */
 export type SegmentRun = readonly [length: number, key: string, at: number];
 
@@ -172,11 +184,75 @@ export class TreeState {
   private dirtyMeta = false;
   private dirtySync = false;
 
-  private constructor(private readonly backing: Backing | undefined) {}
+  private constructor(
+    private readonly backing: Backing | undefined,
+    /** Keep audit index rows (off for long folds that need only the tree: retention). */
+    private readonly audit = true,
+  ) {}
 
   /** A state with every row in memory, starting empty. */
-  static memory(): TreeState {
-    return new TreeState(undefined);
+  static memory(options: { readonly audit?: boolean } = {}): TreeState {
+    return new TreeState(undefined, options.audit ?? true);
+  }
+
+  /** An in-memory state holding exactly what `dump` gave (a checkpoint), to evolve on from there. */
+  static fromDump(d: StateDump, options: { readonly audit?: boolean } = {}): TreeState {
+    const s = new TreeState(undefined, options.audit ?? true);
+    for (const inode of d.inodes) {
+      s.inodes.set(inode.ino, { ...inode, ...(inode.truncs ? { truncs: inode.truncs.map(([a, b]) => [a, b] as [number, number]) } : {}) });
+      s.extentLists.set(inode.ino, []);
+    }
+    for (const [parent, name, ino, cookie, kind] of d.dirents) s.dirents.set(direntKey(parent, name), { ino: ino as Ino, cookie, kind });
+    for (const [ino, offset, length, file, pos] of d.extents) {
+      let list = s.extentLists.get(ino);
+      if (!list) s.extentLists.set(ino, (list = []));
+      list.push({ offset, length, file, pos });
+    }
+    for (const list of s.extentLists.values()) list.sort((a, b) => a.offset - b.offset);
+    for (const ino of d.orphans) s.orphanSet.add(ino);
+    s.nextInoValue = d.nextIno;
+    if (d.sync) s.syncState = d.sync;
+    for (const [k, ino, etag, asOf] of d.remote) s.remoteKeys.set(k, [ino as Ino, etag, asOf]);
+    for (const [file, pos, length, k, at] of d.segmentRuns) s.segmentRuns.set(`${file}/${pos}`, { file, pos, run: [length, k, at] });
+    return s;
+  }
+
+  /** Everything an in-memory state holds but its audit rows, as plain data (see {@link fromDump}). */
+  dump(): StateDump {
+    if (this.backing) throw new Error("dump() is for in-memory states");
+    const inodes: Inode[] = [];
+    for (const inode of this.inodes.values()) if (inode) inodes.push(inode);
+    const dirents: StateDump["dirents"][number][] = [];
+    for (const [k, d] of this.dirents) {
+      if (!d) continue;
+      const slash = k.indexOf("/");
+      dirents.push([Number(k.slice(0, slash)), k.slice(slash + 1), d.ino, d.cookie, d.kind]);
+    }
+    const extents: StateDump["extents"][number][] = [];
+    for (const [ino, list] of this.extentLists) if (this.inodes.get(ino)) for (const e of list) extents.push([ino, e.offset, e.length, e.file, e.pos]);
+    const remote: StateDump["remote"][number][] = [];
+    for (const [k, v] of this.remoteKeys) if (v) remote.push([k, v[0], v[1], v[2]]);
+    const segmentRuns: StateDump["segmentRuns"][number][] = [];
+    for (const { file, pos, run } of this.segmentRuns.values()) segmentRuns.push([file, pos, run[0], run[1], run[2]]);
+    return { inodes, dirents, extents, orphans: [...this.orphanSet], nextIno: this.nextInoValue, ...(this.syncState ? { sync: this.syncState } : {}), remote, segmentRuns };
+  }
+
+  /** In-memory states: every extent, for walking data (retention finds the bytes still needed). */
+  *allExtents(): Generator<readonly [Ino, Extent]> {
+    for (const [ino, list] of this.extentLists) if (this.inodes.get(ino)) for (const e of list) yield [ino as Ino, e];
+  }
+
+  /** In-memory states: every live inode. */
+  *allInodes(): Generator<Inode> {
+    for (const inode of this.inodes.values()) if (inode) yield inode;
+  }
+
+  /** In-memory states: the entries of a directory, as [name, dirent], in cookie order. */
+  entriesOf(dir: Ino): [string, Dirent][] {
+    const out: [string, Dirent][] = [];
+    const prefix = `${dir}/`;
+    for (const [k, d] of this.dirents) if (d && k.startsWith(prefix)) out.push([k.slice(prefix.length), d]);
+    return out.sort((a, b) => a[1].cookie - b[1].cookie);
   }
 
   /** A cache over persisted rows. */
@@ -312,7 +388,7 @@ export class TreeState {
 
   /** Record that event `seq` touched inode `ino` (the audit index). */
   indexEvent(ino: number, seq: number): void {
-    this.auditRows.push([ino, seq]);
+    if (this.audit) this.auditRows.push([ino, seq]);
   }
 
   /** Record that data log bytes (file, pos, length) are in a segment in S3. */

@@ -11,7 +11,7 @@
  * Replication facts (the shipper's and materializer's own events) do not by themselves make
  * a segment: they travel in the next one.
  */
-import { decodeSegment, parseSegmentName, sealSegment, segmentName, type JournalEvent, type Seq } from "../../journal/mod.ts";
+import { decodeSegment, JournalError, parseSegmentName, sealSegment, segmentName, type JournalEvent, type Seq } from "../../journal/mod.ts";
 import type { Filesystem } from "../fs/filesystem.ts";
 import type { Capabilities, ObjectStore } from "../s3/mod.ts";
 import { META_DIR } from "./keys.ts";
@@ -112,20 +112,63 @@ export class SegmentShipper {
   }
 }
 
+/** A segment in S3: its key, level (0 as shipped, 1 and up compacted) and range. */
+export interface RemoteSegment {
+  readonly key: string;
+  readonly level: number;
+  readonly minSeq: number;
+  readonly maxSeq: number;
+  readonly size: number;
+  readonly lastModified: Date;
+}
+
+/** Level-k segments live under `L<k>/` in the client's journal prefix; level 0 right in it. */
+export const levelDir = (level: number) => (level === 0 ? "" : `L${level}/`);
+
+/** Every segment of one client's journal in S3, of every level, by minSeq. */
+export async function listSegments(store: ObjectStore, prefix: string, clientId: string): Promise<RemoteSegment[]> {
+  const dir = journalPrefix(prefix, clientId);
+  const out: RemoteSegment[] = [];
+  for await (const e of store.list({ prefix: dir })) {
+    if (e.kind !== "object") continue;
+    const rel = e.key.slice(dir.length);
+    const m = /^(?:L([1-9][0-9]*)\/)?([^/]+)$/.exec(rel);
+    const r = m && parseSegmentName(m[2]!);
+    if (r) out.push({ key: e.key, level: m[1] ? Number(m[1]) : 0, minSeq: r.minSeq, maxSeq: r.maxSeq, size: e.size, lastModified: e.lastModified });
+  }
+  return out.sort((a, b) => a.minSeq - b.minSeq || b.maxSeq - a.maxSeq);
+}
+
+/**
+ * The segments that cover a journal from seq 1 with as few objects as possible: at each
+ * position the one reaching furthest (a compacted segment over the level-0 ones it replaced
+ * but that are not deleted yet). A gap ends the chain; the reader then reports it.
+ */
+export function coveringChain(segments: readonly RemoteSegment[]): RemoteSegment[] {
+  const chain: RemoteSegment[] = [];
+  let next = 1;
+  for (;;) {
+    let best: RemoteSegment | undefined;
+    for (const s of segments) if (s.minSeq === next && (!best || s.maxSeq > best.maxSeq)) best = s;
+    if (!best) {
+      // Nothing starts here: hand the reader the next segment so that it names the gap.
+      const after = segments.find((s) => s.minSeq > next);
+      if (after) chain.push(after);
+      return chain;
+    }
+    chain.push(best);
+    next = best.maxSeq + 1;
+  }
+}
+
 /**
  * Every event of one client's journal in S3, in order, each segment verified (checksums,
  * chain, continuity). A corrupt or discontinuous segment throws a JournalError naming it;
- * nothing from it or after it is yielded.
+ * nothing from it or after it is yielded. Compacted segments may leave out events retention
+ * removed (see src/replicator/compaction.ts); readers replay from the checkpoint then.
  */
 export async function* readRemoteJournal(store: ObjectStore, prefix: string, clientId: string): AsyncGenerator<JournalEvent> {
-  const dir = journalPrefix(prefix, clientId);
-  const names: { key: string; minSeq: number; maxSeq: number }[] = [];
-  for await (const e of store.list({ prefix: dir })) {
-    if (e.kind !== "object") continue;
-    const r = parseSegmentName(e.key.slice(dir.length));
-    if (r) names.push({ key: e.key, ...r });
-  }
-  names.sort((a, b) => a.minSeq - b.minSeq);
+  const names = coveringChain(await listSegments(store, prefix, clientId));
   let after: { maxSeq: number; checksum: number } | undefined;
   // Up to 4 segments fetched ahead of the one being decoded.
   const fetches: Promise<Uint8Array>[] = [];
@@ -137,12 +180,20 @@ export async function* readRemoteJournal(store: ObjectStore, prefix: string, cli
   for (let i = 0; i < Math.min(4, names.length); i++) fetch(i);
   for (let i = 0; i < names.length; i++) {
     const n = names[i]!;
-    const bytes = await fetches[i]!;
+    let bytes: Uint8Array;
+    try {
+      bytes = await fetches[i]!;
+    } catch (e) {
+      if ((e as { reason?: string }).reason === "not-found") {
+        throw new JournalError("discontinuous", `Segment ${n.key} was removed while the journal was read (compaction replaced it); try again`);
+      }
+      throw e;
+    }
     delete fetches[i];
     if (i + 4 < names.length) fetch(i + 4);
     const seg = decodeSegment(bytes, { name: n.key, after: after ?? { maxSeq: 0, checksum: 0 } });
     yield* seg.events;
-    after = { maxSeq: seg.maxSeq, checksum: seg.checksum };
+    after = { maxSeq: seg.maxSeq, checksum: seg.tailChecksum };
   }
 }
 
