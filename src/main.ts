@@ -8,11 +8,12 @@ import { fsckCommand, mount, unmount } from "./cli/mount.ts";
 import { status, sync } from "./cli/sync.ts";
 import { logCommand } from "./cli/log.ts";
 import { restore } from "./cli/restore.ts";
+import { compact } from "./cli/compact.ts";
 import { FsError } from "./fs/errors.ts";
 import { MountError } from "./fuse/mount.ts";
 import { RemoteConfigError } from "./replicator/mod.ts";
 
-const COMMANDS: readonly Command[] = [mount, unmount, sync, status, logCommand, restore, fsckCommand, devS3, demo];
+const COMMANDS: readonly Command[] = [mount, unmount, sync, status, logCommand, restore, compact, fsckCommand, devS3, demo];
 
 const HELP = `objectfs: an S3-backed POSIX filesystem with a local event journal
 

@@ -40,9 +40,19 @@ export interface LogEntry {
 
 const FACTS = new Set(["SegmentSealed", "SegmentReplicated", "ObjectMaterialized", "ObjectDeleted", "Reconciled", "RemoteListed", "ConflictDetected", "Mounted", "Unmounted", "ObjectDiscovered", "ObjectChanged"]);
 
+/** What retention left before the events: a checkpoint's seq and the names then (see src/retention). */
+export interface LogBase {
+  readonly seq: number;
+  readonly dirents: readonly (readonly [parent: number, name: string, ino: number, ...rest: unknown[]])[];
+}
+
 /** Names of inodes as the journal goes: ino → its links (parent, name). */
 class Names {
   private readonly links = new Map<number, [number, string][]>();
+
+  constructor(base?: LogBase) {
+    for (const [parent, name, ino] of base?.dirents ?? []) this.add(ino, parent, name);
+  }
 
   apply(e: JournalEvent): void {
     switch (e.type) {
@@ -224,14 +234,31 @@ export interface AuditIndex {
 /** Where inodes were named when, rebuilt per inode from its own events through the index. */
 class NameHistory {
   private readonly timelines = new Map<number, Promise<[number, number | undefined, string | undefined][]>>();
-  constructor(private readonly index: AuditIndex) {}
+  private baseLinks: Map<number, [number, string]> | undefined;
+  constructor(
+    private readonly index: AuditIndex,
+    private readonly base?: LogBase,
+  ) {}
+
+  /** Where an inode was named at the checkpoint, if there is one. */
+  private baseLink(ino: number): [number, string] | undefined {
+    if (!this.base) return undefined;
+    if (!this.baseLinks) {
+      this.baseLinks = new Map();
+      for (const [parent, name, i] of this.base.dirents) if (!this.baseLinks.has(i)) this.baseLinks.set(i, [parent, name]);
+    }
+    return this.baseLinks.get(ino);
+  }
 
   private timeline(ino: number) {
     let t = this.timelines.get(ino);
     if (!t) {
       t = (async () => {
         const out: [number, number | undefined, string | undefined][] = [];
+        const at = this.baseLink(ino);
+        if (at) out.push([this.base!.seq, at[0], at[1]]);
         for (const seq of await this.index.eventsOf(ino)) {
+          if (this.base && seq <= this.base.seq) continue;
           const e = await this.index.get(seq);
           if (!e) continue;
           if (e.type === "DirentLinked" && e.ino === ino) out.push([seq, e.parent, e.name]);
@@ -292,8 +319,9 @@ const INDEXED_WINDOW = 100_000;
  * journal: a file (not a directory) named by --path, or a time window of bounded size.
  * Undefined when the query needs the scan.
  */
-async function indexed(index: AuditIndex, filter: LogFilter): Promise<AsyncGenerator<LogEntry> | undefined> {
-  const history = new NameHistory(index);
+async function indexed(index: AuditIndex, filter: LogFilter, base?: LogBase): Promise<AsyncGenerator<LogEntry> | undefined> {
+  const history = new NameHistory(index, base);
+  const after = base?.seq ?? 0;
   const keep = (e: JournalEvent) =>
     (filter.since === undefined || e.time >= filter.since) &&
     (filter.until === undefined || e.time <= filter.until) &&
@@ -303,7 +331,7 @@ async function indexed(index: AuditIndex, filter: LogFilter): Promise<AsyncGener
   if (filter.path !== undefined && filter.until === undefined) {
     const ino = await index.resolveNow(normalize(filter.path));
     if (ino === undefined || (await index.isDir(ino))) return undefined;
-    const seqs = await index.eventsOf(ino);
+    const seqs = (await index.eventsOf(ino)).filter((s) => s > after);
     return (async function* () {
       for (const seq of seqs) {
         const e = await index.get(seq);
@@ -312,7 +340,7 @@ async function indexed(index: AuditIndex, filter: LogFilter): Promise<AsyncGener
     })();
   }
   if (filter.path === undefined && (filter.since !== undefined || filter.until !== undefined)) {
-    const from = filter.since === undefined ? 1 : await seqAtTime(index, filter.since);
+    const from = Math.max(after + 1, filter.since === undefined ? 1 : await seqAtTime(index, filter.since));
     const to = filter.until === undefined ? index.head : (await seqAtTime(index, filter.until + 1)) - 1;
     if (to - from + 1 > INDEXED_WINDOW) return undefined;
     return (async function* () {
@@ -335,9 +363,13 @@ export async function* auditLog(
     readonly resolveNow?: (path: string) => Promise<number | undefined>;
     /** The projections' indexes (a local journal): most path and time queries need no scan. */
     readonly index?: AuditIndex;
+    /** The checkpoint retention left: events up to its seq are not reported, names start from it. */
+    readonly base?: LogBase;
   } = {},
 ): AsyncGenerator<LogEntry> {
-  const fast = options.index ? await indexed(options.index, filter) : undefined;
+  const start = options.base;
+  const after = start?.seq ?? 0;
+  const fast = options.index ? await indexed(options.index, filter, start) : undefined;
   if (fast) {
     yield* fast;
     return;
@@ -350,16 +382,18 @@ export async function* auditLog(
     const ino = await options.resolveNow(path);
     if (ino !== undefined) followed = new Set([ino]);
   } else if (path !== undefined) {
-    const names = new Names();
+    const names = new Names(start);
     for await (const e of events()) {
+      if (e.seq <= after) continue;
       if (filter.until !== undefined && e.time > filter.until) break;
       names.apply(e);
     }
     const ino = names.resolve(path);
     if (ino !== undefined) followed = new Set([ino]);
   }
-  const names = new Names();
+  const names = new Names(start);
   for await (const e of events()) {
+    if (e.seq <= after) continue;
     if (filter.until !== undefined && e.time > filter.until) break;
     // Cheap rejections first; paths are worked out only for events that may be reported.
     const wanted =

@@ -6,8 +6,9 @@
 import { readFile } from "node:fs/promises";
 import { parse as parseYaml } from "yaml";
 import { UsageError } from "./command.ts";
+import { parseDuration } from "../retention/policy.ts";
 
-type Kind = "string" | "boolean" | "number" | { readonly oneOf: readonly string[] };
+type Kind = "string" | "boolean" | "number" | "duration" | { readonly oneOf: readonly string[] };
 
 /** Every setting, with its type. Keys are the long flag names. */
 export const SETTINGS = {
@@ -24,10 +25,15 @@ export const SETTINGS = {
   "seal-interval": "number",
   "cache-size": "number",
   metrics: "string",
+  "retain-data": "duration",
+  "retain-events": "duration",
+  "compact-interval": "duration",
+  "compact-after": "duration",
 } as const satisfies Record<string, Kind>;
 
 export type SettingName = keyof typeof SETTINGS;
-type ValueOf<K> = K extends "string" ? string : K extends "boolean" ? boolean : K extends "number" ? number : K extends { oneOf: readonly (infer V)[] } ? V : never;
+/** Durations are milliseconds once loaded (written like 90d, 12h, 30m, 45s, 250ms, or forever). */
+type ValueOf<K> = K extends "string" ? string : K extends "boolean" ? boolean : K extends "number" | "duration" ? number : K extends { oneOf: readonly (infer V)[] } ? V : never;
 export type Config = { -readonly [N in SettingName]?: ValueOf<(typeof SETTINGS)[N]> };
 
 /** OBJECTFS_* variables that are not settings: the config file, the control-socket dir, scripts/dev.sh's. */
@@ -46,6 +52,10 @@ function coerce(name: SettingName, raw: unknown, where: string, problems: string
     if (raw === "true" || raw === "1" || raw === "yes") return true;
     if (raw === "false" || raw === "0" || raw === "no") return false;
     problems.push(`${name} must be true or false (got ${got}) in ${where}`);
+  } else if (kind === "duration") {
+    const ms = typeof raw === "number" ? raw * 1000 : typeof raw === "string" ? parseDuration(raw) : undefined;
+    if (ms !== undefined && ms >= 0) return ms;
+    problems.push(`${name} must be a duration like 7d, 12h, 30m, 45s or forever (got ${got}) in ${where}`);
   } else if (kind === "number") {
     const n = typeof raw === "number" ? raw : typeof raw === "string" && raw.trim() !== "" ? Number(raw) : NaN;
     if (Number.isFinite(n) && n >= 0) return n;

@@ -6,6 +6,7 @@
  *   {"op":"status"}                      → {"status":{…}}
  *   {"op":"sync","timeoutMs":N}          → {"progress":{…}}* then {"done":true} or {"error":"…"}
  *   {"op":"log","filter":{…}}            → {"entry":{…}}* then {"done":true}
+ *   {"op":"compact","policy"?:{…}}       → {"report":{…}} or {"error":"…"} (a retention pass now)
  *
  * Every mount listens; status and sync need an S3 source.
  */
@@ -17,6 +18,8 @@ import { join, resolve } from "node:path";
 import type { Replication, Status } from "../replicator/service.ts";
 import type { Filesystem } from "../fs/filesystem.ts";
 import { auditLog, type LogFilter } from "../audit/log.ts";
+import type { RetentionService } from "../retention/service.ts";
+import { localCheckpoint } from "../retention/history.ts";
 
 /** The socket of the mount at `mountpoint`. */
 export function controlPath(mountpoint: string): string {
@@ -25,7 +28,7 @@ export function controlPath(mountpoint: string): string {
   return join(dir, `${id}.sock`);
 }
 
-export async function listenControl(mountpoint: string, fs: Filesystem, replication: Replication | undefined): Promise<() => Promise<void>> {
+export async function listenControl(mountpoint: string, fs: Filesystem, replication: Replication | undefined, retention?: RetentionService): Promise<() => Promise<void>> {
   const path = controlPath(mountpoint);
   mkdirSync(join(path, ".."), { recursive: true, mode: 0o700 });
   await rm(path, { force: true });
@@ -35,7 +38,7 @@ export async function listenControl(mountpoint: string, fs: Filesystem, replicat
       buf += d.toString();
       const nl = buf.indexOf("\n");
       if (nl < 0) return;
-      let req: { op?: string; timeoutMs?: number; filter?: LogFilter };
+      let req: { op?: string; timeoutMs?: number; filter?: LogFilter; policy?: { dataMs: number; eventsMs: number | null } };
       try {
         req = JSON.parse(buf.slice(0, nl));
       } catch {
@@ -46,7 +49,9 @@ export async function listenControl(mountpoint: string, fs: Filesystem, replicat
       if (req.op === "log") {
         void (async () => {
           try {
-            for await (const entry of auditLog(() => fs.journal.read(), req.filter ?? {}, { resolveNow: (p) => fs.resolvePath(p), index: fs.auditIndex() })) {
+            const c = await localCheckpoint(fs.journal.dir);
+            const base = c ? { seq: c.seq, dirents: c.dump.dirents } : undefined;
+            for await (const entry of auditLog(() => fs.journal.read(), req.filter ?? {}, { resolveNow: (p) => fs.resolvePath(p), index: fs.auditIndex(), ...(base ? { base } : {}) })) {
               if (socket.destroyed) return;
               if (!socket.write(`${JSON.stringify({ entry })}\n`)) await new Promise((r) => socket.once("drain", r));
             }
@@ -55,6 +60,12 @@ export async function listenControl(mountpoint: string, fs: Filesystem, replicat
             socket.end(`${JSON.stringify({ error: (e as Error).message })}\n`);
           }
         })();
+      } else if (req.op === "compact") {
+        if (!retention) socket.end(`${JSON.stringify({ error: `${resolve(mountpoint)} is mounted read-only or as a past state: retention does not run there` })}\n`);
+        else retention.runOnce(req.policy ? { dataMs: req.policy.dataMs, eventsMs: req.policy.eventsMs ?? Infinity } : undefined).then(
+          (report) => socket.end(`${JSON.stringify({ report })}\n`),
+          (e: Error) => socket.end(`${JSON.stringify({ error: e.message })}\n`),
+        );
       } else if (!replication && (req.op === "status" || req.op === "sync")) {
         socket.end(`${JSON.stringify({ error: `${resolve(mountpoint)} is a local-only mount (no s3:// source): there is nothing to sync` })}\n`);
       } else if (req.op === "status") {

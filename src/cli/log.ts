@@ -5,6 +5,8 @@ import { parseArgs } from "node:util";
 import { Filesystem } from "../fs/filesystem.ts";
 import { auditLog, formatEntry, type LogEntry, type LogFilter } from "../audit/log.ts";
 import { parseS3Url, readRemoteJournal, remoteClients } from "../replicator/mod.ts";
+import { remoteCheckpoint } from "../replicator/checkpoints.ts";
+import { localCheckpoint } from "../retention/history.ts";
 import { makeObjectStore } from "../s3/mod.ts";
 import { UsageError, type Command } from "./command.ts";
 import { request } from "./control.ts";
@@ -81,7 +83,8 @@ From S3 (the journal segments; any machine can audit):
         }
         for (const client of clients) {
           if (!values.json && clients.length > 1) console.log(`# client ${client}`);
-          for await (const e of auditLog(() => readRemoteJournal(store, parsed.prefix, client), filter)) {
+          const c = await remoteCheckpoint(store, parsed.prefix, client);
+          for await (const e of auditLog(() => readRemoteJournal(store, parsed.prefix, client), filter, c ? { base: { seq: c.seq, dirents: c.dump.dirents } } : {})) {
             print(e, clients.length > 1 ? client : undefined);
             count++;
           }
@@ -94,7 +97,8 @@ From S3 (the journal segments; any machine can audit):
       if (!(await stat(join(dir, "journal")).catch(() => undefined))) throw new UsageError(`${dir} holds no objectfs journal; give the --data-dir of a mount`);
       const fs = await Filesystem.open(dir, { readOnly: true });
       try {
-        for await (const e of auditLog(() => fs.journal.read(), filter, { resolveNow: (p) => fs.resolvePath(p), index: fs.auditIndex() })) {
+        const c = await localCheckpoint(dir);
+        for await (const e of auditLog(() => fs.journal.read(), filter, { resolveNow: (p) => fs.resolvePath(p), index: fs.auditIndex(), ...(c ? { base: { seq: c.seq, dirents: c.dump.dirents } } : {}) })) {
           print(e);
           count++;
         }

@@ -14,6 +14,7 @@ import { parseS3Url } from "../replicator/mod.ts";
 import { alive, forceUnmount, mountEntry, MountError, servingPid } from "../fuse/mount.ts";
 import { UsageError, type Command } from "./command.ts";
 import { loadConfig, type Config } from "./config.ts";
+import { DEFAULT_RETENTION, formatDuration } from "../retention/policy.ts";
 
 const VERSION = "objectfs 0.1.0";
 
@@ -49,6 +50,10 @@ const MOUNT_OPTIONS = {
   "seal-interval": { type: "string" },
   "cache-size": { type: "string" },
   metrics: { type: "string" },
+  "retain-data": { type: "string" },
+  "retain-events": { type: "string" },
+  "compact-interval": { type: "string" },
+  "compact-after": { type: "string" },
   at: { type: "string" },
   client: { type: "string" },
   config: { type: "string" },
@@ -72,6 +77,11 @@ Without an s3:// source the local journal alone backs the mount.
   --config FILE           YAML file of the same settings (data-dir: …, durability: …)
   --metrics ADDR          serve Prometheus metrics at http://ADDR/metrics and a health check at
                           /health (ADDR like 127.0.0.1:9464)
+  --retain-data DUR       how far back past states can be restored (mount --at, restore --at):
+                          their bytes are kept that long (default 7d)
+  --retain-events DUR     how long events stay for the audit log, at least --retain-data
+                          (default 90d; "forever" keeps them all)
+  --compact-interval DUR  how often retention runs (default 1h; "objectfs compact" runs it now)
 
 With an s3:// source (credentials: the AWS default chain, e.g. AWS_ACCESS_KEY_ID and
 AWS_SECRET_ACCESS_KEY, or a profile):
@@ -81,6 +91,8 @@ AWS_SECRET_ACCESS_KEY, or a profile):
   --write-back SEC        changes become objects once nothing changed for this long (default 2)
   --seal-interval SEC     journal segments are shipped this often while events arrive (default 1)
   --cache-size MIB        read cache of remote bytes in DATA_DIR/cache (default 1024)
+  --compact-after DUR     journal segments older than this are merged into larger ones
+                          (level 1, per hour; level 2 after 24 times as long, per day) (default 1h)
 
 Time travel (read-only; the live mount, if any, goes on):
   --at TIME|SEQ           the tree as it was after that seq, or after the last operation at or
@@ -107,10 +119,11 @@ SIGINT or SIGTERM, or "objectfs unmount MOUNTPOINT", unmount it after flushing.`
     const config = await loadConfig({ file: configFile ?? process.env.OBJECTFS_CONFIG, env: process.env, flags });
     const dataDir = resolve(config["data-dir"] ?? defaultDataDir(mountpoint));
     if (sourceUrl === undefined) {
-      const s3Only = (["endpoint", "region", "path-style", "write-back", "seal-interval", "cache-size"] as const).filter((k) => config[k] !== undefined);
+      const s3Only = (["endpoint", "region", "path-style", "write-back", "seal-interval", "cache-size", "compact-after"] as const).filter((k) => config[k] !== undefined);
       if (s3Only.length > 0) throw new UsageError(`${s3Only.map((k) => `--${k}`).join(", ")} only apply to an s3:// source; give one before MOUNTPOINT`);
     }
     if (config.metrics !== undefined) parseAddr(config.metrics);
+    const retention = retentionOf(config);
     if (config.endpoint !== undefined && !/^https?:\/\/[^/]+/.test(config.endpoint)) {
       throw new UsageError(`--endpoint ${JSON.stringify(config.endpoint)} is not a URL; write it like http://127.0.0.1:9000`);
     }
@@ -141,9 +154,23 @@ SIGINT or SIGTERM, or "objectfs unmount MOUNTPOINT", unmount it after flushing.`
       }
       return daemonize(args, dataDir, mountpoint);
     }
-    return serveForeground(mountpoint, dataDir, config, source, at);
+    return serveForeground(mountpoint, dataDir, config, source, at, retention);
   },
 };
+
+/** The retention settings of a mount, checked. */
+export function retentionOf(config: Config): NonNullable<ServeOptions["retention"]> {
+  const dataMs = config["retain-data"] ?? DEFAULT_RETENTION.dataMs;
+  const eventsMs = config["retain-events"] ?? DEFAULT_RETENTION.eventsMs;
+  if (dataMs === Infinity) throw new UsageError("retain-data cannot be forever (the bytes of every past state would be kept); give a duration like 30d");
+  if (eventsMs < dataMs) {
+    throw new UsageError(`retain-events (${formatDuration(eventsMs)}) is shorter than retain-data (${formatDuration(dataMs)}); events must stay at least as long as the bytes of the states they make`);
+  }
+  const intervalMs = config["compact-interval"] ?? 3_600_000;
+  if (intervalMs < 1000) throw new UsageError(`compact-interval ${formatDuration(intervalMs)} is too short; give at least 1s`);
+  const after = config["compact-after"];
+  return { policy: { dataMs, eventsMs }, intervalMs, ...(after !== undefined ? { level1AgeMs: after, level2AgeMs: after * 24 } : {}) };
+}
 
 /** Start `mount … --foreground` detached; return once it reports the mount ready (or failed). */
 async function daemonize(args: string[], dataDir: string, mountpoint: string): Promise<number> {
@@ -179,8 +206,9 @@ async function daemonize(args: string[], dataDir: string, mountpoint: string): P
 }
 
 /** Mount and serve from this process until unmounted or signalled. */
-async function serveForeground(mountpoint: string, dataDir: string, config: Config, source: S3Source | undefined, at: ServeOptions["at"]): Promise<number> {
+async function serveForeground(mountpoint: string, dataDir: string, config: Config, source: S3Source | undefined, at: ServeOptions["at"], retention: ServeOptions["retention"]): Promise<number> {
   await serve({
+    ...(retention ? { retention } : {}),
     ...(source ? { source } : {}),
     ...(at ? { at } : {}),
     ...(config.metrics !== undefined ? { metrics: config.metrics } : {}),

@@ -16,6 +16,8 @@ import { Metrics } from "../metrics/metrics.ts";
 import { serveMetrics } from "./metrics_server.ts";
 import { openPast, type HistorySource } from "./history.ts";
 import type { Point } from "../audit/time_travel.ts";
+import type { RetentionPolicy } from "../retention/policy.ts";
+import { RetentionService } from "../retention/service.ts";
 
 /** An S3 source: `s3://BUCKET[/PREFIX]` and how to reach it. */
 export interface S3Source {
@@ -42,6 +44,8 @@ export interface ServeOptions {
   readonly cacheTimeout?: number;
   /** Serve Prometheus metrics and /health at HOST:PORT. */
   readonly metrics?: string;
+  /** Retention windows and how often a pass runs (src/retention). */
+  readonly retention?: { readonly policy: RetentionPolicy; readonly intervalMs: number; readonly level1AgeMs?: number; readonly level2AgeMs?: number };
   readonly version: string;
   /** Called once the mount is ready. */
   readonly onReady: (message: string) => void;
@@ -181,6 +185,20 @@ export function serve(o: ServeOptions): Promise<void> {
       (fs) => Effect.promise(() => fs.close()),
     );
     let replication: Replication | undefined;
+    const retention = o.readOnly || !o.retention
+      ? undefined
+      : yield* Effect.acquireRelease(
+          Effect.sync(() => {
+            const r = o.retention!;
+            const service = new RetentionService({
+              fs, policy: r.policy, intervalMs: r.intervalMs, log: o.log,
+              ...(remote ? { remote: { store: remote.store, prefix: remote.prefix, ...(r.level1AgeMs !== undefined ? { level1AgeMs: r.level1AgeMs } : {}), ...(r.level2AgeMs !== undefined ? { level2AgeMs: r.level2AgeMs } : {}) } } : {}),
+            });
+            service.start();
+            return service;
+          }),
+          (r) => Effect.promise(() => r.stop()),
+        );
     if (remote && src) {
       replication = yield* Effect.acquireRelease(
         Effect.tryPromise({
@@ -198,12 +216,12 @@ export function serve(o: ServeOptions): Promise<void> {
         (r) => Effect.promise(() => r.stop()),
       );
       yield* Effect.acquireRelease(
-        Effect.tryPromise({ try: () => listenControl(o.mountpoint, fs, replication), catch: (e) => e }),
+        Effect.tryPromise({ try: () => listenControl(o.mountpoint, fs, replication, retention), catch: (e) => e }),
         (close) => Effect.promise(() => close()),
       );
     } else {
       yield* Effect.acquireRelease(
-        Effect.tryPromise({ try: () => listenControl(o.mountpoint, fs, undefined), catch: (e) => e }),
+        Effect.tryPromise({ try: () => listenControl(o.mountpoint, fs, undefined, retention), catch: (e) => e }),
         (close) => Effect.promise(() => close()),
       );
     }

@@ -253,7 +253,14 @@ export class Materializer {
       if (out._tag === "Written") stats.uploadedBytes += body.length;
       return out;
     }
-    if (plan?.some((part) => part.copy)) return this.multipart(key, view, metadata, condition, caps, stats, plan);
+    if (plan?.some((part) => part.copy)) {
+      try {
+        return await this.multipart(key, view, metadata, condition, caps, stats, plan);
+      } catch (e) {
+        // A source may be gone (retention compacted the segment it was in): send the bytes.
+        this.o.log(`objectfs: assembling ${key} from copies failed, uploading instead: ${(e as Error).message}`);
+      }
+    }
     // Nothing to copy: the adaptive engine sends it (part size and parts in flight follow the link).
     const conditional = this.canCondition(condition, caps, true);
     if (!conditional) {

@@ -199,9 +199,13 @@ export async function* readRemoteJournal(store: ObjectStore, prefix: string, cli
 
 /** Client ids with a journal under the prefix. */
 export async function remoteClients(store: ObjectStore, prefix: string): Promise<string[]> {
-  const out: string[] = [];
-  for await (const e of store.list({ prefix: `${prefix}${META_DIR}/journal/`, delimiter: "/" })) {
-    if (e.kind === "prefix") out.push(e.prefix.slice(`${prefix}${META_DIR}/journal/`.length, -1));
+  // A flat listing: some servers' delimited listings drop prefixes whose keys are all nested deeper.
+  const base = `${prefix}${META_DIR}/journal/`;
+  const out = new Set<string>();
+  for await (const e of store.list({ prefix: base })) {
+    if (e.kind !== "object") continue;
+    const id = e.key.slice(base.length).split("/")[0];
+    if (id) out.add(id);
   }
-  return out;
+  return [...out];
 }
