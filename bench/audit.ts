@@ -3,22 +3,23 @@
  * 1. `objectfs log` queries over a journal of about 1M events (made in-process with the fs core:
  *    files created, written, renamed, chmodded by two users): by path (following renames), by
  *    uid, and by time. Target: a query ≤ 1 s.
- * 2. Restore from S3 (Ceph RGW started here) of a tree of large files, beside a plain SDK
- *    download of the same bytes (the materialized objects, 4 in parallel) in the same run.
+ * 2. Restore from S3 (Ceph RGW started here) of a tree of large files into a directory, beside
+ *    a plain SDK download of the same bytes (the materialized objects, 4 in parallel) into files
+ *    of a directory on the same disk, in the same run: what one would do without objectfs.
  *    Target: restore throughput ≥ 80% of the plain download.
  *
  *   bun bench/audit.ts [--events N] [--restore-mib N]
  */
 import { GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { randomBytes } from "node:crypto";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, open, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { ROOT_INO, type Ino } from "../journal/mod.ts";
 import { auditLog, type LogFilter } from "../src/audit/log.ts";
-import { restoreTree } from "../src/audit/restore.ts";
-import { openPast } from "../src/cli/history.ts";
+import { restoreHistory } from "../src/audit/restore.ts";
+import { openHistory } from "../src/cli/history.ts";
 import { Filesystem } from "../src/fs/filesystem.ts";
 import { createBucket, startCephRgw, storeConfig } from "../test/support/s3_servers.ts";
 import { openClient, writePath } from "../test/support/s3_client.ts";
@@ -49,7 +50,7 @@ async function queries() {
   let i = 0;
   const t0 = performance.now();
   // Per file: InodeCreated, DirentLinked, ExtentWritten, Renamed, AttrsChanged = 5 events.
-  while (fs.journal.head < EVENTS) {
+  while (fs.journal.staged < EVENTS) {
     const who = users[i % 2]!;
     const { fh, attr } = await fs.create(who, d.ino as Ino, `f${i}`, 0o644, O_RDWR_CREAT);
     await fs.write(who, fh, 0, block);
@@ -87,14 +88,26 @@ async function restoreVsDownload() {
   await c.replication.sync({ timeoutMs: 600_000 });
   const client = new S3Client({ endpoint: server.endpoint, region: server.region, forcePathStyle: true, credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey } });
   cleanups.push(async () => client.destroy());
+  const plain = join(await mkdtemp(join(tmpdir(), "objectfs-bench-download-")), "t");
+  cleanups.push(() => rm(join(plain, ".."), { recursive: true, force: true }));
+  await mkdir(plain);
   const t1 = performance.now();
   let got = 0;
   const next = { f: 0 };
   await Promise.all(
     Array.from({ length: 4 }, async () => {
       while (next.f < files) {
-        const out = await client.send(new GetObjectCommand({ Bucket: bucket, Key: `f${next.f++}` }));
-        for await (const chunk of out.Body as AsyncIterable<Uint8Array>) got += chunk.length;
+        const name = `f${next.f++}`;
+        const out = await client.send(new GetObjectCommand({ Bucket: bucket, Key: name }));
+        const fh = await open(join(plain, name), "w");
+        try {
+          for await (const chunk of out.Body as AsyncIterable<Uint8Array>) {
+            await fh.write(chunk);
+            got += chunk.length;
+          }
+        } finally {
+          await fh.close();
+        }
       }
     }),
   );
@@ -102,13 +115,9 @@ async function restoreVsDownload() {
   const into = join(await mkdtemp(join(tmpdir(), "objectfs-bench-restore-")), "t");
   cleanups.push(() => rm(join(into, ".."), { recursive: true, force: true }));
   const t2 = performance.now();
-  const past = await openPast(
-    { kind: "s3", bucket, prefix: "", store: { endpoint: server.endpoint, region: server.region, forcePathStyle: true, credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey } } },
-    undefined,
-    log,
-  );
-  const done = await restoreTree(past.fs, into);
-  await past.close();
+  const h = await openHistory({ kind: "s3", bucket, prefix: "", store: { endpoint: server.endpoint, region: server.region, forcePathStyle: true, credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey } } }, log);
+  const done = await restoreHistory(h.history, undefined, into, h.remote ? { remote: h.remote } : {});
+  await h.close();
   const restore = done.bytes / MiB / ((performance.now() - t2) / 1000);
   void storeConfig;
   return { restore_mib: round(done.bytes / MiB), download_mib_s: round(download, 1), restore_mib_s: round(restore, 1), restore_vs_download: round(restore / download, 3) };

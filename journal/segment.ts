@@ -268,7 +268,8 @@ export function decodeSegment(bytes: Uint8Array, options: DecodeOptions = {}): S
       const e = events[i]!;
       if (e.type !== "ExtentWritten" || e.dataDropped) continue;
       if (at + e.length > trailerAt) throw corrupt(at, `the data of event ${e.seq} runs past the data area`);
-      const data = new Uint8Array(b.subarray(at, at + e.length));
+      // A view, not a copy: the events hold on to the segment's buffer while they live.
+      const data = b.subarray(at, at + e.length);
       const crc = crc32(data);
       if (crc !== e.crc) throw corrupt(at, `the data of event ${e.seq} has CRC ${crc}, its event says ${e.crc}`);
       events[i] = { ...e, data };

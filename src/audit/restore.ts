@@ -1,74 +1,322 @@
 /**
- * Writing a tree (a past state) into a plain directory: directories, files with their bytes,
- * symlinks, hard links, fifos, modes, owners and times.
+ * Restore: a past state written into a plain directory (files with their bytes, directories,
+ * symlinks, hard links, fifos and devices, modes, owners, times), straight from the journal.
+ *
+ * The journal is replayed once, as it streams in: the tree in memory (evolve over an
+ * in-memory projection), file bytes straight to disk, each write at its offset in a file per
+ * inode inside a work directory in DIR, truncations and deletions applied as they come, so
+ * every byte crosses the disk once. At the end each inode's file is renamed to its path (and
+ * hard-linked to its other names), the bytes files show from S3 objects (where no local write
+ * covers them) are fetched pinned to the version the journal saw, and attributes are set,
+ * directories last.
  */
 import { spawnSync } from "node:child_process";
-import { chmod, lchown, link, lutimes, mkdir, open, readdir, symlink } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { chmod, lchown, link, lutimes, mkdir, open, readdir, rename, rm, symlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
-import type { Filesystem } from "../fs/filesystem.ts";
+import { DROPPED_DATA_REF, ROOT_INO, type Ino, type JournalEvent } from "../../journal/mod.ts";
+import { packValue, unpackValue } from "../../journal/codec.ts";
+import type { RemoteSource } from "../fs/remote.ts";
+import { evolve } from "../projection/evolve.ts";
+import { extentsIn, TreeState, type Dirent, type Inode } from "../projection/state.ts";
+import { DataIndex } from "../retention/checkpoint.ts";
+import { historyEvents, type History } from "../retention/history.ts";
+import { checkRetained, pastPoint, type Point } from "./time_travel.ts";
 
 export interface RestoreProgress {
   files: number;
   bytes: number;
+  /** The last seq replayed. */
+  seq: number;
 }
 
-/** Restore `fs`'s tree into `dir`, which must be empty or absent. */
-export async function restoreTree(fs: Filesystem, dir: string, onProgress?: (p: RestoreProgress) => void): Promise<RestoreProgress> {
+export interface RestoreOptions {
+  /** Reads bytes of S3 objects (pinned versions) for files that came from them. */
+  readonly remote?: RemoteSource;
+  readonly onProgress?: (p: RestoreProgress) => void;
+}
+
+const FAKE_REF = { file: 0, pos: 0 };
+const CHUNK = 8 << 20;
+
+/**
+ * Files per inode in the work directory, a bounded number of them open at a time. Writes are
+ * not awaited one by one: each inode's operations run in order on a chain of their own, and
+ * at most {@link MAX_IN_FLIGHT} bytes are on their way, so writing overlaps with receiving.
+ */
+const MAX_IN_FLIGHT = 64 << 20;
+
+class InodeFiles {
+  private readonly open = new Map<number, Promise<FileHandle>>();
+  private readonly chains = new Map<number, Promise<void>>();
+  private inFlight = 0;
+  private waiters: (() => void)[] = [];
+  private failure: unknown;
+  /** Inodes with a file here (or one queued to be made). */
+  readonly made = new Set<number>();
+  /** Inodes whose file exists on disk already. */
+  private readonly created = new Set<number>();
+  constructor(readonly dir: string) {}
+
+  path(ino: number): string {
+    return join(this.dir, String(ino));
+  }
+
+  private async handle(ino: number): Promise<FileHandle> {
+    let h = this.open.get(ino);
+    if (h) {
+      this.open.delete(ino); // most recently used last
+      this.open.set(ino, h);
+      return h;
+    }
+    if (this.open.size >= 64) {
+      for (const [oldest, fh] of this.open) {
+        if (this.chains.has(oldest) && oldest !== ino) continue; // busy: keep it open
+        this.open.delete(oldest);
+        await (await fh).close();
+        break;
+      }
+    }
+    h = open(this.path(ino), this.created.has(ino) ? "r+" : "w+", 0o600);
+    this.created.add(ino);
+    this.open.set(ino, h);
+    return h;
+  }
+
+  /** Queue `op` after the inode's earlier operations. */
+  private queue(ino: number, bytes: number, op: () => Promise<void>): void {
+    if (this.failure) throw this.failure;
+    this.inFlight += bytes;
+    const prev = this.chains.get(ino) ?? Promise.resolve();
+    const next = prev.then(op).catch((e) => {
+      this.failure ??= e;
+    }).finally(() => {
+      this.inFlight -= bytes;
+      if (this.chains.get(ino) === next) this.chains.delete(ino);
+      for (const w of this.waiters.splice(0)) w();
+    });
+    this.chains.set(ino, next);
+  }
+
+  /** Wait while too many bytes are on their way. */
+  async room(): Promise<void> {
+    while (this.inFlight > MAX_IN_FLIGHT) await new Promise<void>((r) => this.waiters.push(r));
+    if (this.failure) throw this.failure;
+  }
+
+  write(ino: number, data: Uint8Array, offset: number): void {
+    this.made.add(ino);
+    this.queue(ino, data.length, async () => {
+      const fh = await this.handle(ino);
+      for (let done = 0; done < data.length; ) {
+        const { bytesWritten } = await fh.write(data, done, data.length - done, offset + done);
+        done += bytesWritten;
+      }
+    });
+  }
+
+  truncate(ino: number, size: number): void {
+    if (!this.made.has(ino)) return;
+    this.queue(ino, 0, async () => {
+      await (await this.handle(ino)).truncate(size);
+    });
+  }
+
+  drop(ino: number): void {
+    if (!this.made.delete(ino)) return;
+    this.queue(ino, 0, async () => {
+      const h = this.open.get(ino);
+      this.open.delete(ino);
+      if (h) await (await h).close();
+      this.created.delete(ino);
+      await rm(this.path(ino), { force: true });
+    });
+  }
+
+  /** Every queued operation done, every file closed. */
+  async closeAll(): Promise<void> {
+    await Promise.all([...this.chains.values()]);
+    for (const h of this.open.values()) await (await h).close().catch(() => {});
+    this.open.clear();
+    if (this.failure) throw this.failure;
+  }
+}
+
+/** Restore the state of `history` at `at` (default: the latest) into `dir`, which must be empty or absent. */
+export async function restoreHistory(history: History, at: Point | undefined, dir: string, options: RestoreOptions = {}): Promise<RestoreProgress> {
+  checkRetained(history, at);
   await mkdir(dir, { recursive: true });
   if ((await readdir(dir)).length > 0) throw new Error(`${dir} is not empty; restore into an empty or new directory, so nothing there is overwritten`);
-  const root = process.getuid?.() === 0;
-  const progress: RestoreProgress = { files: 0, bytes: 0 };
-  const seen = new Map<number, string>(); // ino → first path, for hard links
-  const dirs: { path: string; mode: number; uid: number; gid: number; atime: number; mtime: number }[] = [];
-  const CHUNK = 8 * 1024 * 1024;
-  for await (const e of fs.walk()) {
-    const path = join(dir, e.path);
-    const i = e.inode;
-    if (i.kind === "dir") {
-      await mkdir(path, { mode: 0o700 });
-      dirs.push({ path, mode: i.mode & 0o7777, uid: i.uid, gid: i.gid, atime: i.atime, mtime: i.mtime });
-      continue;
-    }
-    const first = seen.get(i.ino);
-    if (first !== undefined) {
-      await link(first, path);
-      continue;
-    }
-    seen.set(i.ino, path);
-    if (i.kind === "file") {
-      const view = await fs.view(i.ino);
-      if (!view) continue;
-      const fh = await open(path, "wx", 0o600);
-      try {
-        for (let at = 0; at < view.inode.size; at += CHUNK) {
-          const bytes = await fs.readView(view, at, CHUNK);
-          await fh.write(bytes, 0, bytes.length, at);
-          progress.bytes += bytes.length;
-          onProgress?.(progress);
+  const work = join(dir, `.objectfs-restore-${randomBytes(6).toString("hex")}`);
+  await mkdir(work, { mode: 0o700 });
+  const files = new InodeFiles(work);
+  const progress: RestoreProgress = { files: 0, bytes: 0, seq: 0 };
+  try {
+    const c = history.checkpoint;
+    const state = c ? TreeState.fromDump(unpackValue(packValue(c.dump)), { audit: false }) : TreeState.memory({ audit: false });
+    // Where the checkpoint's files get the bytes of each carrier: seq → [ino, file offset, offset in the event's data, length].
+    const placements = new Map<number, [number, number, number, number][]>();
+    if (c) {
+      const index = new DataIndex();
+      for (const [seq, file, pos, length] of c.dataMap) index.add(seq, file, pos, length);
+      for (const [ino, offset, length, file, pos] of c.dump.extents) {
+        for (const [seq, , epos, elen] of index.overlapping(file, pos, length)) {
+          const from = Math.max(pos, epos);
+          const to = Math.min(pos + length, epos + elen);
+          if (to <= from) continue;
+          let l = placements.get(seq);
+          if (!l) placements.set(seq, (l = []));
+          l.push([ino, offset + (from - pos), from - epos, to - from]);
         }
-        await fh.truncate(view.inode.size);
-      } finally {
-        await fh.close();
       }
-    } else if (i.kind === "symlink") {
-      await symlink(i.target ?? "", path);
-    } else {
-      const type = i.kind === "fifo" ? ["p"] : i.kind === "char" ? ["c", String(i.rdev >> 8), String(i.rdev & 0xff)] : i.kind === "block" ? ["b", String(i.rdev >> 8), String(i.rdev & 0xff)] : undefined;
-      if (!type) continue; // sockets exist only while a process listens
-      const r = spawnSync("mknod", [path, ...type], { stdio: "pipe" });
-      if (r.status !== 0) throw new Error(`cannot make ${i.kind} ${path}: ${r.stderr.toString().trim()}`);
     }
-    if (root) await lchown(path, i.uid, i.gid);
-    if (i.kind !== "symlink") await chmod(path, i.mode & 0o7777);
-    await lutimes(path, i.atime / 1000, i.mtime / 1000);
-    progress.files++;
-    onProgress?.(progress);
+    let last = c?.seq ?? 0;
+    let lastReport = 0;
+    const report = () => {
+      if (!options.onProgress || Date.now() - lastReport < 200) return;
+      lastReport = Date.now();
+      options.onProgress(progress);
+    };
+    for await (const e of historyEvents(history)) {
+      if (c && e.seq <= c.seq) {
+        if (e.type !== "ExtentWritten" || !e.data) continue;
+        for (const [ino, offset, at, length] of placements.get(e.seq) ?? []) {
+          files.write(ino, e.data.subarray(at, at + length), offset);
+          progress.bytes += length;
+        }
+        await files.room();
+        report();
+        continue;
+      }
+      if (pastPoint(e, at)) break;
+      apply(state, files, e, progress);
+      await files.room();
+      last = e.seq;
+      progress.seq = last;
+      report();
+    }
+    if (last === 0) throw new Error("there is no event at or before that point");
+    progress.seq = last;
+    await files.closeAll();
+    await writeTree(state, files, dir, options, progress);
+    return progress;
+  } finally {
+    await files.closeAll().catch(() => {});
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+/** One event: the tree in memory, its bytes queued for the disk. */
+function apply(state: TreeState, files: InodeFiles, e: JournalEvent, progress: RestoreProgress): void {
+  switch (e.type) {
+    case "ExtentWritten":
+      evolve(state, { ...e, data: undefined, ref: e.dataDropped ? DROPPED_DATA_REF : FAKE_REF });
+      if (e.data && e.length > 0) {
+        files.write(e.ino, e.data, e.offset);
+        progress.bytes += e.length;
+      }
+      return;
+    case "Truncated":
+      evolve(state, e);
+      files.truncate(e.ino, e.size);
+      return;
+    case "InodeDropped":
+      evolve(state, e);
+      files.drop(e.ino);
+      return;
+    default:
+      evolve(state, e);
+  }
+}
+
+/** Put every inode of the state at its paths, fetch bytes from S3 objects, set attributes. */
+async function writeTree(state: TreeState, files: InodeFiles, dir: string, options: RestoreOptions, progress: RestoreProgress): Promise<void> {
+  const root = process.getuid?.() === 0;
+  const children = new Map<number, [string, Dirent][]>();
+  for (const [parent, name, ino, cookie, kind] of state.dump().dirents) {
+    let l = children.get(parent);
+    if (!l) children.set(parent, (l = []));
+    l.push([name, { ino: ino as Ino, cookie, kind }]);
+  }
+  const placed = new Map<number, string>(); // ino → first path, for hard links
+  const dirs: { path: string; inode: Inode }[] = [];
+  const stack: { ino: number; path: string }[] = [{ ino: ROOT_INO, path: dir }];
+  while (stack.length > 0) {
+    const { ino: parentIno, path: parentPath } = stack.pop()!;
+    for (const [name, d] of children.get(parentIno) ?? []) {
+      const inode = state.inode(d.ino);
+      if (!inode) continue;
+      const path = join(parentPath, name);
+      if (inode.kind === "dir") {
+        await mkdir(path, { mode: 0o700 });
+        dirs.push({ path, inode });
+        if (inode.pending === undefined) stack.push({ ino: d.ino, path });
+        continue;
+      }
+      const first = placed.get(inode.ino);
+      if (first !== undefined) {
+        await link(first, path);
+        continue;
+      }
+      placed.set(inode.ino, path);
+      if (inode.kind === "file") await placeFile(state, files, inode, path, options, progress);
+      else if (inode.kind === "symlink") await symlink(inode.target ?? "", path);
+      else {
+        const type = inode.kind === "fifo" ? ["p"] : inode.kind === "char" ? ["c", String(inode.rdev >> 8), String(inode.rdev & 0xff)] : inode.kind === "block" ? ["b", String(inode.rdev >> 8), String(inode.rdev & 0xff)] : undefined;
+        if (!type) continue; // sockets exist only while a process listens
+        const r = spawnSync("mknod", [path, ...type], { stdio: "pipe" });
+        if (r.status !== 0) throw new Error(`cannot make ${inode.kind} ${path}: ${r.stderr.toString().trim()}`);
+      }
+      await setAttrs(path, inode, root);
+      progress.files++;
+      options.onProgress?.(progress);
+    }
   }
   // Directories last, deepest first: their modes may forbid writing, their times change with entries.
-  for (const d of dirs.reverse()) {
-    if (root) await lchown(d.path, d.uid, d.gid);
-    await chmod(d.path, d.mode);
-    await lutimes(d.path, d.atime / 1000, d.mtime / 1000);
+  for (const d of dirs.reverse()) await setAttrs(d.path, d.inode, root);
+}
+
+async function placeFile(state: TreeState, files: InodeFiles, inode: Inode, path: string, options: RestoreOptions, progress: RestoreProgress): Promise<void> {
+  if (files.made.has(inode.ino)) await rename(files.path(inode.ino), path);
+  const fh = await open(path, files.made.has(inode.ino) ? "r+" : "wx", 0o600);
+  files.made.delete(inode.ino);
+  try {
+    await fh.truncate(inode.size);
+    const base = inode.remote;
+    if (base && base.etag !== "" && base.valid > 0) {
+      // Bytes below `valid` that no local write covers come from the object, pinned to its version.
+      if (!options.remote) throw new Error(`${path} shows bytes of S3 object ${base.key}, and no S3 source was given to read them`);
+      const end = Math.min(base.valid, inode.size);
+      let at = 0;
+      const gaps: [number, number][] = [];
+      for (const e of extentsIn(state.extents(inode.ino), 0, end)) {
+        if (e.offset > at) gaps.push([at, e.offset]);
+        at = Math.max(at, e.offset + e.length);
+      }
+      if (at < end) gaps.push([at, end]);
+      for (const [from, to] of gaps) {
+        for (let p = from; p < to; p += CHUNK) {
+          const n = Math.min(CHUNK, to - p);
+          const buf = new Uint8Array(n);
+          try {
+            await options.remote.read(base, p, n, buf, 0);
+          } catch (e) {
+            throw new Error(
+              `${path} shows bytes of S3 object ${base.key} as it was then (ETag ${base.etag}${base.versionId ? `, version ${base.versionId}` : ""}), which cannot be read: ${(e as Error).message}; an object overwritten since is gone unless the bucket keeps versions (enable versioning to restore such points)`,
+            );
+          }
+          await fh.write(buf, 0, n, p);
+          progress.bytes += n;
+        }
+      }
+    }
+  } finally {
+    await fh.close();
   }
-  return progress;
+}
+
+async function setAttrs(path: string, i: Inode, root: boolean): Promise<void> {
+  if (root) await lchown(path, i.uid, i.gid);
+  if (i.kind !== "symlink") await chmod(path, i.mode & 0o7777);
+  await lutimes(path, i.atime / 1000, i.mtime / 1000);
 }

@@ -8,9 +8,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Journal, JournalError, type JournalEvent } from "../../journal/mod.ts";
 import { stateAt, type PastState, type Point } from "../audit/time_travel.ts";
+import type { RemoteSource } from "../fs/remote.ts";
 import { remoteHistory } from "../replicator/checkpoints.ts";
 import { ChunkCache, makeRemoteSource, remoteClients } from "../replicator/mod.ts";
-import { localCheckpoint } from "../retention/history.ts";
+import { localCheckpoint, type History } from "../retention/history.ts";
 import { makeObjectStore, type ObjectStoreConfig } from "../s3/mod.ts";
 import { UsageError } from "./command.ts";
 
@@ -18,8 +19,19 @@ export type HistorySource =
   | { readonly kind: "local"; readonly dataDir: string }
   | { readonly kind: "s3"; readonly bucket: string; readonly prefix: string; readonly store: Omit<ObjectStoreConfig, "bucket">; readonly client?: string; readonly stopAtCorruption?: boolean };
 
-/** The state at `at` (or the latest), ready to read. `log` hears about a corrupt tail skipped. */
-export async function openPast(source: HistorySource, at: Point | undefined, log: (m: string) => void, onProgress?: (seq: number) => void): Promise<PastState> {
+export interface OpenHistory {
+  readonly history: History;
+  /** S3 sources: reads of object bytes (pinned versions), through a cache in a temp directory. */
+  readonly remote?: RemoteSource;
+  /** A temporary directory for whatever is built from it. */
+  readonly work: string;
+  /** Done reading the journal (a local one is unlocked); the work directory stays. */
+  doneReading(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** A journal's history, ready to replay. `log` hears about a corrupt tail skipped. */
+export async function openHistory(source: HistorySource, log: (m: string) => void): Promise<OpenHistory> {
   const work = await mkdtemp(join(tmpdir(), "objectfs-history-"));
   if (source.kind === "local") {
     let journal: Journal;
@@ -29,14 +41,16 @@ export async function openPast(source: HistorySource, at: Point | undefined, log
       await rm(work, { recursive: true, force: true });
       throw e;
     }
-    try {
-      const checkpoint = await localCheckpoint(source.dataDir);
-      const history = { ...(checkpoint ? { checkpoint } : {}), events: () => journal.read({ data: true }) };
-      const past = await stateAt(history, at, work, { ...(onProgress ? { onProgress } : {}) });
-      return withCleanup(past, work);
-    } finally {
-      await journal.close();
-    }
+    const checkpoint = await localCheckpoint(source.dataDir);
+    return {
+      history: { ...(checkpoint ? { checkpoint } : {}), events: () => journal.read({ data: true }) },
+      work,
+      doneReading: () => journal.close(),
+      async close() {
+        await journal.close();
+        await rm(work, { recursive: true, force: true });
+      },
+    };
   }
   const store = makeObjectStore({ bucket: source.bucket, ...source.store });
   try {
@@ -47,9 +61,16 @@ export async function openPast(source: HistorySource, at: Point | undefined, log
     const reads = makeRemoteSource({ store, prefix: source.prefix, cache, uid: 0, gid: 0 });
     const remote = { ...reads, list: () => Promise.reject(new Error("this directory had not been listed at that point, so its contents then are unknown")) };
     const h = await remoteHistory(store, source.prefix, clients[0]!);
-    const history = { ...h, events: () => stopAtCorruption(h.events(), source.stopAtCorruption ?? false, log) };
-    const past = await stateAt(history, at, work, { remote, ...(onProgress ? { onProgress } : {}) });
-    return withCleanup(past, work, () => store.close());
+    return {
+      history: { ...h, events: () => stopAtCorruption(h.events(), source.stopAtCorruption ?? false, log) },
+      remote,
+      work,
+      doneReading: async () => {},
+      async close() {
+        store.close();
+        await rm(work, { recursive: true, force: true });
+      },
+    };
   } catch (e) {
     store.close();
     await rm(work, { recursive: true, force: true });
@@ -57,15 +78,23 @@ export async function openPast(source: HistorySource, at: Point | undefined, log
   }
 }
 
-function withCleanup(past: PastState, work: string, also?: () => void): PastState {
-  return {
-    ...past,
-    async close() {
-      await past.close();
-      also?.();
-      await rm(work, { recursive: true, force: true });
-    },
-  };
+/** The state at `at` (or the latest), ready to read. */
+export async function openPast(source: HistorySource, at: Point | undefined, log: (m: string) => void, onProgress?: (seq: number) => void): Promise<PastState> {
+  const h = await openHistory(source, log);
+  try {
+    const past = await stateAt(h.history, at, h.work, { ...(h.remote ? { remote: h.remote } : {}), ...(onProgress ? { onProgress } : {}) });
+    await h.doneReading(); // the past state has its own copy of the events
+    return {
+      ...past,
+      async close() {
+        await past.close();
+        await h.close();
+      },
+    };
+  } catch (e) {
+    await h.close();
+    throw e;
+  }
 }
 
 /** Events until a corrupt or discontinuous segment: an error, or (asked for) the end. */

@@ -1,11 +1,11 @@
 /** `objectfs restore`: a past (or the latest) state of a journal written into a plain directory. */
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { restoreTree } from "../audit/restore.ts";
+import { restoreHistory } from "../audit/restore.ts";
 import { parsePoint } from "../audit/time_travel.ts";
 import { parseS3Url } from "../replicator/mod.ts";
 import { UsageError, type Command } from "./command.ts";
-import { openPast, type HistorySource } from "./history.ts";
+import { openHistory, type HistorySource } from "./history.ts";
 
 const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
 
@@ -57,23 +57,21 @@ bytes of files that came from S3 objects are read pinned to the versions the jou
     const dir = resolve(positionals[positionals.length - 1]!);
     const tty = process.stderr.isTTY;
     const status = (line: string) => tty && process.stderr.write(`\r\x1b[K${line}`);
-    const past = await openPast(source, at, (m) => console.error(m), (seq) => status(`restore: replaying journal, seq ${seq}`));
+    const h = await openHistory(source, (m) => console.error(m));
     try {
-      let last = 0;
-      const done = await restoreTree(past.fs, dir, (p) => {
-        if (Date.now() - last < 200) return;
-        last = Date.now();
-        status(`restore: ${p.files} files, ${mib(p.bytes)}`);
+      const done = await restoreHistory(h.history, at, dir, {
+        ...(h.remote ? { remote: h.remote } : {}),
+        onProgress: (p) => status(`restore: seq ${p.seq}, ${p.files} files, ${mib(p.bytes)}`),
       });
       if (tty) process.stderr.write("\r\x1b[K");
-      console.log(`objectfs: restored the state after seq ${past.seq} into ${dir}: ${done.files} files, ${mib(done.bytes)}`);
+      console.log(`objectfs: restored the state after seq ${done.seq} into ${dir}: ${done.files} files, ${mib(done.bytes)}`);
       return 0;
     } catch (e) {
       if (tty) process.stderr.write("\r\x1b[K");
       console.error(`objectfs restore: ${(e as Error).message}`);
       return 1;
     } finally {
-      await past.close();
+      await h.close();
     }
   },
 };

@@ -19,6 +19,13 @@ import { META_DIR } from "./keys.ts";
 /** Events that record replication itself: they ride along but never make a segment alone. */
 export const BOOKKEEPING = new Set<JournalEvent["type"]>(["SegmentSealed", "SegmentReplicated", "ObjectMaterialized", "ObjectDeleted", "Reconciled", "RemoteListed", "ConflictDetected", "Mounted", "Unmounted"]);
 
+/**
+ * Bookkeeping that changes what a replay shows (which object version a file's bytes come
+ * from, what a listing found): it is no change to materialize, but it must reach S3, or a
+ * restore from S3 alone would pin a file to an object version that was since overwritten.
+ */
+export const REMOTE_FACTS = new Set<JournalEvent["type"]>(["ObjectMaterialized", "ObjectDeleted", "ConflictDetected", "RemoteListed"]);
+
 export const journalPrefix = (prefix: string, clientId: string) => `${prefix}${META_DIR}/journal/${clientId}/`;
 
 export interface ShipperOptions {
@@ -78,7 +85,7 @@ export class SegmentShipper {
     for await (const e of fs.journal.read({ gte: from.seq + 1, lte: head, data: true })) {
       events.push(e);
       bytes += e.type === "ExtentWritten" ? e.length + 64 : 64;
-      if (!BOOKKEEPING.has(e.type)) meaningful = true;
+      if (!BOOKKEEPING.has(e.type) || REMOTE_FACTS.has(e.type)) meaningful = true;
       if (bytes >= max) break;
     }
     if (!meaningful || events.length === 0) return false;
@@ -170,14 +177,15 @@ export function coveringChain(segments: readonly RemoteSegment[]): RemoteSegment
 export async function* readRemoteJournal(store: ObjectStore, prefix: string, clientId: string): AsyncGenerator<JournalEvent> {
   const names = coveringChain(await listSegments(store, prefix, clientId));
   let after: { maxSeq: number; checksum: number } | undefined;
-  // Up to 4 segments fetched ahead of the one being decoded.
+  // Up to 8 segments fetched ahead of the one being decoded.
   const fetches: Promise<Uint8Array>[] = [];
   const fetch = (i: number) => {
     const p = store.get(names[i]!.key).then((r) => r.bytes);
     p.catch(() => {});
     fetches[i] = p;
   };
-  for (let i = 0; i < Math.min(4, names.length); i++) fetch(i);
+  const AHEAD = 8;
+  for (let i = 0; i < Math.min(AHEAD, names.length); i++) fetch(i);
   for (let i = 0; i < names.length; i++) {
     const n = names[i]!;
     let bytes: Uint8Array;
@@ -190,7 +198,7 @@ export async function* readRemoteJournal(store: ObjectStore, prefix: string, cli
       throw e;
     }
     delete fetches[i];
-    if (i + 4 < names.length) fetch(i + 4);
+    if (i + AHEAD < names.length) fetch(i + AHEAD);
     const seg = decodeSegment(bytes, { name: n.key, after: after ?? { maxSeq: 0, checksum: 0 } });
     yield* seg.events;
     after = { maxSeq: seg.maxSeq, checksum: seg.tailChecksum };

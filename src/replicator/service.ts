@@ -9,7 +9,7 @@ import type { JournalEvent } from "../../journal/mod.ts";
 import type { Filesystem } from "../fs/filesystem.ts";
 import { probeCapabilities, type Capabilities, type ObjectStore } from "../s3/mod.ts";
 import { Materializer } from "./materializer.ts";
-import { BOOKKEEPING, SegmentShipper } from "./segments.ts";
+import { BOOKKEEPING, REMOTE_FACTS, SegmentShipper } from "./segments.ts";
 import { writeSnapshot } from "./snapshot.ts";
 import type { RemoteListing } from "../fs/remote.ts";
 import type { ChunkCache } from "./cache.ts";
@@ -82,6 +82,10 @@ export class Replication {
   private readonly running = new Set<Promise<boolean>>();
   private shipping: Promise<boolean> = Promise.resolve(false);
   private snapshotDue = false;
+  /** The last remote fact (REMOTE_FACTS): it must reach S3 too. */
+  private lastFact = 0;
+  /** Recent Reconciled events as [through, seq]: the facts a materialization made come before its Reconciled. */
+  private readonly reconciledAt: [number, number][] = [];
   private lastSnapshot = 0;
 
   constructor(private readonly o: ReplicationOptions) {
@@ -112,9 +116,17 @@ export class Replication {
       }
     }
     const replicated = this.o.fs.syncState.replicated?.seq ?? 0;
-    for await (const e of journal.read({ gte: replicated + 1, limit: 200_000 })) if (e.type === "ExtentWritten") this.unshipped.push([e.seq, e.length]);
+    for await (const e of journal.read({ gte: replicated + 1, limit: 200_000 })) {
+      if (e.type === "ExtentWritten") this.unshipped.push([e.seq, e.length]);
+      if (REMOTE_FACTS.has(e.type)) this.lastFact = e.seq;
+    }
     this.unsubscribe = journal.subscribe((events) => {
       for (const e of events) {
+        if (REMOTE_FACTS.has(e.type)) this.lastFact = e.seq;
+        if (e.type === "Reconciled") {
+          this.reconciledAt.push([e.through, e.seq]);
+          if (this.reconciledAt.length > 64) this.reconciledAt.shift();
+        }
         if (BOOKKEEPING.has(e.type)) continue;
         this.noteChange(e);
         if (e.type === "ExtentWritten") this.unshipped.push([e.seq, e.length]);
@@ -152,7 +164,7 @@ export class Replication {
   /** Ship every pending segment; one shipping at a time, whoever asks. */
   private ship(): Promise<boolean> {
     const run = async () => {
-      if ((this.o.fs.syncState.replicated?.seq ?? 0) >= this.lastChange) return false;
+      if ((this.o.fs.syncState.replicated?.seq ?? 0) >= Math.max(this.lastChange, this.lastFact)) return false;
       let shipped = false;
       while (await this.shipper.shipOne(this.o.fs.journal.head)) shipped = true;
       return shipped;
@@ -229,7 +241,17 @@ export class Replication {
   async sync(options: { timeoutMs?: number; onProgress?: (s: Status) => void } = {}): Promise<void> {
     await this.o.fs.journal.flushed(); // staged changes are committed, so lastChange knows them
     const target = this.lastChange;
-    const done = () => (this.o.fs.syncState.replicated?.seq ?? 0) >= target && this.o.fs.syncState.reconciled >= target;
+    // Done once S3 has the changes, their objects, and the facts materializing them recorded
+    // (which come before the Reconciled event that covered the target).
+    const factsUpTo = () => {
+      const r = this.reconciledAt.find(([through]) => through >= target);
+      return r ? r[1] - 1 : this.lastFact;
+    };
+    const done = () => {
+      const s = this.o.fs.syncState;
+      const replicated = s.replicated?.seq ?? 0;
+      return replicated >= target && s.reconciled >= target && replicated >= factsUpTo();
+    };
     const deadline = Date.now() + (options.timeoutMs ?? Infinity);
     this.force = true;
     this.wake();
