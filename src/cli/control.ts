@@ -69,7 +69,7 @@ export async function listenControl(mountpoint: string, fs: Filesystem, replicat
       } else if (!replication && (req.op === "status" || req.op === "sync")) {
         socket.end(`${JSON.stringify({ error: `${resolve(mountpoint)} is a local-only mount (no s3:// source): there is nothing to sync` })}\n`);
       } else if (req.op === "status") {
-        socket.end(`${JSON.stringify({ status: replication!.status() })}\n`);
+        socket.end(`${JSON.stringify({ status: { ...replication!.status(), ...(retention ? { retention: retention.status() } : {}) } })}\n`);
       } else if (req.op === "sync") {
         let last = 0;
         replication!

@@ -3,8 +3,18 @@ import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { UsageError, type Command } from "./command.ts";
 import { request, type Status } from "./control.ts";
+import { formatDuration } from "../retention/policy.ts";
+import type { RetentionStatus } from "../retention/service.ts";
 
 const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+
+function retentionLine(r: RetentionStatus): string {
+  const c = r.last?.checkpoint;
+  const windows = `data ${formatDuration(r.policy.dataMs)}, events ${formatDuration(r.policy.eventsMs)}`;
+  const where = c ? `; restorable from seq ${c.dataFrom} (${c.dataFromTime}), audit log from seq ${c.seq + 1}` : "";
+  const when = r.lastPass ? `; last pass ${r.lastPass}` : "; no pass yet";
+  return `retention:     ${windows}${where}${when}${r.lastError ? `; last error: ${r.lastError}` : ""}`;
+}
 
 export const sync: Command = {
   name: "sync",
@@ -51,11 +61,11 @@ export const status: Command = {
   async run(args) {
     const { values, positionals } = parseArgs({ args, options: { json: { type: "boolean" } }, allowPositionals: true, strict: true });
     if (positionals.length !== 1) throw new UsageError("expected one MOUNTPOINT");
-    let s: Status | undefined;
+    let s: (Status & { retention?: RetentionStatus }) | undefined;
     let error: string | undefined;
     try {
       await request(positionals[0]!, { op: "status" }, (reply) => {
-        if (reply.status) s = reply.status as Status;
+        if (reply.status) s = reply.status as Status & { retention?: RetentionStatus };
         if (reply.error) error = String(reply.error);
       });
     } catch (e) {
@@ -81,6 +91,7 @@ export const status: Command = {
       ...s.skipped.slice(-10).map((k) => `  ${JSON.stringify(k.key)}: ${k.reason}`),
       ...(s.cache ? [`read cache:    ${mib(s.cache.bytes)}, ${s.cache.hits} hits, ${s.cache.misses} misses`] : []),
       ...(s.lastError ? [`last error:    ${s.lastError.message} (${s.lastError.time})`] : []),
+      ...(s.retention ? [retentionLine(s.retention)] : []),
     ];
     console.log(lines.join("\n"));
     return 0;
