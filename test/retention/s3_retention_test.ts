@@ -91,6 +91,11 @@ for (const kind of S3_SERVER_KINDS) {
       expect(r.stderr).toBe("");
       expect(await capture(into)).toBe(tree);
     }
+    // mount --at on "another machine" replays from the checkpoint too.
+    const past = await bed.tmp("ret-past");
+    const pm = await startMount({ source: `s3://${bucket}`, mnt: past, dataDir: await bed.tmp("ret-unused"), args: ["--endpoint", server.endpoint, "--at", String(dataFrom)], env });
+    expect(await capture(past)).toBe(points[1]!.tree);
+    expect(await pm.stop()).toBe(0);
     const old = await sh(`${OBJECTFS} restore s3://${bucket} ${join(await bed.tmp("ret-old"), "t")} --at ${points[0]!.seq} --endpoint ${server.endpoint}`, { env });
     expect(old.code).toBe(1);
     expect(old.stderr).toContain(`older than the retained window: the oldest point that can be restored is seq ${dataFrom}`);
