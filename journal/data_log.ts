@@ -275,7 +275,10 @@ export class DataLog {
     return this.file;
   }
 
-  /** Begin a new file with the next reservation, so the current one can be reclaimed. */
+  /**
+   * Begin a new file with the next reservation, so the current one can be reclaimed (once a
+   * commit has recorded the new position: the head row names the file that opening checks).
+   */
   rotate(): void {
     if (this.end === 0) return;
     this.file += 1;

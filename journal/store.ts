@@ -499,9 +499,13 @@ export class Journal {
     return this.data.activeFile;
   }
 
-  /** Retention: start a new data log file, so that the current one can be reclaimed. */
-  rotateData(): void {
+  /**
+   * Retention: start a new data log file, so that the current one can be reclaimed, and
+   * commit, so that the head row no longer names the old one (opening checks that file).
+   */
+  async rotateData(): Promise<void> {
     this.data.rotate();
+    await this.append([], { sync: true });
   }
 
   /** Retention: rewrite data log files that are mostly dead (see DataLog.reclaim). */

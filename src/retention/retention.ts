@@ -182,7 +182,7 @@ export async function retainLocal(fs: Filesystem, policy: RetentionPolicy, optio
   const bytesDead = dead.reduce((n, [, , len]) => n + len, 0);
 
   // Reclaim: a file still being appended to is closed first if it holds dead bytes.
-  if (dead.some(([file]) => file === journal.activeDataFile)) journal.rotateData();
+  if (dead.some(([file]) => file === journal.activeDataFile)) await journal.rotateData();
   const reclaimed = await journal.reclaimData({
     ...options.reclaim,
     guard: async (file, ranges) => {

@@ -180,3 +180,28 @@ test("a retention pass keeps every point of the data window, drops older bytes a
   expect(await snapshot(fs)).toBe(treeC);
   await fs.close();
 }, 60_000);
+
+test("a data log file that is all dead is removed, even the one being written, and the journal reopens", async () => {
+  const dir = await tmp();
+  let fs = await Filesystem.open(dir);
+  await put(fs, ROOT_INO, "x", randomBytes(3 << 20));
+  await fs.unlink(root, ROOT_INO, "x");
+  await put(fs, ROOT_INO, "small", Buffer.from("left\n"));
+  await fs.unlink(root, ROOT_INO, "small");
+  const seq = await committed(fs);
+  const t = (await fs.journal.get(seq))!.time;
+  const now = t + 50;
+  const r = await retainLocal(fs, { eventsMs: 50, dataMs: 50 }, { now, reclaim: { minDeadFraction: 0, minDeadBytes: 0 } });
+  expect(r.reclaimed!.removed).toBe(1);
+  expect(await dataBytesOnDisk(dir)).toBe(0);
+  // Closed right after the pass: opening checks the data log file the head row names.
+  await fs.close();
+  fs = await Filesystem.open(dir);
+  await put(fs, ROOT_INO, "after", Buffer.from("new bytes\n"));
+  const tree = await snapshot(fs);
+  await fs.close();
+  fs = await Filesystem.open(dir);
+  expect(await snapshot(fs)).toBe(tree);
+  expect((await fs.fsck()).differences).toEqual([]);
+  await fs.close();
+}, 30_000);
