@@ -19,6 +19,7 @@
 import { constants } from "node:os";
 import { resolve } from "node:path";
 import { OP, OPEN, REQ, SET_ATTR, Session, type LLAttr } from "../../src/fuse/lowlevel.ts";
+import { mountOptions } from "../../src/fuse/mount.ts";
 
 const E = constants.errno;
 const S_IFDIR = 0o040000;
@@ -70,7 +71,7 @@ const attr = (n: Node): LLAttr => ({
 
 const handles = new Map<number, Node>();
 let nextFh = 1;
-const zeros = Buffer.alloc(128 * 1024);
+const zeros = Buffer.alloc(1 << 20);
 const dirBuf = Buffer.alloc(64 * 1024);
 
 let session: Session;
@@ -261,7 +262,8 @@ function handle(op: number, slot: number, name: string | undefined, name2: strin
   }
 }
 
-session = new Session(mountpoint, [`fsname=nullfs@${process.pid}`, "subtype=nullfs", "default_permissions", "big_writes", "max_write=131072", "max_read=131072"], handle);
+// The options and protocol features of objectfs's mounts (src/fuse/mount.ts), another fsname.
+session = new Session(mountpoint, mountOptions({}, `nullfs@${process.pid}`), handle);
 console.log(`ready ${mountpoint}`);
 
 let stopping = false;

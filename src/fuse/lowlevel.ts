@@ -19,10 +19,10 @@ const require = createRequire(import.meta.url);
 type SessionHandle = { readonly __session: unique symbol };
 
 interface Binding {
-  mount(mountpoint: string, options: string, handler: Handler, req: Float64Array, reply: Float64Array): SessionHandle;
+  mount(mountpoint: string, options: string, handler: Handler, req: Float64Array, reply: Float64Array, features: number, maxWrite: number): SessionHandle;
   close(s: SessionHandle): void;
   ref(s: SessionHandle, on: boolean): void;
-  stats(s: SessionHandle): [number, number, number];
+  stats(s: SessionHandle): [number, number, number, number];
   replyErr(s: SessionHandle, slot: number, errno: number): number;
   replyEntry(s: SessionHandle, slot: number): number;
   replyCreate(s: SessionHandle, slot: number): number;
@@ -43,6 +43,7 @@ interface Binding {
   >;
   readonly SET_ATTR: Record<"mode" | "uid" | "gid" | "size" | "atime" | "mtime" | "atimeNow" | "mtimeNow", number>;
   readonly OPEN: Record<"directIo" | "keepCache" | "nonseekable", number>;
+  readonly FEATURES: Record<"parallelDirops" | "killprivV2" | "maxPages" | "cacheSymlinks", number>;
 }
 
 export type OpName =
@@ -55,7 +56,28 @@ export type Handler = (op: number, slot: number, name: string | undefined, name2
 
 export const ll: Binding = require("fuse-native/lowlevel.js");
 export const OP = Object.fromEntries(ll.OPS.map((n, i) => [n, i])) as Record<OpName, number>;
-export const { REQ, REPLY, SET_ATTR, OPEN } = ll;
+export const { REQ, REPLY, SET_ATTR, OPEN, FEATURES } = ll;
+
+/**
+ * The features every mount asks for: parallel lookups in a directory, the
+ * filesystem clearing set-user-ID itself (the kernel then stops asking for
+ * security.capability before writes; the fs core already applies Linux's
+ * rules), 1 MiB requests, cached symlink targets.
+ */
+export const DEFAULT_FEATURES = FEATURES.parallelDirops | FEATURES.killprivV2 | FEATURES.maxPages | FEATURES.cacheSymlinks;
+
+/** The largest request (write or read) with FEATURES.maxPages. */
+export const MAX_WRITE = 1 << 20;
+
+export interface SessionOptions {
+  /**
+   * Protocol features beyond libfuse 2.9's (FEATURES bits), asked for in
+   * the INIT reply when the kernel offers them. @default DEFAULT_FEATURES
+   */
+  readonly features?: number;
+  /** Largest write request with FEATURES.maxPages (128 KiB to 1 MiB). @default 1048576 */
+  readonly maxWrite?: number;
+}
 
 /** Attributes as the kernel wants them (times in milliseconds). */
 export interface LLAttr {
@@ -100,7 +122,7 @@ export class Session {
    * fuse_mount and session options for fuse_lowlevel_new, e.g.
    * "fsname=x,default_permissions,big_writes,max_write=131072").
    */
-  constructor(readonly mountpoint: string, options: readonly string[], handler: (op: number, slot: number, name: string | undefined, name2: string | undefined, data: Buffer | undefined) => void) {
+  constructor(readonly mountpoint: string, options: readonly string[], handler: Handler, session: SessionOptions = {}) {
     const destroy = OP.destroy;
     this.handle = ll.mount(mountpoint, options.join(","), (op, slot, name, name2, data) => {
       if (op === destroy) {
@@ -108,7 +130,7 @@ export class Session {
         return;
       }
       handler(op, slot, name, name2, data);
-    }, this.req, this.reply);
+    }, this.req, this.reply, session.features ?? DEFAULT_FEATURES, session.maxWrite ?? MAX_WRITE);
   }
 
   private finish(): void {
@@ -216,10 +238,10 @@ export class Session {
     if (!this.closed) ll.notifyInvalEntry(this.handle, parent, name);
   }
 
-  /** Requests not yet answered, notifications sent, notifications that failed. */
-  stats(): { outstanding: number; notified: number; notifyFailed: number } {
-    const [outstanding, notified, notifyFailed] = ll.stats(this.handle);
-    return { outstanding, notified, notifyFailed };
+  /** Requests not yet answered, notifications sent, notifications that failed, FEATURES the kernel took. */
+  stats(): { outstanding: number; notified: number; notifyFailed: number; granted: number } {
+    const [outstanding, notified, notifyFailed, granted] = ll.stats(this.handle);
+    return { outstanding, notified, notifyFailed, granted };
   }
 
   /**

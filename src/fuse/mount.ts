@@ -16,7 +16,7 @@ import { resolve as resolvePath } from "node:path";
 import type { JournalEvent } from "../../journal/mod.ts";
 import type { Filesystem } from "../fs/filesystem.ts";
 import { makeAdapter } from "./adapter.ts";
-import { Session } from "./lowlevel.ts";
+import { MAX_WRITE, Session } from "./lowlevel.ts";
 
 export interface MountOptions {
   /** Let other users see the mount (needs user_allow_other in /etc/fuse.conf when not root). @default false */
@@ -48,7 +48,11 @@ export interface Mounted {
   invalidateEntry(parent: number, name: string): void;
 }
 
-/** Largest write/read request libfuse 2.9 grants (it caps max_write at 128 KiB). */
+/**
+ * Largest write/read request libfuse 2.9 itself grants (it caps max_write at
+ * 128 KiB); the session raises it to MAX_WRITE (1 MiB) in its INIT reply when
+ * the kernel offers max_pages (./lowlevel.ts).
+ */
 export const MAX_REQUEST_BYTES = 128 * 1024;
 
 export interface MountEntry {
@@ -225,7 +229,7 @@ export function mountOptions(options: Pick<MountOptions, "allowOther" | "readOnl
     ...(options.readOnly ? ["ro"] : []),
     "big_writes",
     `max_write=${MAX_REQUEST_BYTES}`,
-    `max_read=${MAX_REQUEST_BYTES}`,
+    `max_read=${MAX_WRITE}`,
     ...(options.debug ? ["debug"] : []),
   ];
 }
