@@ -46,6 +46,10 @@ export interface Mounted {
   invalidateInode(ino: number): void;
   /** Drop a name the kernel cached (or its cached absence) after a change made behind it. */
   invalidateEntry(parent: number, name: string): void;
+  /** The kernel's lookup count of each inode it holds (FORGET brings them down). */
+  readonly lookups: ReadonlyMap<number, number>;
+  /** Requests not yet answered, invalidations sent (and failed), protocol features the kernel took (FEATURES bits). */
+  stats(): { outstanding: number; notified: number; notifyFailed: number; granted: number };
 }
 
 /**
@@ -207,6 +211,8 @@ export async function mountFilesystem(fs: Filesystem, mountpoint: string, option
     ended: s.ended,
     invalidateInode: (ino) => adapter.invalidateInode(ino),
     invalidateEntry: (parent, name) => adapter.invalidateEntry(parent, name),
+    lookups: adapter.known,
+    stats: () => s.stats(),
     unmount() {
       unmounted ??= (async () => {
         unsubscribe();
