@@ -3,9 +3,9 @@
  * low-level session on Bun (src/fuse/lowlevel.ts, the same binding objectfs
  * uses), for bench/mount.ts to compare objectfs against.
  *
- * Same mount options and cache policy as objectfs (src/fuse/mount.ts):
- * big_writes, max_write/max_read 131072, default_permissions, entries,
- * absent names and attributes cached for 1 s, pages kept across opens.
+ * Same mount options, protocol features and cache policy as objectfs
+ * (src/fuse/mount.ts): default_permissions, 1 MiB requests, entries, absent
+ * names and attributes cached for 1 s, pages kept across opens.
  * Writes are accepted and discarded (only the size is kept), reads return
  * zeros, and names and attributes live in a small in-memory map so create,
  * stat, readdir, mkdir, rename, links and `tar -x` work.
@@ -70,9 +70,10 @@ const attr = (n: Node): LLAttr => ({
 });
 
 const handles = new Map<number, Node>();
+const listings = new Map<number, [string, Node][]>();
 let nextFh = 1;
 const zeros = Buffer.alloc(1 << 20);
-const dirBuf = Buffer.alloc(64 * 1024);
+const dirBuf = Buffer.alloc(256 * 1024);
 
 let session: Session;
 const ok = (slot: number) => session.err(slot, 0);
@@ -210,24 +211,33 @@ function handle(op: number, slot: number, name: string | undefined, name2: strin
     case OP.flush:
     case OP.fsync:
     case OP.fsyncdir:
-    case OP.releasedir:
     case OP.access:
       return ok(slot);
-    case OP.opendir:
-      return n?.children ? session.open(slot, 0, 0) : session.err(slot, E.ENOTDIR);
-    case OP.readdir: {
+    case OP.opendir: {
       if (!n?.children) return session.err(slot, E.ENOTDIR);
+      // The listing as it is at opendir, served by index (what libfuse's path API does too).
+      const fh = nextFh++;
+      listings.set(fh, [[".", n], ["..", n.parent ?? root], ...n.children]);
+      return session.open(slot, fh, 0);
+    }
+    case OP.releasedir:
+      listings.delete(q[REQ.fh]!);
+      return ok(slot);
+    case OP.readdir: {
+      const all = listings.get(q[REQ.fh]!);
+      if (!all) return session.err(slot, E.EBADF);
       const size = Math.min(q[REQ.a]!, dirBuf.length);
       const from = q[REQ.b]!;
-      const all: [string, Node][] = [[".", n], ["..", n.parent ?? root], ...n.children];
       let at = 0;
       for (let i = from; i < all.length; i++) {
         const [nm, c] = all[i]!;
         const len = Buffer.byteLength(nm);
         const rec = (24 + len + 7) & ~7;
         if (at + rec > size) break;
-        dirBuf.writeBigUInt64LE(BigInt(c.ino), at);
-        dirBuf.writeBigUInt64LE(BigInt(i + 1), at + 8);
+        dirBuf.writeUInt32LE(c.ino, at);
+        dirBuf.writeUInt32LE(0, at + 4);
+        dirBuf.writeUInt32LE(i + 1, at + 8);
+        dirBuf.writeUInt32LE(0, at + 12);
         dirBuf.writeUInt32LE(len, at + 16);
         dirBuf.writeUInt32LE((c.mode & S_IFMT) >> 12, at + 20);
         dirBuf.write(nm, at + 24);

@@ -78,7 +78,7 @@ interface DirHandle {
 }
 
 /** Directory entries fetched from the core per page beyond the first request. */
-const DIR_PAGE = 1024;
+const DIR_PAGE = 4096;
 /** The largest readdir reply the kernel asks for. */
 const DIR_BUF = 128 * 1024;
 
@@ -173,8 +173,10 @@ export function makeAdapter(fs: Filesystem, session: () => Session, options: Ada
       const len = Buffer.byteLength(e.name);
       const rec = (24 + len + 7) & ~7; // struct fuse_dirent, as fuse_add_direntry lays it out
       if (at + rec > max) break;
-      dirBuf.writeBigUInt64LE(BigInt(e.ino), at);
-      dirBuf.writeBigUInt64LE(BigInt(e.offset), at + 8); // the cookie to go on from
+      dirBuf.writeUInt32LE(e.ino % 0x1_0000_0000, at);
+      dirBuf.writeUInt32LE(Math.floor(e.ino / 0x1_0000_0000), at + 4);
+      dirBuf.writeUInt32LE(e.offset % 0x1_0000_0000, at + 8); // the cookie to go on from
+      dirBuf.writeUInt32LE(Math.floor(e.offset / 0x1_0000_0000), at + 12);
       dirBuf.writeUInt32LE(len, at + 16);
       dirBuf.writeUInt32LE(TYPE_BITS[e.kind] >> 12, at + 20);
       dirBuf.write(e.name, at + 24);
