@@ -218,7 +218,7 @@ function handle(op: number, slot: number, name: string | undefined, name2: strin
       // The listing as it is at opendir, served by index (what libfuse's path API does too).
       const fh = nextFh++;
       listings.set(fh, [[".", n], ["..", n.parent ?? root], ...n.children]);
-      return session.open(slot, fh, 0);
+      return session.open(slot, fh, OPEN.keepCache | OPEN.cacheDir);
     }
     case OP.releasedir:
       listings.delete(q[REQ.fh]!);

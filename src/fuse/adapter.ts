@@ -10,7 +10,7 @@
  * included, is the core's.
  *
  * Caching: entries, absent names and attributes are cached by the kernel for
- * `timeout` seconds, and file pages are kept across opens, because every
+ * `timeout` seconds, file pages and directory listings are kept across opens, because every
  * change reaches the kernel through this mount (it updates or drops what it
  * cached) except those the core makes by itself (the replicator's conflict
  * renames, remote listings): `invalidate` tells the kernel about those.
@@ -314,7 +314,9 @@ export function makeAdapter(fs: Filesystem, session: () => Session, options: Ada
         return run("opendir", slot, call(() => fs.opendir(ctx, ino)), () => {
           const fh = nextDirFh++;
           dirs.set(fh, { ino, ahead: [], after: -1 });
-          s.open(slot, fh, 0);
+          // The kernel caches the entries and keeps them across opens; a change through
+          // the kernel resets them, one behind it drops them with the inode's invalidation.
+          s.open(slot, fh, keep(ino) | OPEN.cacheDir);
         });
       case OP.readdir: {
         const size = q[REQ.a]!;

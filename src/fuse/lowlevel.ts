@@ -42,7 +42,7 @@ interface Binding {
     number
   >;
   readonly SET_ATTR: Record<"mode" | "uid" | "gid" | "size" | "atime" | "mtime" | "atimeNow" | "mtimeNow", number>;
-  readonly OPEN: Record<"directIo" | "keepCache" | "nonseekable", number>;
+  readonly OPEN: Record<"directIo" | "keepCache" | "nonseekable" | "cacheDir", number>;
   readonly FEATURES: Record<"parallelDirops" | "killprivV2" | "maxPages" | "cacheSymlinks", number>;
 }
 

@@ -45,7 +45,8 @@ async function notified(before: number, atLeast: number): Promise<void> {
   expect(mounted.stats().notifyFailed).toBe(0);
 }
 
-test("the kernel took the protocol features the session asks for (1 MiB requests, killpriv v2, parallel dirops, cached symlinks)", () => {
+test("the kernel took the protocol features the session asks for (1 MiB requests, killpriv v2, parallel dirops, cached symlinks)", async () => {
+  await stat(mnt); // a request is answered only after INIT
   expect(mounted.stats().granted).toBe(DEFAULT_FEATURES);
 });
 
@@ -63,6 +64,16 @@ test("hard links are one inode: a write through one name shows at once in the ot
   expect(a.nlink).toBe(2);
   expect(a.size).toBe(8);
   expect(await readFile(join(mnt, "a"), "utf8")).toBe("12345678");
+});
+
+test("directory listings are cached: a second listing of an unchanged directory asks nothing, a create through the mount shows at once", async () => {
+  await writeFile(join(mnt, "g1"), "");
+  const first = await readdir(mnt);
+  const readdirs = count("readdir");
+  expect(await readdir(mnt)).toEqual(first);
+  expect(count("readdir")).toBe(readdirs);
+  await writeFile(join(mnt, "g2"), "");
+  expect((await readdir(mnt)).sort()).toEqual([...first, "g2"].sort());
 });
 
 test("attributes and pages are cached: a second stat and a second read of an unchanged file ask nothing", async () => {
