@@ -216,7 +216,10 @@ export function makeAdapter(fs: Filesystem, session: () => Session, options: Ada
     if (op === OP.forget) {
       const left = (known.get(ino) ?? 0) - q[REQ.a]!;
       if (left > 0) known.set(ino, left);
-      else known.delete(ino);
+      else {
+        known.delete(ino);
+        stale.delete(ino);
+      }
       return;
     }
     const ctx = ctxOf();
@@ -365,8 +368,9 @@ export function makeAdapter(fs: Filesystem, session: () => Session, options: Ada
     handle,
     known,
     invalidateInode(ino) {
+      if (!known.has(ino) && ino !== 1) return; // the kernel holds nothing of it
       stale.add(ino);
-      if (known.has(ino) || ino === 1) session().invalidateInode(ino);
+      session().invalidateInode(ino);
     },
     invalidateEntry(parent, name) {
       if (known.has(parent) || parent === 1) session().invalidateEntry(parent, name);
