@@ -1,9 +1,10 @@
 /**
  * Through a real mount, in one run: objectfs (`objectfs mount --foreground`
  * in its own process, data dir on the local disk) beside a do-nothing FUSE
- * filesystem served by fuse-native on Bun with the same mount options
- * (bench/support/null_fs.ts: the raw FUSE limit) and a tmpfs directory
- * (/dev/shm). Sequential write of 1 GiB (dd bs=1M conv=fsync, best of two
+ * filesystem served through the same low-level session with the same mount
+ * options (bench/support/null_fs.ts: the raw FUSE limit), the same
+ * do-nothing fs on fuse-native's high-level path API (null_fs_path.ts: what
+ * the binding cost before), and a tmpfs directory (/dev/shm). Sequential write of 1 GiB (dd bs=1M conv=fsync, best of two
  * runs; and once without conv=fsync, durable at close), cached read of it
  * (read twice, the second counted), 4 KiB file
  * creates/s, stat/s, readdir of 10k entries, `tar -x` of a real source tree,
@@ -42,11 +43,12 @@ const FSYNCS = Number(values.fsyncs);
 const BUN = process.execPath;
 const WORKLOAD = join(import.meta.dir, "support/workload.ts");
 const NULL_FS = join(import.meta.dir, "support/null_fs.ts");
+const NULL_FS_PATH = join(import.meta.dir, "support/null_fs_path.ts");
 const NODE_MODULES = join(import.meta.dir, "../node_modules");
 const DEADLINE = Date.now() + 14 * 60_000;
 const log = (m: string) => process.stderr.write(`${m}\n`);
 
-type Key = "objectfs" | "null_fuse" | "tmpfs" | "disk";
+type Key = "objectfs" | "null_fuse" | "null_path" | "tmpfs" | "disk";
 interface Target {
   readonly key: Key;
   readonly dir: string;
@@ -122,8 +124,8 @@ async function forceDetach(mnt: string): Promise<void> {
 const within = <T>(p: Promise<T>, ms: number) => Promise.race([p, new Promise<"timeout">((r) => setTimeout(() => r("timeout"), ms))]);
 
 /** The do-nothing FUSE filesystem in its own process; resolves once it is mounted. */
-async function startNullFs(mnt: string) {
-  const proc = Bun.spawn([BUN, NULL_FS, mnt], { stdout: "pipe", stderr: "pipe" });
+async function startNullFs(mnt: string, script = NULL_FS) {
+  const proc = Bun.spawn([BUN, script, mnt], { stdout: "pipe", stderr: "pipe" });
   const reader = proc.stdout.getReader();
   let out = "";
   const ready = (async () => {
@@ -221,10 +223,15 @@ try {
   });
   const nullFs = await startNullFs(nullMnt);
   cleanups.push(() => nullFs.stop());
+  const nullPathMnt = join(root, "mnt-null-path");
+  await mkdir(nullPathMnt);
+  const nullPath = await startNullFs(nullPathMnt, NULL_FS_PATH);
+  cleanups.push(() => nullPath.stop());
 
   const targets: Record<Key, Target> = {
     objectfs: { key: "objectfs", dir: objMnt, pid: obj.pid },
     null_fuse: { key: "null_fuse", dir: nullMnt, pid: nullFs.pid },
+    null_path: { key: "null_path", dir: nullPathMnt, pid: nullPath.pid },
     tmpfs: { key: "tmpfs", dir: shm },
     disk: { key: "disk", dir: diskDir },
   };
@@ -245,7 +252,7 @@ try {
 
   // Warm-up, not counted: the servers' JIT, and first-touch costs of fresh memory (in a VM the
   // first write of a GiB into tmpfs ran at a fifth of the speed of the next).
-  await each("warm_up", ["objectfs", "null_fuse", "tmpfs"], async (t) => {
+  await each("warm_up", ["objectfs", "null_fuse", "null_path", "tmpfs"], async (t) => {
     const w = join(t.dir, "warm");
     await run(["bash", "-c", `mkdir ${q(w)} && ${dd(`if=/dev/zero of=${q(join(w, "seq"))} bs=1M count=${t.key === "tmpfs" ? MIB : 256}`)} && ${dd(`if=${q(join(w, "seq"))} of=/dev/null bs=1M`)}`], `warm-up on ${t.key}`);
     await workload(["creates", w, 300, THREADS], `warm-up creates on ${t.key}`);
@@ -256,7 +263,7 @@ try {
   // Sequential write: the best of two runs in a row on each target. This machine is a shared VM:
   // the first write into memory the guest freed a while ago ran at ~300 MB/s even on tmpfs, the
   // next one (reusing pages just freed) at 2+ GB/s; the second run mostly measures the filesystem.
-  await each("seq_write", ["objectfs", "null_fuse", "tmpfs", "disk"], async (t) => {
+  await each("seq_write", ["objectfs", "null_fuse", "null_path", "tmpfs", "disk"], async (t) => {
     const k = name(t.key, "seq_write_mb_per_s");
     const runs: number[] = [];
     for (let round = 1; round <= 2; round++) {
@@ -269,12 +276,12 @@ try {
     seqRuns[t.key] = runs;
     log(`bench: seq write on ${t.key}: ${runs.map((r) => r.toFixed(0)).join(", ")} MB/s`);
   });
-  await each("cached_read", ["objectfs", "null_fuse", "tmpfs"], async (t) => {
+  await each("cached_read", ["objectfs", "null_fuse", "null_path", "tmpfs"], async (t) => {
     const read = () => timed(dd(`if=${q(join(t.dir, "seq"))} of=/dev/null bs=1M`), `read on ${t.key}`);
     fig[name(t.key, "first_read_mb_per_s")] = mbps(await read());
     fig[name(t.key, "cached_read_mb_per_s")] = mbps(await read());
   });
-  await each("seq_write_nofsync", ["objectfs", "null_fuse", "tmpfs"], async (t) => {
+  await each("seq_write_nofsync", ["objectfs", "null_fuse", "null_path", "tmpfs"], async (t) => {
     await syncDisk();
     const s = await timed(dd(`if=/dev/zero of=${q(join(t.dir, "seq2"))} bs=1M count=${MIB}`), `seq write (no fsync) on ${t.key}`);
     fig[name(t.key, "seq_write_nofsync_mb_per_s")] = mbps(s);
@@ -282,27 +289,27 @@ try {
   });
   await run(["rm", "-f", join(diskDir, "seq")], "rm");
 
-  await each("creates", ["objectfs", "null_fuse", "tmpfs"], async (t) => {
+  await each("creates", ["objectfs", "null_fuse", "null_path", "tmpfs"], async (t) => {
     const r = await workload(["creates", join(t.dir, "small"), FILES, THREADS], `creates on ${t.key}`);
     fig[name(t.key, "creates_per_s")] = r.per_s!;
   });
-  await each("stat", ["objectfs", "null_fuse", "tmpfs"], async (t) => {
+  await each("stat", ["objectfs", "null_fuse", "null_path", "tmpfs"], async (t) => {
     const r = await workload(["stat", join(t.dir, "small"), FILES, 3, THREADS], `stat on ${t.key}`);
     fig[name(t.key, "stat_per_s")] = r.per_s!;
   });
-  await each("readdir", ["objectfs", "null_fuse", "tmpfs"], async (t) => {
+  await each("readdir", ["objectfs", "null_fuse", "null_path", "tmpfs"], async (t) => {
     const r = await workload(["readdir", join(t.dir, "small"), FILES, 5], `readdir on ${t.key}`);
     fig[name(t.key, "readdir_ms")] = r.median_ms!;
     fig[name(t.key, "readdir_first_ms")] = r.first_ms!;
   });
-  await each("tar_x", ["objectfs", "null_fuse", "tmpfs"], async (t) => {
+  await each("tar_x", ["objectfs", "null_fuse", "null_path", "tmpfs"], async (t) => {
     const dest = join(t.dir, "tar");
     await syncDisk();
     fig[name(t.key, "tar_x_s")] = await timed(`mkdir ${q(dest)} && cd ${q(dest)} && tar -xf ${q(tarball)}`, `tar -x on ${t.key}`);
     const got = Number((await run(["bash", "-c", `find ${q(dest)} -type f | wc -l`], `count files on ${t.key}`)).trim());
     if (got !== tarInfo.files) throw new Error(`tar -x on ${t.key}: ${got} files, expected ${tarInfo.files}`);
   });
-  await each("fsync", ["objectfs", "null_fuse", "tmpfs", "disk"], async (t) => {
+  await each("fsync", ["objectfs", "null_fuse", "null_path", "tmpfs", "disk"], async (t) => {
     const r = await workload(["fsync", join(t.dir, "fsync.dat"), FSYNCS], `fsync on ${t.key}`);
     fig[name(t.key, "fsync_p50_ms")] = r.p50_ms!;
     fig[name(t.key, "fsync_p99_ms")] = r.p99_ms!;
@@ -337,21 +344,23 @@ const rows: { label: string; unit: string; metric: string; lower?: boolean }[] =
 ];
 const num = (v: number | undefined, w = 11) => (v === undefined ? "-".padStart(w) : (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)).padStart(w));
 console.log(
-  `objectfs vs a do-nothing FUSE fs (fuse-native on Bun, same mount options) vs tmpfs; "disk" = the data dir's disk without FUSE. Ratios are objectfs / other (units marked v: lower is better).`,
+  `objectfs vs a do-nothing FUSE fs (our low-level session on Bun, same options as objectfs; "null path": the same fs on fuse-native's path API, as objectfs was served before) vs tmpfs; "disk" = the data dir's disk without FUSE. Ratios are objectfs / other (units marked v: lower is better).`,
 );
-console.log(`${"".padEnd(48)}${"objectfs".padStart(11)}${"null FUSE".padStart(11)}${"tmpfs".padStart(11)}${"disk".padStart(11)}${"obj/null".padStart(10)}${"obj/tmpfs".padStart(10)}`);
+console.log(`${"".padEnd(48)}${"objectfs".padStart(11)}${"null FUSE".padStart(11)}${"null path".padStart(11)}${"tmpfs".padStart(11)}${"disk".padStart(11)}${"obj/null".padStart(10)}${"obj/tmpfs".padStart(10)}`);
 const ratios: Record<string, number> = {};
 for (const r of rows) {
-  const [o, n, t, d] = (["objectfs", "null_fuse", "tmpfs", "disk"] as Key[]).map((k) => fig[name(k, r.metric)]);
+  const [o, n, p, t, d] = (["objectfs", "null_fuse", "null_path", "tmpfs", "disk"] as Key[]).map((k) => fig[name(k, r.metric)]);
   const rn = ratio(o, n);
   const rt = ratio(o, t);
   const base = r.metric.replace(/_(mb_per_s|per_s|ms|s)$/, "");
   if (rn !== undefined) ratios[`${base}_vs_null_fuse`] = rn;
   if (rt !== undefined) ratios[`${base}_vs_tmpfs`] = rt;
-  console.log(`${r.label.padEnd(41)} ${(r.unit + (r.lower ? " v" : "")).padEnd(6)}${num(o)}${num(n)}${num(t)}${num(d)}${num(rn, 10)}${num(rt, 10)}`);
+  const rp = ratio(n, p);
+  if (rp !== undefined) ratios[`${base}_null_lowlevel_vs_path`] = rp;
+  console.log(`${r.label.padEnd(41)} ${(r.unit + (r.lower ? " v" : "")).padEnd(6)}${num(o)}${num(n)}${num(p)}${num(t)}${num(d)}${num(rn, 10)}${num(rt, 10)}`);
 }
 const phases = Object.keys(cpu);
-console.log(`server CPU s per phase (seq_write: both runs): ${phases.map((p) => `${p} ${num(cpu[p]!.objectfs, 0)} (null ${num(cpu[p]!.null_fuse, 0)})`).join(", ")}`);
+console.log(`server CPU s per phase (seq_write: both runs): ${phases.map((p) => `${p} ${num(cpu[p]!.objectfs, 0)} (null ${num(cpu[p]!.null_fuse, 0)}, null path ${num(cpu[p]!.null_path, 0)})`).join(", ")}`);
 console.log(`load average (1 min) at start ${load.start.toFixed(1)}, at end ${load.end.toFixed(1)} on ${navigator.hardwareConcurrency} CPUs; objectfs data dir ${num(fig.data_dir_mb, 0)} MB after the run`);
 for (const n of notes) console.log(`note: ${n}`);
 

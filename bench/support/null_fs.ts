@@ -1,13 +1,14 @@
 /**
- * A do-nothing FUSE filesystem: the raw limit of FUSE through fuse-native on
- * Bun, for bench/mount.ts to compare objectfs against.
+ * A do-nothing FUSE filesystem: the raw limit of FUSE through our fuse-native
+ * low-level session on Bun (src/fuse/lowlevel.ts, the same binding objectfs
+ * uses), for bench/mount.ts to compare objectfs against.
  *
- * Same mount options as objectfs (src/fuse/mount.ts): big_writes,
- * max_write/max_read 131072, use_ino, default_permissions, entry and negative
- * timeout 1 s, attribute timeout 0, no op timeout. Writes are accepted and
- * discarded (only the size is kept), reads return zeros, and names and
- * attributes live in a small in-memory map so create, stat, readdir, mkdir,
- * rename, links and `tar -x` work.
+ * Same mount options, protocol features and cache policy as objectfs
+ * (src/fuse/mount.ts): default_permissions, 1 MiB requests, entries, absent
+ * names and attributes cached for 1 s, pages kept across opens.
+ * Writes are accepted and discarded (only the size is kept), reads return
+ * zeros, and names and attributes live in a small in-memory map so create,
+ * stat, readdir, mkdir, rename, links and `tar -x` work.
  *
  *   bun bench/support/null_fs.ts MOUNTPOINT
  *
@@ -15,14 +16,17 @@
  * and exit. It must run in its own process: sync fs calls on a mount from the
  * process that serves it deadlock.
  */
-import Fuse from "fuse-native";
 import { constants } from "node:os";
 import { resolve } from "node:path";
+import { OP, OPEN, REQ, SET_ATTR, Session, type LLAttr } from "../../src/fuse/lowlevel.ts";
+import { mountOptions } from "../../src/fuse/mount.ts";
 
-type Cb = (err: number, ...rest: unknown[]) => void;
-
-/** Negative errno values, as fuse-native callbacks take them. */
-const E = Object.fromEntries(Object.entries(constants.errno).map(([k, v]) => [k, -v])) as Record<keyof typeof constants.errno, number>;
+const E = constants.errno;
+const S_IFDIR = 0o040000;
+const S_IFREG = 0o100000;
+const S_IFLNK = 0o120000;
+const S_IFMT = 0o170000;
+const TIMEOUT = 1;
 
 interface Node {
   ino: number;
@@ -37,14 +41,9 @@ interface Node {
   ctime: number;
   target?: string;
   xattrs?: Map<string, Buffer>;
-  /** Directories only: child name → node. */
   children?: Map<string, Node>;
+  parent?: Node;
 }
-
-const S_IFDIR = 0o040000;
-const S_IFREG = 0o100000;
-const S_IFLNK = 0o120000;
-const S_IFMT = 0o170000;
 
 const mountpoint = resolve(process.argv[2] ?? "");
 if (!process.argv[2]) {
@@ -53,272 +52,236 @@ if (!process.argv[2]) {
 }
 
 let nextIno = 2;
-const now = () => Date.now();
+const nodes = new Map<number, Node>();
 function newNode(mode: number, uid: number, gid: number, extra: Partial<Node> = {}): Node {
-  const t = now();
-  return { ino: nextIno++, mode, uid, gid, size: 0, nlink: (mode & S_IFMT) === S_IFDIR ? 2 : 1, rdev: 0, atime: t, mtime: t, ctime: t, ...extra };
-}
-const root: Node = { ...newNode(S_IFDIR | 0o755, process.getuid?.() ?? 0, process.getgid?.() ?? 0), ino: 1, children: new Map() };
-nextIno = 2;
-
-/** Open file handles → node, so a write through a handle reaches the file whatever its name is now. */
-const handles = new Map<number, Node>();
-let nextFh = 1;
-
-function split(path: string): { parent: string; name: string } {
-  const i = path.lastIndexOf("/");
-  return { parent: i <= 0 ? "/" : path.slice(0, i), name: path.slice(i + 1) };
-}
-
-function lookup(path: string): Node | undefined {
-  if (path === "/" || path === "") return root;
-  let at: Node | undefined = root;
-  for (const part of path.split("/")) {
-    if (!part) continue;
-    at = at?.children?.get(part);
-    if (!at) return undefined;
-  }
-  return at;
-}
-
-function toStat(n: Node) {
-  return {
-    mode: n.mode,
-    uid: n.uid,
-    gid: n.gid,
-    size: (n.mode & S_IFMT) === S_IFDIR ? 4096 : n.size,
-    dev: 0,
-    nlink: n.nlink,
-    ino: n.ino,
-    rdev: n.rdev,
-    blksize: 4096,
-    blocks: Math.ceil(n.size / 512),
-    atime: n.atime,
-    mtime: n.mtime,
-    ctime: n.ctime,
-  };
-}
-
-let fuse: Fuse;
-function caller(): { uid: number; gid: number } {
-  const c = fuse.context();
-  return c ? { uid: c.uid, gid: c.gid } : { uid: 0, gid: 0 };
-}
-
-/** Add a new entry at `path`: errno or the node. */
-function add(path: string, make: () => Node): number | Node {
-  const { parent, name } = split(path);
-  const p = lookup(parent);
-  if (!p) return E.ENOENT;
-  if (!p.children) return E.ENOTDIR;
-  if (p.children.has(name)) return E.EEXIST;
-  const n = make();
-  p.children.set(name, n);
-  if ((n.mode & S_IFMT) === S_IFDIR) p.nlink++;
-  p.mtime = p.ctime = now();
+  const t = Date.now();
+  const n: Node = { ino: nextIno++, mode, uid, gid, size: 0, nlink: (mode & S_IFMT) === S_IFDIR ? 2 : 1, rdev: 0, atime: t, mtime: t, ctime: t, ...extra };
+  nodes.set(n.ino, n);
   return n;
 }
+const root: Node = { ino: 1, mode: S_IFDIR | 0o755, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, size: 0, nlink: 2, rdev: 0, atime: Date.now(), mtime: Date.now(), ctime: Date.now(), children: new Map() };
+root.parent = root;
+nodes.set(1, root);
 
-function remove(path: string, dir: boolean): number {
-  const { parent, name } = split(path);
-  const p = lookup(parent);
-  const n = p?.children?.get(name);
-  if (!p || !n) return E.ENOENT;
-  const isDir = (n.mode & S_IFMT) === S_IFDIR;
-  if (dir && !isDir) return E.ENOTDIR;
-  if (!dir && isDir) return E.EISDIR;
-  if (dir && n.children!.size > 0) return E.ENOTEMPTY;
-  p.children!.delete(name);
-  if (isDir) p.nlink--;
-  n.nlink--;
-  p.mtime = p.ctime = now();
-  return 0;
-}
-
-const withNode = (path: string, cb: Cb, f: (n: Node) => void) => {
-  const n = lookup(path);
-  if (!n) return cb(E.ENOENT);
-  f(n);
-  n.ctime = now();
-  cb(0);
-};
-
-const ops = {
-  init: (cb: Cb) => cb(0),
-  statfs: (_path: string, cb: Cb) =>
-    cb(0, { bsize: 4096, frsize: 4096, blocks: 1 << 30, bfree: 1 << 30, bavail: 1 << 30, files: 1 << 24, ffree: 1 << 24, favail: 1 << 24, fsid: 0, flag: 0, namemax: 255 }),
-  getattr(path: string, cb: Cb) {
-    const n = lookup(path);
-    return n ? cb(0, toStat(n)) : cb(E.ENOENT);
-  },
-  fgetattr(path: string, fd: number, cb: Cb) {
-    const n = handles.get(fd) ?? lookup(path);
-    return n ? cb(0, toStat(n)) : cb(E.ENOENT);
-  },
-  access: (_path: string, _mode: number, cb: Cb) => cb(0),
-  opendir: (path: string, _flags: number, cb: Cb) => (lookup(path)?.children ? cb(0, 0) : cb(E.ENOTDIR)),
-  releasedir: (_path: string, _fd: number, cb: Cb) => cb(0),
-  readdir(path: string, cb: Cb) {
-    const n = lookup(path);
-    if (!n?.children) return cb(E.ENOTDIR);
-    const names = [".", ".."];
-    const stats: { ino: number; mode: number }[] = [{ ino: n.ino, mode: S_IFDIR }, { ino: 1, mode: S_IFDIR }];
-    for (const [name, c] of n.children) {
-      names.push(name);
-      stats.push({ ino: c.ino, mode: c.mode & S_IFMT });
-    }
-    cb(0, names, stats);
-  },
-  create(path: string, mode: number, cb: Cb) {
-    const { uid, gid } = caller();
-    const r = add(path, () => newNode(S_IFREG | (mode & 0o7777), uid, gid));
-    if (typeof r === "number") return cb(r);
-    const fh = nextFh++;
-    handles.set(fh, r);
-    cb(0, fh);
-  },
-  open(path: string, flags: number, cb: Cb) {
-    const n = lookup(path);
-    if (!n) return cb(E.ENOENT);
-    if (flags & 0o1000) n.size = 0; // O_TRUNC
-    const fh = nextFh++;
-    handles.set(fh, n);
-    cb(0, fh);
-  },
-  read(_path: string, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) {
-    const n = handles.get(fd);
-    if (!n) return cb(E.EBADF);
-    const count = Math.max(0, Math.min(len, n.size - pos));
-    buf.fill(0, 0, count);
-    cb(count);
-  },
-  write(_path: string, fd: number, _buf: Buffer, len: number, pos: number, cb: Cb) {
-    const n = handles.get(fd);
-    if (!n) return cb(E.EBADF);
-    if (pos + len > n.size) n.size = pos + len;
-    n.mtime = n.ctime = now();
-    cb(len);
-  },
-  flush: (_path: string, _fd: number, cb: Cb) => cb(0),
-  fsync: (_path: string, _datasync: number, _fd: number, cb: Cb) => cb(0),
-  fsyncdir: (_path: string, _datasync: number, _fd: number, cb: Cb) => cb(0),
-  release(_path: string, fd: number, cb: Cb) {
-    handles.delete(fd);
-    cb(0);
-  },
-  truncate: (path: string, size: number, cb: Cb) => withNode(path, cb, (n) => (n.size = size)),
-  ftruncate(path: string, fd: number, size: number, cb: Cb) {
-    const n = handles.get(fd) ?? lookup(path);
-    if (!n) return cb(E.ENOENT);
-    n.size = size;
-    cb(0);
-  },
-  chmod: (path: string, mode: number, cb: Cb) => withNode(path, cb, (n) => (n.mode = (n.mode & S_IFMT) | (mode & 0o7777))),
-  chown: (path: string, uid: number, gid: number, cb: Cb) =>
-    withNode(path, cb, (n) => {
-      if (uid !== 0xffffffff && uid !== -1) n.uid = uid;
-      if (gid !== 0xffffffff && gid !== -1) n.gid = gid;
-    }),
-  utimens: (path: string, atime: number | "now" | "omit", mtime: number | "now" | "omit", cb: Cb) =>
-    withNode(path, cb, (n) => {
-      if (atime !== "omit") n.atime = atime === "now" ? now() : atime;
-      if (mtime !== "omit") n.mtime = mtime === "now" ? now() : mtime;
-    }),
-  mkdir(path: string, mode: number, cb: Cb) {
-    const { uid, gid } = caller();
-    const r = add(path, () => newNode(S_IFDIR | (mode & 0o7777), uid, gid, { children: new Map() }));
-    cb(typeof r === "number" ? r : 0);
-  },
-  mknod(path: string, mode: number, dev: number, cb: Cb) {
-    const { uid, gid } = caller();
-    const r = add(path, () => newNode((mode & S_IFMT ? mode : S_IFREG | mode) & 0o177777, uid, gid, { rdev: dev }));
-    cb(typeof r === "number" ? r : 0);
-  },
-  symlink(target: string, path: string, cb: Cb) {
-    const { uid, gid } = caller();
-    const r = add(path, () => newNode(S_IFLNK | 0o777, uid, gid, { target, size: Buffer.byteLength(target) }));
-    cb(typeof r === "number" ? r : 0);
-  },
-  readlink(path: string, cb: Cb) {
-    const n = lookup(path);
-    if (!n) return cb(E.ENOENT);
-    if (n.target === undefined) return cb(E.EINVAL);
-    cb(0, n.target);
-  },
-  link(src: string, dest: string, cb: Cb) {
-    const n = lookup(src);
-    if (!n) return cb(E.ENOENT);
-    const r = add(dest, () => n);
-    if (typeof r === "number") return cb(r);
-    n.nlink++;
-    cb(0);
-  },
-  unlink: (path: string, cb: Cb) => cb(remove(path, false)),
-  rmdir: (path: string, cb: Cb) => cb(remove(path, true)),
-  rename(src: string, dest: string, cb: Cb) {
-    const from = split(src);
-    const to = split(dest);
-    const fp = lookup(from.parent);
-    const tp = lookup(to.parent);
-    const n = fp?.children?.get(from.name);
-    if (!fp || !tp?.children || !n) return cb(E.ENOENT);
-    const old = tp.children.get(to.name);
-    if (old === n) return cb(0);
-    if (old?.children && old.children.size > 0) return cb(E.ENOTEMPTY);
-    if (old) old.nlink--;
-    fp.children!.delete(from.name);
-    tp.children.set(to.name, n);
-    if (n.children && fp !== tp) {
-      fp.nlink--;
-      tp.nlink++;
-    }
-    fp.mtime = fp.ctime = tp.mtime = tp.ctime = n.ctime = now();
-    cb(0);
-  },
-  setxattr(path: string, name: string, value: Buffer, _position: number, _flags: number, cb: Cb) {
-    withNode(path, cb, (n) => (n.xattrs ??= new Map()).set(name, Buffer.from(value)));
-  },
-  getxattr(path: string, name: string, _position: number, cb: Cb) {
-    const n = lookup(path);
-    if (!n) return cb(E.ENOENT);
-    const v = n.xattrs?.get(name);
-    return v ? cb(0, v) : cb(E.ENODATA);
-  },
-  listxattr(path: string, cb: Cb) {
-    const n = lookup(path);
-    if (!n) return cb(E.ENOENT);
-    cb(0, [...(n.xattrs?.keys() ?? [])]);
-  },
-  removexattr(path: string, name: string, cb: Cb) {
-    const n = lookup(path);
-    if (!n) return cb(E.ENOENT);
-    return n.xattrs?.delete(name) ? cb(0) : cb(E.ENODATA);
-  },
-};
-
-fuse = new Fuse(mountpoint, ops, {
-  fsname: `nullfs@${process.pid}`,
-  subtype: "nullfs",
-  defaultPermissions: true,
-  bigWrites: true,
-  maxWrite: 131072,
-  maxRead: 131072,
-  useIno: true,
-  entryTimeout: 1,
-  attrTimeout: 0,
-  negativeTimeout: 1,
-  timeout: false,
+const attr = (n: Node): LLAttr => ({
+  ino: n.ino, mode: n.mode, nlink: n.nlink, uid: n.uid, gid: n.gid, rdev: n.rdev,
+  size: (n.mode & S_IFMT) === S_IFDIR ? 4096 : n.size, blocks: Math.ceil(n.size / 512), blksize: 4096,
+  atime: n.atime, mtime: n.mtime, ctime: n.ctime,
 });
 
-await new Promise<void>((ok, fail) => fuse.mount((err) => (err ? fail(err) : ok())));
+const handles = new Map<number, Node>();
+const listings = new Map<number, [string, Node][]>();
+let nextFh = 1;
+const zeros = Buffer.alloc(1 << 20);
+const dirBuf = Buffer.alloc(256 * 1024);
+
+let session: Session;
+const ok = (slot: number) => session.err(slot, 0);
+
+function add(slot: number, parent: number, name: string, make: () => Node): void {
+  const p = nodes.get(parent);
+  if (!p?.children) return session.err(slot, E.ENOTDIR);
+  if (p.children.has(name)) return session.err(slot, E.EEXIST);
+  const n = make();
+  p.children.set(name, n);
+  if (n.children) {
+    n.parent = p;
+    p.nlink++;
+  }
+  p.mtime = p.ctime = Date.now();
+  session.entry(slot, attr(n), TIMEOUT, TIMEOUT);
+}
+
+function remove(slot: number, parent: number, name: string, dir: boolean): void {
+  const p = nodes.get(parent);
+  const n = p?.children?.get(name);
+  if (!p || !n) return session.err(slot, E.ENOENT);
+  if (dir && !n.children) return session.err(slot, E.ENOTDIR);
+  if (!dir && n.children) return session.err(slot, E.EISDIR);
+  if (dir && n.children!.size > 0) return session.err(slot, E.ENOTEMPTY);
+  p.children!.delete(name);
+  if (n.children) p.nlink--;
+  n.nlink--;
+  p.mtime = p.ctime = Date.now();
+  ok(slot);
+}
+
+function handle(op: number, slot: number, name: string | undefined, name2: string | undefined, data: Buffer | undefined): void {
+  const q = session.req;
+  const ino = q[REQ.ino]!;
+  const n = nodes.get(ino);
+  const uid = q[REQ.uid]!;
+  const gid = q[REQ.gid]!;
+  switch (op) {
+    case OP.forget:
+      return;
+    case OP.lookup: {
+      const c = n?.children?.get(name!);
+      return c ? session.entry(slot, attr(c), TIMEOUT, TIMEOUT) : session.negative(slot, TIMEOUT);
+    }
+    case OP.getattr:
+      return n ? session.attrs(slot, attr(n), TIMEOUT) : session.err(slot, E.ENOENT);
+    case OP.setattr: {
+      if (!n) return session.err(slot, E.ENOENT);
+      const set = q[REQ.a]!;
+      if (set & SET_ATTR.mode) n.mode = (n.mode & S_IFMT) | (q[REQ.mode]! & 0o7777);
+      if (set & SET_ATTR.uid) n.uid = q[REQ.attrUid]!;
+      if (set & SET_ATTR.gid) n.gid = q[REQ.attrGid]!;
+      if (set & SET_ATTR.size) n.size = q[REQ.size]!;
+      if (set & SET_ATTR.atime) n.atime = set & SET_ATTR.atimeNow ? Date.now() : q[REQ.atime]!;
+      if (set & SET_ATTR.mtime) n.mtime = set & SET_ATTR.mtimeNow ? Date.now() : q[REQ.mtime]!;
+      n.ctime = Date.now();
+      return session.attrs(slot, attr(n), TIMEOUT);
+    }
+    case OP.readlink:
+      return n?.target !== undefined ? session.readlink(slot, n.target) : session.err(slot, E.EINVAL);
+    case OP.mknod:
+      return add(slot, ino, name!, () => newNode(q[REQ.a]! & S_IFMT ? q[REQ.a]! : S_IFREG | q[REQ.a]!, uid, gid, { rdev: q[REQ.b]! }));
+    case OP.mkdir:
+      return add(slot, ino, name!, () => newNode(S_IFDIR | (q[REQ.a]! & 0o7777), uid, gid, { children: new Map() }));
+    case OP.symlink:
+      return add(slot, ino, name!, () => newNode(S_IFLNK | 0o777, uid, gid, { target: name2!, size: Buffer.byteLength(name2!) }));
+    case OP.link: {
+      if (!n) return session.err(slot, E.ENOENT);
+      const p = nodes.get(q[REQ.a]!);
+      if (!p?.children) return session.err(slot, E.ENOTDIR);
+      if (p.children.has(name!)) return session.err(slot, E.EEXIST);
+      p.children.set(name!, n);
+      n.nlink++;
+      return session.entry(slot, attr(n), TIMEOUT, TIMEOUT);
+    }
+    case OP.unlink:
+      return remove(slot, ino, name!, false);
+    case OP.rmdir:
+      return remove(slot, ino, name!, true);
+    case OP.rename: {
+      const fp = n;
+      const tp = nodes.get(q[REQ.a]!);
+      const m = fp?.children?.get(name!);
+      if (!fp || !tp?.children || !m) return session.err(slot, E.ENOENT);
+      const old = tp.children.get(name2!);
+      if (old === m) return ok(slot);
+      if (old?.children && old.children.size > 0) return session.err(slot, E.ENOTEMPTY);
+      if (old) old.nlink--;
+      fp.children!.delete(name!);
+      tp.children.set(name2!, m);
+      if (m.children && fp !== tp) {
+        fp.nlink--;
+        tp.nlink++;
+        m.parent = tp;
+      }
+      fp.mtime = fp.ctime = tp.mtime = tp.ctime = m.ctime = Date.now();
+      return ok(slot);
+    }
+    case OP.create: {
+      const p = n;
+      if (!p?.children) return session.err(slot, E.ENOTDIR);
+      if (p.children.has(name!)) return session.err(slot, E.EEXIST);
+      const c = newNode(S_IFREG | (q[REQ.a]! & 0o7777), uid, gid);
+      p.children.set(name!, c);
+      p.mtime = p.ctime = Date.now();
+      const fh = nextFh++;
+      handles.set(fh, c);
+      return session.create(slot, attr(c), TIMEOUT, TIMEOUT, fh, OPEN.keepCache);
+    }
+    case OP.open: {
+      if (!n) return session.err(slot, E.ENOENT);
+      if (q[REQ.a]! & 0o1000) n.size = 0; // O_TRUNC (atomic_o_trunc)
+      const fh = nextFh++;
+      handles.set(fh, n);
+      return session.open(slot, fh, OPEN.keepCache);
+    }
+    case OP.read: {
+      const f = handles.get(q[REQ.fh]!);
+      if (!f) return session.err(slot, E.EBADF);
+      const count = Math.max(0, Math.min(q[REQ.a]!, f.size - q[REQ.b]!));
+      return session.buf(slot, zeros, Math.min(count, zeros.length));
+    }
+    case OP.write: {
+      const f = handles.get(q[REQ.fh]!);
+      if (!f) return session.err(slot, E.EBADF);
+      const end = q[REQ.b]! + data!.length;
+      if (end > f.size) f.size = end;
+      f.mtime = f.ctime = Date.now();
+      return session.written(slot, data!.length);
+    }
+    case OP.release:
+      handles.delete(q[REQ.fh]!);
+      return ok(slot);
+    case OP.flush:
+    case OP.fsync:
+    case OP.fsyncdir:
+    case OP.access:
+      return ok(slot);
+    case OP.opendir: {
+      if (!n?.children) return session.err(slot, E.ENOTDIR);
+      // The listing as it is at opendir, served by index (what libfuse's path API does too).
+      const fh = nextFh++;
+      listings.set(fh, [[".", n], ["..", n.parent ?? root], ...n.children]);
+      return session.open(slot, fh, OPEN.keepCache | OPEN.cacheDir);
+    }
+    case OP.releasedir:
+      listings.delete(q[REQ.fh]!);
+      return ok(slot);
+    case OP.readdir: {
+      const all = listings.get(q[REQ.fh]!);
+      if (!all) return session.err(slot, E.EBADF);
+      const size = Math.min(q[REQ.a]!, dirBuf.length);
+      const from = q[REQ.b]!;
+      let at = 0;
+      for (let i = from; i < all.length; i++) {
+        const [nm, c] = all[i]!;
+        const len = Buffer.byteLength(nm);
+        const rec = (24 + len + 7) & ~7;
+        if (at + rec > size) break;
+        dirBuf.writeUInt32LE(c.ino, at);
+        dirBuf.writeUInt32LE(0, at + 4);
+        dirBuf.writeUInt32LE(i + 1, at + 8);
+        dirBuf.writeUInt32LE(0, at + 12);
+        dirBuf.writeUInt32LE(len, at + 16);
+        dirBuf.writeUInt32LE((c.mode & S_IFMT) >> 12, at + 20);
+        dirBuf.write(nm, at + 24);
+        dirBuf.fill(0, at + 24 + len, at + rec);
+        at += rec;
+      }
+      return session.buf(slot, dirBuf, at);
+    }
+    case OP.statfs:
+      return session.statfs(slot, { bsize: 4096, frsize: 4096, blocks: 1 << 30, bfree: 1 << 30, bavail: 1 << 30, files: 1 << 24, ffree: 1 << 24, namemax: 255 });
+    case OP.setxattr:
+      if (!n) return session.err(slot, E.ENOENT);
+      (n.xattrs ??= new Map()).set(name!, Buffer.from(data!));
+      return ok(slot);
+    case OP.getxattr: {
+      const v = n?.xattrs?.get(name!);
+      if (!v) return session.err(slot, E.ENODATA);
+      const size = q[REQ.a]!;
+      if (size === 0) return session.xattrSize(slot, v.length);
+      return v.length > size ? session.err(slot, E.ERANGE) : session.buf(slot, v);
+    }
+    case OP.listxattr: {
+      const list = Buffer.from([...(n?.xattrs?.keys() ?? [])].map((k) => `${k}\0`).join(""));
+      const size = q[REQ.a]!;
+      if (size === 0) return session.xattrSize(slot, list.length);
+      return list.length > size ? session.err(slot, E.ERANGE) : session.buf(slot, list);
+    }
+    case OP.removexattr:
+      return n?.xattrs?.delete(name!) ? ok(slot) : session.err(slot, E.ENODATA);
+    default:
+      if (slot >= 0) session.err(slot, E.ENOSYS);
+  }
+}
+
+// The options and protocol features of objectfs's mounts (src/fuse/mount.ts), another fsname.
+session = new Session(mountpoint, mountOptions({}, `nullfs@${process.pid}`), handle);
 console.log(`ready ${mountpoint}`);
 
 let stopping = false;
 function stop() {
   if (stopping) return;
   stopping = true;
-  fuse.unmount(() => process.exit(0));
-  setTimeout(() => process.exit(1), 5000).unref();
+  setTimeout(() => process.exit(1), 8000).unref();
+  void session.unmount().then(() => process.exit(0));
 }
 process.on("SIGTERM", stop);
 process.on("SIGINT", stop);

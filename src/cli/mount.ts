@@ -72,8 +72,8 @@ Without an s3:// source the local journal alone backs the mount.
   --foreground            serve from this process instead of detaching once mounted
   --read-only             refuse every change (EROFS)
   --allow-other           let other users see the mount
-  --cache-timeout SEC     how long the kernel may cache names (default 1; attributes are never
-                          cached, so hard links never show stale attributes)
+  --cache-timeout SEC     how long the kernel may cache names, absent names and attributes
+                          (default 1; changes objectfs makes by itself are sent as invalidations)
   --config FILE           YAML file of the same settings (data-dir: …, durability: …)
   --metrics ADDR          serve Prometheus metrics at http://ADDR/metrics and a health check at
                           /health (ADDR like 127.0.0.1:9464)

@@ -1,39 +1,39 @@
 /**
- * The FUSE adapter: fuse-native's path callbacks onto the fs core.
+ * The FUSE adapter: low-level (inode-based) FUSE requests onto the fs core.
  *
- * It resolves paths to inodes (cached), takes the caller from the FUSE
- * request context, and passes the core's errno back. It has no filesystem
- * semantics of its own: every decision, permission checks included, is the
- * core's.
+ * The kernel names files by inode number, which is the journal's inode number
+ * (the root is 1 in both), so every request maps onto one call of the core
+ * with no path resolution. The adapter takes the caller from the request,
+ * passes the core's errno back, counts the kernel's lookups of each inode
+ * (FORGET brings them down), and chooses what the kernel may cache. It has no
+ * filesystem semantics of its own: every decision, permission checks
+ * included, is the core's.
+ *
+ * Caching: entries, absent names and attributes are cached by the kernel for
+ * `timeout` seconds, file pages and directory listings are kept across opens, because every
+ * change reaches the kernel through this mount (it updates or drops what it
+ * cached) except those the core makes by itself (the replicator's conflict
+ * renames, remote listings): `invalidate` tells the kernel about those.
  */
-import { constants as fsConstants, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { constants } from "node:os";
-import { ROOT_INO, type Ino } from "../../journal/mod.ts";
+import type { Ino } from "../../journal/mod.ts";
 import type { Ctx } from "../fs/context.ts";
 import { FsError } from "../fs/errors.ts";
-import type { Attr, Filesystem } from "../fs/filesystem.ts";
+import type { Attr, DirEntry, Filesystem, SetAttr } from "../fs/filesystem.ts";
 import { TYPE_BITS } from "../projection/evolve.ts";
-
-type Cb = (err: number | Error | null, ...rest: unknown[]) => void;
-
-/** fuse-native's caller context (see patches/fuse-native@2.2.6.patch). */
-export interface FuseContext {
-  readonly uid: number;
-  readonly gid: number;
-  readonly pid: number;
-  readonly umask: number;
-}
+import { OP, OPEN, REQ, SET_ATTR, type LLAttr, type Session } from "./lowlevel.ts";
 
 export interface AdapterOptions {
+  /** Seconds the kernel may cache names, absent names and attributes. @default 1 */
+  readonly timeout?: number;
   /** Log unexpected (non-errno) failures. @default console.error */
   readonly log?: (message: string) => void;
   /** Told about every answered operation: its time, success, and bytes read or written. */
   readonly onOperation?: (op: string, seconds: number, ok: boolean, bytes: number) => void;
 }
 
-const EIO = constants.errno.EIO;
-const EOPNOTSUPP = constants.errno.EOPNOTSUPP;
-const UNCHANGED_ID = 0xffffffff;
+const E = constants.errno;
 
 /**
  * POSIX ACLs are not supported. Without FUSE_POSIX_ACL (libfuse 2 cannot ask
@@ -43,8 +43,7 @@ const UNCHANGED_ID = 0xffffffff;
  */
 const ACL_XATTRS = new Set(["system.posix_acl_access", "system.posix_acl_default"]);
 
-/** Supplementary groups of a process, from /proc, cached briefly (the kernel does not send them). */
-/** A process's supplementary groups and name, from /proc/PID/status, cached for a second. */
+/** A process's supplementary groups and name, from /proc/PID/status, cached for a second (the kernel does not send them). */
 class ProcessCache {
   private readonly cache = new Map<number, { groups: number[]; comm?: string; at: number }>();
   get(pid: number): { groups: number[]; comm?: string } | undefined {
@@ -54,7 +53,7 @@ class ProcessCache {
     if (hit && now - hit.at < 1000) return hit;
     let entry: { groups: number[]; comm?: string; at: number } = { groups: [], at: now };
     try {
-      const status = readFileSync(`/proc/${pid}/status`, "utf8");
+      const status = readFileSync(`/proc/${pid}/status`, "utf8"); // /proc, never our own mount
       const g = /^Groups:\s*(.*)$/m.exec(status);
       const name = /^Name:\t(.*)$/m.exec(status)?.[1];
       entry = { groups: g?.[1]?.trim() ? g[1].trim().split(/\s+/).map(Number) : [], ...(name !== undefined ? { comm: name } : {}), at: now };
@@ -67,295 +66,314 @@ class ProcessCache {
   }
 }
 
-/** Path → inode cache. Entries under a renamed or removed path are dropped. */
-class PathCache {
-  private readonly map = new Map<string, Ino>([["/", ROOT_INO]]);
-  get(path: string): Ino | undefined {
-    return this.map.get(path);
-  }
-  set(path: string, ino: Ino): void {
-    if (this.map.size > 500_000) {
-      this.map.clear();
-      this.map.set("/", ROOT_INO);
-    }
-    this.map.set(path, ino);
-  }
-  /** Forget `path` and everything below it. */
-  forget(path: string): void {
-    this.map.delete(path);
-    const prefix = `${path}/`;
-    for (const k of this.map.keys()) if (k.startsWith(prefix)) this.map.delete(k);
-  }
+const toLL = (a: Attr): LLAttr => a; // the same fields; times are milliseconds
+
+/** An open directory: entries read ahead from the core, served by cookie. */
+interface DirHandle {
+  readonly ino: Ino;
+  /** Entries fetched and not yet sent, in cookie order. */
+  ahead: DirEntry[];
+  /** The cookie the first of `ahead` follows. */
+  after: number;
 }
 
-function split(path: string): { parent: string; name: string } {
-  const i = path.lastIndexOf("/");
-  return { parent: i <= 0 ? "/" : path.slice(0, i), name: path.slice(i + 1) };
+/** Directory entries fetched from the core per page beyond the first request. */
+const DIR_PAGE = 4096;
+/** The largest readdir reply the kernel asks for. */
+const DIR_BUF = 128 * 1024;
+
+export interface Adapter {
+  /** The session's request handler. */
+  readonly handle: (op: number, slot: number, name: string | undefined, name2: string | undefined, data: Buffer | undefined) => void;
+  /** Inodes the kernel holds (lookup count above 0). */
+  readonly known: ReadonlyMap<number, number>;
+  /** Tell the kernel that `ino` changed behind its back: cached attributes and pages go. */
+  invalidateInode(ino: number): void;
+  /** Tell the kernel that the name `name` in `parent` changed behind its back. */
+  invalidateEntry(parent: number, name: string): void;
 }
 
-function toStat(a: Attr) {
-  return {
-    mode: a.mode,
-    uid: a.uid,
-    gid: a.gid,
-    size: a.size,
-    dev: 0,
-    nlink: a.nlink,
-    ino: a.ino,
-    rdev: a.rdev,
-    blksize: a.blksize,
-    blocks: a.blocks,
-    atime: Math.floor(a.atime),
-    mtime: Math.floor(a.mtime),
-    ctime: Math.floor(a.ctime),
-  };
-}
-
-/** Build the fuse-native operations object for a filesystem. `context` reads the current request's caller. */
-export function makeOperations(fs: Filesystem, context: () => FuseContext | null, options: AdapterOptions = {}) {
+/** Serve `fs` through a low-level session: `session()` is the session once mounted. */
+export function makeAdapter(fs: Filesystem, session: () => Session, options: AdapterOptions = {}): Adapter {
   const log = options.log ?? ((m: string) => console.error(m));
-  const paths = new PathCache();
+  const timeout = options.timeout ?? 1;
+  const observe = options.onOperation;
   const processes = new ProcessCache();
+  const known = new Map<number, number>();
+  /** Inodes changed behind the kernel since their last open: the next open drops cached pages. */
+  const stale = new Set<number>();
+  const dirs = new Map<number, DirHandle>();
+  let nextDirFh = 1;
+  const readPool: Buffer[] = [];
+  const dirBuf = Buffer.alloc(DIR_BUF);
+  let s: Session;
+  let q: Float64Array;
 
-  /**
-   * libfuse 2 cannot serve an unlinked file that is still open by inode, so it
-   * renames it to ".fuse_hidden…" and unlinks that name on the last release.
-   * We turn that rename back into the unlink the application asked for (the
-   * core keeps the inode until its last handle is released) and serve the
-   * hidden name from this map until libfuse removes it.
-   */
-  const hidden = new Map<string, Ino>();
-  const HIDDEN = /\/\.fuse_hidden[0-9a-f]{16}$/;
+  const remember = (ino: number) => known.set(ino, (known.get(ino) ?? 0) + 1);
 
   const ctxOf = (): Ctx => {
-    const c = context();
-    if (!c) return { uid: 0, gid: 0, pid: 0 };
-    const p = processes.get(c.pid);
-    return { uid: c.uid, gid: c.gid, pid: c.pid, ...(p ? { groups: p.groups, ...(p.comm !== undefined ? { comm: p.comm } : {}) } : {}) };
+    const pid = q[REQ.pid]!;
+    const p = processes.get(pid);
+    return { uid: q[REQ.uid]!, gid: q[REQ.gid]!, pid, ...(p ? { groups: p.groups, ...(p.comm !== undefined ? { comm: p.comm } : {}) } : {}) };
   };
 
-  /** Resolve a path to an inode, walking (and checking search permission) from the nearest cached ancestor. */
-  async function resolve(ctx: Ctx, path: string): Promise<Ino> {
-    const hit = paths.get(path) ?? hidden.get(path);
-    if (hit !== undefined) return hit;
-    const { parent, name } = split(path);
-    const pino = await resolve(ctx, parent);
-    const attr = await fs.lookup(ctx, pino, name);
-    paths.set(path, attr.ino);
-    return attr.ino;
-  }
-
   /** Answer a failed operation: the core's errno, or EIO (logged) for anything unexpected. */
-  function failed(op: string, cb: Cb, e: unknown): void {
-    if (e instanceof FsError) return cb(-e.errno);
+  function failed(op: string, slot: number, e: unknown): void {
+    if (e instanceof FsError) return s.err(slot, e.errno);
     log(`objectfs: ${op} failed: ${(e as Error)?.stack ?? String(e)}`);
-    cb(-EIO);
+    s.err(slot, E.EIO);
   }
 
-  const observe = options.onOperation;
-
-  /** Run an operation and answer FUSE: 0 and the reply values, or an errno. */
-  function answer<T>(op: string, cb: Cb, work: (ctx: Ctx) => Promise<T>, reply: (v: T) => unknown[] = () => []): void {
-    const ctx = ctxOf(); // must be read synchronously, before any await
+  /** Run `work` and answer with `reply`, or with the errno it failed with. */
+  function run<T>(op: string, slot: number, work: Promise<T>, reply: (v: T) => void, bytes?: (v: T) => number): void {
     const start = observe ? performance.now() : 0;
-    work(ctx).then(
+    work.then(
       (v) => {
-        observe?.(op, (performance.now() - start) / 1000, true, 0);
-        cb(0, ...reply(v));
+        observe?.(op, (performance.now() - start) / 1000, true, bytes ? bytes(v) : 0);
+        reply(v);
       },
       (e) => {
         observe?.(op, (performance.now() - start) / 1000, false, 0);
-        failed(op, cb, e);
+        failed(op, slot, e);
       },
     );
   }
 
-  /** Like `answer` for read and write, whose first callback value is a byte count (or -errno). */
-  function count(op: string, cb: Cb, work: (ctx: Ctx) => Promise<number>): void {
+  /** Sync failures (the core throws before its first await) become rejections. */
+  const call = <T>(f: () => Promise<T>): Promise<T> => {
+    try {
+      return f();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  };
+
+  const entry = (slot: number) => (a: Attr) => {
+    remember(a.ino);
+    s.entry(slot, toLL(a), timeout, timeout);
+  };
+  const done = (slot: number) => () => s.err(slot, 0);
+  const keep = (ino: number) => {
+    if (stale.delete(ino)) return 0; // pages cached before the change go at this open
+    return OPEN.keepCache;
+  };
+
+  /** Fill the reply buffer with entries of `h` after cookie `off`, up to `size` bytes. */
+  async function readdir(ctx: Ctx, h: DirHandle, off: number, size: number): Promise<number> {
+    if (off === 0 || off !== h.after || h.ahead.length === 0) {
+      // First page small (most directories fit), later ones large.
+      const limit = off === 0 ? Math.max(16, Math.ceil(size / 32)) : DIR_PAGE;
+      h.ahead = await fs.readdir(ctx, h.ino, off, limit);
+      h.after = off;
+    }
+    let at = 0;
+    let used = 0;
+    const max = Math.min(size, DIR_BUF);
+    for (const e of h.ahead) {
+      const len = Buffer.byteLength(e.name);
+      const rec = (24 + len + 7) & ~7; // struct fuse_dirent, as fuse_add_direntry lays it out
+      if (at + rec > max) break;
+      dirBuf.writeUInt32LE(e.ino % 0x1_0000_0000, at);
+      dirBuf.writeUInt32LE(Math.floor(e.ino / 0x1_0000_0000), at + 4);
+      dirBuf.writeUInt32LE(e.offset % 0x1_0000_0000, at + 8); // the cookie to go on from
+      dirBuf.writeUInt32LE(Math.floor(e.offset / 0x1_0000_0000), at + 12);
+      dirBuf.writeUInt32LE(len, at + 16);
+      dirBuf.writeUInt32LE(TYPE_BITS[e.kind] >> 12, at + 20);
+      dirBuf.write(e.name, at + 24);
+      dirBuf.fill(0, at + 24 + len, at + rec);
+      at += rec;
+      used++;
+    }
+    if (used > 0) {
+      h.after = h.ahead[used - 1]!.offset;
+      h.ahead = h.ahead.slice(used);
+    }
+    return at;
+  }
+
+  function setattrOf(): SetAttr {
+    const set = q[REQ.a]!;
+    return {
+      ...(set & SET_ATTR.mode ? { mode: q[REQ.mode]! } : {}),
+      ...(set & SET_ATTR.uid ? { uid: q[REQ.attrUid]! } : {}),
+      ...(set & SET_ATTR.gid ? { gid: q[REQ.attrGid]! } : {}),
+      ...(set & SET_ATTR.size ? { size: q[REQ.size]! } : {}),
+      ...(set & SET_ATTR.atime ? { atime: set & SET_ATTR.atimeNow ? ("now" as const) : q[REQ.atime]! } : {}),
+      ...(set & SET_ATTR.mtime ? { mtime: set & SET_ATTR.mtimeNow ? ("now" as const) : q[REQ.mtime]! } : {}),
+    };
+  }
+
+  function xattrReply(slot: number, size: number, value: Uint8Array): void {
+    if (size === 0) return s.xattrSize(slot, value.length);
+    if (value.length > size) return s.err(slot, E.ERANGE);
+    s.buf(slot, value);
+  }
+
+  function handle(op: number, slot: number, name: string | undefined, name2: string | undefined, data: Buffer | undefined): void {
+    s ??= session();
+    q ??= s.req;
+    const ino = q[REQ.ino]! as Ino;
+    if (op === OP.forget) {
+      const left = (known.get(ino) ?? 0) - q[REQ.a]!;
+      if (left > 0) known.set(ino, left);
+      else {
+        known.delete(ino);
+        stale.delete(ino);
+      }
+      return;
+    }
     const ctx = ctxOf();
-    const start = observe ? performance.now() : 0;
-    work(ctx).then(
-      (n) => {
-        observe?.(op, (performance.now() - start) / 1000, true, n);
-        cb(n);
-      },
-      (e) => {
-        observe?.(op, (performance.now() - start) / 1000, false, 0);
-        failed(op, cb, e);
-      },
-    );
+    switch (op) {
+      case OP.lookup: {
+        const start = observe ? performance.now() : 0;
+        call(() => fs.lookup(ctx, ino, name!)).then(
+          (a) => {
+            observe?.("lookup", (performance.now() - start) / 1000, true, 0);
+            remember(a.ino);
+            s.entry(slot, toLL(a), timeout, timeout);
+          },
+          (e) => {
+            observe?.("lookup", (performance.now() - start) / 1000, false, 0);
+            if (e instanceof FsError && e.errno === E.ENOENT) s.negative(slot, timeout); // cached absence
+            else failed("lookup", slot, e);
+          },
+        );
+        return;
+      }
+      case OP.getattr:
+        return run("getattr", slot, call(() => fs.getattr(ctx, ino)), (a) => s.attrs(slot, toLL(a), timeout));
+      case OP.setattr: {
+        const fh = q[REQ.b] ? q[REQ.fh]! : undefined;
+        return run("setattr", slot, call(() => fs.setattr(ctx, ino, setattrOf(), fh)), (a) => s.attrs(slot, toLL(a), timeout));
+      }
+      case OP.readlink:
+        return run("readlink", slot, call(() => fs.readlink(ctx, ino)), (t) => s.readlink(slot, t));
+      case OP.mknod: {
+        const mode = q[REQ.a]!;
+        const rdev = q[REQ.b]!;
+        return run("mknod", slot, call(() => fs.mknod(ctx, ino, name!, mode, rdev)), entry(slot));
+      }
+      case OP.mkdir: {
+        const mode = q[REQ.a]!;
+        return run("mkdir", slot, call(() => fs.mkdir(ctx, ino, name!, mode)), entry(slot));
+      }
+      case OP.symlink:
+        return run("symlink", slot, call(() => fs.symlink(ctx, ino, name!, name2!)), entry(slot));
+      case OP.link: {
+        const parent = q[REQ.a]! as Ino;
+        return run("link", slot, call(() => fs.link(ctx, ino, parent, name!)), entry(slot));
+      }
+      case OP.unlink:
+        return run("unlink", slot, call(() => fs.unlink(ctx, ino, name!)), done(slot));
+      case OP.rmdir:
+        return run("rmdir", slot, call(() => fs.rmdir(ctx, ino, name!)), done(slot));
+      case OP.rename: {
+        const to = q[REQ.a]! as Ino;
+        return run("rename", slot, call(() => fs.rename(ctx, ino, name!, to, name2!)), done(slot));
+      }
+      case OP.create: {
+        const mode = q[REQ.a]!;
+        const flags = q[REQ.b]!;
+        return run("create", slot, call(() => fs.create(ctx, ino, name!, mode, flags)), (r) => {
+          remember(r.attr.ino);
+          s.create(slot, toLL(r.attr), timeout, timeout, r.fh, keep(r.attr.ino));
+        });
+      }
+      case OP.open: {
+        const flags = q[REQ.a]!;
+        return run("open", slot, call(() => fs.open(ctx, ino, flags)), (fh) => s.open(slot, fh, keep(ino)));
+      }
+      case OP.read: {
+        const size = q[REQ.a]!;
+        const off = q[REQ.b]!;
+        const fh = q[REQ.fh]!;
+        const buf = readPool.pop() ?? Buffer.allocUnsafe(128 * 1024);
+        const into = buf.length >= size ? buf : Buffer.allocUnsafe(size);
+        return run("read", slot, call(() => fs.read(ctx, fh, off, size, into)), (bytes) => {
+          s.buf(slot, bytes);
+          if (readPool.length < 64 && into === buf) readPool.push(buf);
+        }, (b) => b.length);
+      }
+      case OP.write: {
+        const off = q[REQ.b]!;
+        const fh = q[REQ.fh]!;
+        // `data` is the request's own buffer, valid until the reply; the core copies what it keeps.
+        return run("write", slot, call(() => fs.write(ctx, fh, off, data!)), (n) => s.written(slot, n), (n) => n);
+      }
+      case OP.flush: {
+        const fh = q[REQ.fh]!;
+        return run("flush", slot, call(() => fs.flush(ctx, fh)), done(slot));
+      }
+      case OP.release: {
+        const fh = q[REQ.fh]!;
+        return run("release", slot, call(() => fs.release(ctx, fh)), done(slot));
+      }
+      case OP.fsync: {
+        const fh = q[REQ.fh]!;
+        const datasync = q[REQ.a]! !== 0;
+        return run("fsync", slot, call(() => fs.fsync(ctx, fh, datasync)), done(slot));
+      }
+      case OP.opendir:
+        return run("opendir", slot, call(() => fs.opendir(ctx, ino)), () => {
+          const fh = nextDirFh++;
+          dirs.set(fh, { ino, ahead: [], after: -1 });
+          // The kernel caches the entries and keeps them across opens; a change through
+          // the kernel resets them, one behind it drops them with the inode's invalidation.
+          s.open(slot, fh, keep(ino) | OPEN.cacheDir);
+        });
+      case OP.readdir: {
+        const size = q[REQ.a]!;
+        const off = q[REQ.b]!;
+        const h = dirs.get(q[REQ.fh]!);
+        if (!h) return s.err(slot, E.EBADF);
+        return run("readdir", slot, call(() => readdir(ctx, h, off, size)), (n) => s.buf(slot, dirBuf, n));
+      }
+      case OP.releasedir:
+        dirs.delete(q[REQ.fh]!);
+        return s.err(slot, 0);
+      case OP.fsyncdir:
+        return run("fsyncdir", slot, call(() => fs.syncAll()), done(slot));
+      case OP.statfs:
+        return run("statfs", slot, call(() => fs.statfs(ctx)), (v) => s.statfs(slot, v));
+      case OP.access: {
+        const mask = q[REQ.a]!;
+        return run("access", slot, call(() => fs.access(ctx, ino, mask)), done(slot));
+      }
+      case OP.setxattr: {
+        if (ACL_XATTRS.has(name!)) return s.err(slot, E.EOPNOTSUPP);
+        const flags = q[REQ.a]!;
+        return run("setxattr", slot, call(() => fs.setxattr(ctx, ino, name!, data!, flags)), done(slot));
+      }
+      case OP.getxattr: {
+        if (ACL_XATTRS.has(name!)) return s.err(slot, E.EOPNOTSUPP);
+        const size = q[REQ.a]!;
+        return run("getxattr", slot, call(() => fs.getxattr(ctx, ino, name!)), (v) => xattrReply(slot, size, v));
+      }
+      case OP.listxattr: {
+        const size = q[REQ.a]!;
+        return run("listxattr", slot, call(() => fs.listxattr(ctx, ino)), (names) =>
+          xattrReply(slot, size, Buffer.from(names.filter((n) => !ACL_XATTRS.has(n)).map((n) => `${n}\0`).join(""))),
+        );
+      }
+      case OP.removexattr: {
+        if (ACL_XATTRS.has(name!)) return s.err(slot, E.EOPNOTSUPP);
+        return run("removexattr", slot, call(() => fs.removexattr(ctx, ino, name!)), done(slot));
+      }
+      default:
+        if (slot >= 0) s.err(slot, E.ENOSYS);
+    }
   }
 
   return {
-    init(cb: Cb) {
-      cb(0);
+    handle,
+    known,
+    invalidateInode(ino) {
+      if (!known.has(ino) && ino !== 1) return; // the kernel holds nothing of it
+      stale.add(ino);
+      session().invalidateInode(ino);
     },
-    statfs(_path: string, cb: Cb) {
-      answer("statfs", cb, (ctx) => fs.statfs(ctx), (s) => [{ ...s, favail: s.ffree, fsid: 0, flag: 0 }]);
-    },
-    getattr(path: string, cb: Cb) {
-      answer("getattr", cb, async (ctx) => toStat(await fs.getattr(ctx, await resolve(ctx, path))), (s) => [s]);
-    },
-    fgetattr(path: string, fd: number, cb: Cb) {
-      answer("fgetattr", cb, async (ctx) => toStat(await fs.getattr(ctx, fs.handleIno(fd) ?? (await resolve(ctx, path)))), (s) => [s]);
-    },
-    access(path: string, mode: number, cb: Cb) {
-      answer("access", cb, async (ctx) => fs.access(ctx, await resolve(ctx, path), mode));
-    },
-    readlink(path: string, cb: Cb) {
-      answer("readlink", cb, async (ctx) => fs.readlink(ctx, await resolve(ctx, path)), (t) => [t]);
-    },
-    opendir(path: string, _flags: number, cb: Cb) {
-      answer("opendir", cb, async (ctx) => fs.opendir(ctx, await resolve(ctx, path)), () => [0]);
-    },
-    releasedir(_path: string, _fd: number, cb: Cb) {
-      cb(0);
-    },
-    readdir(path: string, cb: Cb) {
-      answer(
-        "readdir",
-        cb,
-        async (ctx) => fs.readdir(ctx, await resolve(ctx, path)),
-        (entries) => [entries.map((e) => e.name), entries.map((e) => ({ ino: e.ino, mode: TYPE_BITS[e.kind] }))],
-      );
-    },
-    mknod(path: string, mode: number, dev: number, cb: Cb) {
-      answer("mknod", cb, async (ctx) => {
-        const { parent, name } = split(path);
-        const a = await fs.mknod(ctx, await resolve(ctx, parent), name, mode, dev);
-        paths.set(path, a.ino);
-      });
-    },
-    mkdir(path: string, mode: number, cb: Cb) {
-      answer("mkdir", cb, async (ctx) => {
-        const { parent, name } = split(path);
-        const a = await fs.mkdir(ctx, await resolve(ctx, parent), name, mode);
-        paths.set(path, a.ino);
-      });
-    },
-    symlink(target: string, path: string, cb: Cb) {
-      answer("symlink", cb, async (ctx) => {
-        const { parent, name } = split(path);
-        const a = await fs.symlink(ctx, await resolve(ctx, parent), name, target);
-        paths.set(path, a.ino);
-      });
-    },
-    link(src: string, dest: string, cb: Cb) {
-      answer("link", cb, async (ctx) => {
-        const { parent, name } = split(dest);
-        const a = await fs.link(ctx, await resolve(ctx, src), await resolve(ctx, parent), name);
-        paths.set(dest, a.ino);
-      });
-    },
-    unlink(path: string, cb: Cb) {
-      answer("unlink", cb, async (ctx) => {
-        if (hidden.delete(path)) return; // already unlinked when libfuse hid it
-        const { parent, name } = split(path);
-        await fs.unlink(ctx, await resolve(ctx, parent), name);
-        paths.forget(path);
-      });
-    },
-    rmdir(path: string, cb: Cb) {
-      answer("rmdir", cb, async (ctx) => {
-        const { parent, name } = split(path);
-        await fs.rmdir(ctx, await resolve(ctx, parent), name);
-        paths.forget(path);
-      });
-    },
-    rename(src: string, dest: string, cb: Cb) {
-      answer("rename", cb, async (ctx) => {
-        const from = split(src);
-        if (HIDDEN.test(dest) && !hidden.has(src)) {
-          const ino = await resolve(ctx, src);
-          await fs.unlink(ctx, await resolve(ctx, from.parent), from.name);
-          paths.forget(src);
-          hidden.set(dest, ino);
-          return;
-        }
-        const to = split(dest);
-        await fs.rename(ctx, await resolve(ctx, from.parent), from.name, await resolve(ctx, to.parent), to.name);
-        paths.forget(src);
-        paths.forget(dest);
-      });
-    },
-    chmod(path: string, mode: number, cb: Cb) {
-      answer("chmod", cb, async (ctx) => fs.setattr(ctx, await resolve(ctx, path), { mode }));
-    },
-    chown(path: string, uid: number, gid: number, cb: Cb) {
-      answer("chown", cb, async (ctx) =>
-        fs.setattr(ctx, await resolve(ctx, path), {
-          ...(uid !== UNCHANGED_ID && uid !== -1 ? { uid } : {}),
-          ...(gid !== UNCHANGED_ID && gid !== -1 ? { gid } : {}),
-        }),
-      );
-    },
-    utimens(path: string, atime: number | "now" | "omit", mtime: number | "now" | "omit", cb: Cb) {
-      answer("utimens", cb, async (ctx) =>
-        fs.setattr(ctx, await resolve(ctx, path), {
-          ...(atime !== "omit" ? { atime } : {}),
-          ...(mtime !== "omit" ? { mtime } : {}),
-        }),
-      );
-    },
-    truncate(path: string, size: number, cb: Cb) {
-      answer("truncate", cb, async (ctx) => fs.setattr(ctx, await resolve(ctx, path), { size }));
-    },
-    ftruncate(path: string, fd: number, size: number, cb: Cb) {
-      answer("ftruncate", cb, async (ctx) => fs.setattr(ctx, fs.handleIno(fd) ?? (await resolve(ctx, path)), { size }, fd));
-    },
-    create(path: string, mode: number, cb: Cb) {
-      // fuse-native does not pass the open flags of create; the kernel has already
-      // handled O_EXCL (it looked the name up first), so open read-write.
-      answer(
-        "create",
-        cb,
-        async (ctx) => {
-          const { parent, name } = split(path);
-          const r = await fs.create(ctx, await resolve(ctx, parent), name, mode, fsConstants.O_RDWR | fsConstants.O_CREAT);
-          paths.set(path, r.attr.ino);
-          return r.fh;
-        },
-        (fh) => [fh],
-      );
-    },
-    open(path: string, flags: number, cb: Cb) {
-      answer("open", cb, async (ctx) => fs.open(ctx, await resolve(ctx, path), flags), (fh) => [fh]);
-    },
-    read(_path: string, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) {
-      count("read", cb, async (ctx) => {
-        // Straight into FUSE's buffer: no allocation, no copy.
-        return (await fs.read(ctx, fd, pos, len, buf)).length;
-      });
-    },
-    write(_path: string, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) {
-      count("write", cb, (ctx) => fs.write(ctx, fd, pos, len === buf.length ? buf : buf.subarray(0, len)));
-    },
-    flush(_path: string, fd: number, cb: Cb) {
-      answer("flush", cb, (ctx) => fs.flush(ctx, fd));
-    },
-    fsync(_path: string, datasync: number, fd: number, cb: Cb) {
-      answer("fsync", cb, (ctx) => fs.fsync(ctx, fd, Boolean(datasync)));
-    },
-    fsyncdir(_path: string, _datasync: number, _fd: number, cb: Cb) {
-      answer("fsyncdir", cb, () => fs.syncAll());
-    },
-    release(_path: string, fd: number, cb: Cb) {
-      answer("release", cb, (ctx) => fs.release(ctx, fd));
-    },
-    setxattr(path: string, name: string, value: Buffer, _position: number, flags: number, cb: Cb) {
-      if (ACL_XATTRS.has(name)) return cb(-EOPNOTSUPP);
-      answer("setxattr", cb, async (ctx) => fs.setxattr(ctx, await resolve(ctx, path), name, value, flags));
-    },
-    getxattr(path: string, name: string, _position: number, cb: Cb) {
-      if (ACL_XATTRS.has(name)) return cb(-EOPNOTSUPP);
-      answer("getxattr", cb, async (ctx) => Buffer.from(await fs.getxattr(ctx, await resolve(ctx, path), name)), (v) => [v]);
-    },
-    listxattr(path: string, cb: Cb) {
-      answer("listxattr", cb, async (ctx) => (await fs.listxattr(ctx, await resolve(ctx, path))).filter((n) => !ACL_XATTRS.has(n)), (names) => [names]);
-    },
-    removexattr(path: string, name: string, cb: Cb) {
-      if (ACL_XATTRS.has(name)) return cb(-EOPNOTSUPP);
-      answer("removexattr", cb, async (ctx) => fs.removexattr(ctx, await resolve(ctx, path), name));
+    invalidateEntry(parent, name) {
+      if (known.has(parent) || parent === 1) session().invalidateEntry(parent, name);
     },
   };
 }

@@ -2,28 +2,27 @@
  * Mounting: fuse-native options, stale-mount recovery, and finding the
  * process that serves a mountpoint.
  *
- * Kernel cache timeouts, correctness first: names (entries, and negative
- * entries) are cached for 1 s by default, which is safe because every change
- * of a name reaches the kernel through this mount. Attributes are not cached
- * (timeout 0): libfuse 2's path API gives each hard link its own kernel inode,
- * so a cached nlink, size or mtime of one name would go stale when the file
- * changes through another. `attrTimeout` trades that for speed.
+ * The mount is a low-level (inode-based) libfuse 2.9 session (./lowlevel.ts):
+ * one kernel inode per file, hard links included. Names, absent names and
+ * attributes are cached by the kernel for `cacheTimeout` (1 s by default) and
+ * file pages across opens, which is safe because every change reaches the
+ * kernel through this mount, except those the core makes by itself, which
+ * are sent to the kernel as invalidations (`invalidations`).
  */
-import Fuse from "fuse-native";
 import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
 import { resolve as resolvePath } from "node:path";
+import type { JournalEvent } from "../../journal/mod.ts";
 import type { Filesystem } from "../fs/filesystem.ts";
-import { makeOperations } from "./adapter.ts";
+import { makeAdapter } from "./adapter.ts";
+import { MAX_WRITE, Session } from "./lowlevel.ts";
 
 export interface MountOptions {
   /** Let other users see the mount (needs user_allow_other in /etc/fuse.conf when not root). @default false */
   readonly allowOther?: boolean;
-  /** Seconds the kernel may cache names (and their absence). @default 1 */
+  /** Seconds the kernel may cache names, their absence, and attributes. @default 1 */
   readonly cacheTimeout?: number;
-  /** Seconds the kernel may cache attributes; above 0, hard links can show stale attributes. @default 0 */
-  readonly attrTimeout?: number;
   /**
    * Mount read-only in the kernel too (MS_RDONLY): every change is refused
    * with EROFS before it reaches us, as on any read-only mount, and statvfs
@@ -41,9 +40,23 @@ export interface Mounted {
   readonly mountpoint: string;
   /** Unmount (lazily if busy). */
   unmount(): Promise<void>;
+  /** Resolves when the kernel connection ended (unmounted by anyone, or aborted). */
+  readonly ended: Promise<void>;
+  /** Drop what the kernel cached of an inode (attributes, pages) after a change made behind it. */
+  invalidateInode(ino: number): void;
+  /** Drop a name the kernel cached (or its cached absence) after a change made behind it. */
+  invalidateEntry(parent: number, name: string): void;
+  /** The kernel's lookup count of each inode it holds (FORGET brings them down). */
+  readonly lookups: ReadonlyMap<number, number>;
+  /** Requests not yet answered, invalidations sent (and failed), protocol features the kernel took (FEATURES bits). */
+  stats(): { outstanding: number; notified: number; notifyFailed: number; granted: number };
 }
 
-/** Largest write/read request libfuse 2.9 grants (it caps max_write at 128 KiB). */
+/**
+ * Largest write/read request libfuse 2.9 itself grants (it caps max_write at
+ * 128 KiB); the session raises it to MAX_WRITE (1 MiB) in its INIT reply when
+ * the kernel offers max_pages (./lowlevel.ts).
+ */
 export const MAX_REQUEST_BYTES = 128 * 1024;
 
 export interface MountEntry {
@@ -141,45 +154,88 @@ export async function prepareMountpoint(mountpoint: string, log: (m: string) => 
   if (!st.isDirectory()) throw new MountError(`mountpoint ${mountpoint} is not a directory`);
 }
 
+/**
+ * What to tell the kernel about one committed event that the core made by
+ * itself (no caller: the replicator's conflict renames, remote listings and
+ * discoveries). Every change a caller made came through the kernel, which
+ * updated or dropped what it had cached.
+ */
+export function invalidations(e: JournalEvent): { inodes: number[]; entries: [number, string][] } {
+  const none = { inodes: [], entries: [] };
+  if ("caller" in e && e.caller) return none;
+  switch (e.type) {
+    case "Renamed":
+      return { inodes: [e.ino, e.fromParent, e.toParent], entries: [[e.fromParent, e.fromName], [e.toParent, e.toName]] };
+    case "DirentLinked":
+    case "DirentUnlinked":
+      return { inodes: [e.ino, e.parent], entries: [[e.parent, e.name]] };
+    case "RemoteListed":
+      // A complete listing is made before the kernel sees anything in the directory.
+      return { inodes: [e.dir], entries: e.complete ? [] : e.entries.map((x) => [e.dir, x.name] as [number, string]) };
+    case "AttrsChanged":
+    case "ExtentWritten":
+    case "Truncated":
+    case "XattrSet":
+    case "XattrRemoved":
+    case "ObjectChanged":
+    case "ObjectDiscovered":
+      return { inodes: [e.ino], entries: [] };
+    default:
+      return none;
+  }
+}
+
 /** Mount `fs` at `mountpoint` and serve it from this process. */
 export async function mountFilesystem(fs: Filesystem, mountpoint: string, options: MountOptions = {}): Promise<Mounted> {
   const log = options.log ?? ((m: string) => console.error(m));
   await prepareMountpoint(mountpoint, log);
   const timeout = options.cacheTimeout ?? 1;
-  let fuse: Fuse;
-  const ops = makeOperations(fs, () => fuse.context(), { log, ...(options.onOperation ? { onOperation: options.onOperation } : {}) });
-  fuse = new Fuse(mountpoint, ops, {
-    fsname: `objectfs@${process.pid}`,
-    // fuse-native has no "ro" option; it joins options with commas, so one can ride after the subtype.
-    subtype: options.readOnly ? "objectfs,ro" : "objectfs",
-    // The core checks every permission itself; the kernel checks too, with the
-    // caller's supplementary groups, before asking (default_permissions).
-    defaultPermissions: true,
-    allowOther: options.allowOther ?? false,
-    bigWrites: true,
-    maxWrite: MAX_REQUEST_BYTES,
-    maxRead: MAX_REQUEST_BYTES,
-    useIno: true,
-    entryTimeout: timeout,
-    attrTimeout: options.attrTimeout ?? 0,
-    negativeTimeout: timeout,
-    debug: options.debug ?? false,
-    timeout: false,
+  let session: Session | undefined;
+  const adapter = makeAdapter(fs, () => session!, { timeout, log, ...(options.onOperation ? { onOperation: options.onOperation } : {}) });
+  try {
+    session = new Session(resolvePath(mountpoint), mountOptions(options), adapter.handle);
+  } catch (e) {
+    throw new MountError(`cannot mount at ${mountpoint}: ${(e as Error).message}; is /dev/fuse available and fusermount installed (apt-get install fuse3)?`);
+  }
+  const s = session;
+  const unsubscribe = fs.journal.subscribe((events) => {
+    for (const e of events) {
+      const { inodes, entries } = invalidations(e);
+      for (const [parent, name] of entries) adapter.invalidateEntry(parent, name);
+      for (const ino of inodes) adapter.invalidateInode(ino);
+    }
   });
-  await new Promise<void>((resolve, reject) =>
-    fuse.mount((err) => (err ? reject(new MountError(`cannot mount at ${mountpoint}: ${err.message}; is /dev/fuse available and fusermount installed (apt-get install fuse3)?`)) : resolve())),
-  );
   let unmounted: Promise<void> | undefined;
   return {
     mountpoint,
+    ended: s.ended,
+    invalidateInode: (ino) => adapter.invalidateInode(ino),
+    invalidateEntry: (parent, name) => adapter.invalidateEntry(parent, name),
+    lookups: adapter.known,
+    stats: () => s.stats(),
     unmount() {
-      unmounted ??= new Promise<void>((resolve) =>
-        fuse.unmount((err) => {
-          if (err) forceUnmount(mountpoint);
-          resolve();
-        }),
-      );
+      unmounted ??= (async () => {
+        unsubscribe();
+        if (!(await s.unmount())) forceUnmount(mountpoint);
+      })();
       return unmounted;
     },
   };
+}
+
+/** The -o options of a mount (mount options for fuse_mount, session options for fuse_lowlevel_new). */
+export function mountOptions(options: Pick<MountOptions, "allowOther" | "readOnly" | "debug">, fsname = `objectfs@${process.pid}`): string[] {
+  return [
+    `fsname=${fsname}`,
+    "subtype=objectfs",
+    // The core checks every permission itself; the kernel checks too, with the
+    // caller's supplementary groups, before asking.
+    "default_permissions",
+    ...(options.allowOther ? ["allow_other"] : []),
+    ...(options.readOnly ? ["ro"] : []),
+    "big_writes",
+    `max_write=${MAX_REQUEST_BYTES}`,
+    `max_read=${MAX_WRITE}`,
+    ...(options.debug ? ["debug"] : []),
+  ];
 }
