@@ -35,7 +35,11 @@ fi
 
 # Native addons (fuse-native, classic-level) build against the system's Node headers.
 export npm_config_nodedir=${npm_config_nodedir:-/usr}
-if [ ! -f node_modules/.objectfs-installed ] || [ bun.lock -nt node_modules/.objectfs-installed ] || [ package.json -nt node_modules/.objectfs-installed ]; then
+stale=0
+for f in bun.lock package.json patches/*.patch; do [ "$f" -nt node_modules/.objectfs-installed ] && stale=1; done
+if [ ! -f node_modules/.objectfs-installed ] || [ "$stale" = 1 ]; then
+  # A changed patch is applied only to a fresh copy of its package.
+  [ -d node_modules/fuse-native ] && [ "$stale" = 1 ] && rm -rf node_modules/fuse-native
   log "installing dependencies from bun.lock"
   bun install --frozen-lockfile
   touch node_modules/.objectfs-installed
