@@ -906,8 +906,8 @@ export class Filesystem {
     if (!h.writable) fail("EBADF");
     if (offset < 0) fail("EINVAL");
     if (data.length === 0) return 0;
-    // The caller's buffer may be reused once we return: keep a copy until it is durable.
-    const bytes = new Uint8Array(data);
+    // The journal copies the bytes when it appends them (the caller may reuse its buffer).
+    const bytes = data;
     await this.run([{ inode: h.ino }, { extents: h.ino }], () => {
       const inode = this.inode(h.ino);
       this.state.extents(h.ino);
