@@ -55,25 +55,16 @@ export function encodeEvent(event: JournalEvent): Buffer {
   return out;
 }
 
-/**
- * Encode like {@link encodeEvent} into `scratch` when it fits, returning a view of it
- * that is valid until the next call (or a new buffer when it does not fit).
- */
-export function encodeEventTo(scratch: Uint8Array, event: JournalEvent): Uint8Array {
-  const packed = packBody(event);
-  if (packed.length + 1 > scratch.length) return encodeEvent(event);
-  scratch[0] = SCHEMA_VERSION;
-  scratch.set(packed, 1);
-  return scratch.subarray(0, packed.length + 1);
-}
-
 /** Throw the error {@link encodeEvent} would throw for this event's type, if any. */
 export function checkEncodable(event: JournalEvent): void {
   if (!CODE_OF.has(event.type)) throw new JournalError("unsupported", `Cannot encode event of unknown type ${event.type}`);
 }
 
-/** The MessagePack part of a v2 record (a view of the packer's buffer, valid until its next use). */
-function packBody(event: JournalEvent): Uint8Array {
+/**
+ * The MessagePack part of a v2 record, without the version byte: a view of the
+ * packer's buffer, valid until its next use.
+ */
+export function packBody(event: JournalEvent): Uint8Array {
   const { type, seq, time, caller, ...body } = event;
   const code = CODE_OF.get(type);
   if (code === undefined) throw new JournalError("unsupported", `Cannot encode event of unknown type ${type}`);

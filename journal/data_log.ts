@@ -107,9 +107,14 @@ export class DataLog {
     return log;
   }
 
-  /** End of the log as far as the last {@link flush} wrote it. */
+  /** End of the log as far as the last {@link write} wrote it. */
   get position(): DataLogPosition {
     return this.flushedTo;
+  }
+
+  /** End of everything reserved so far: where the next {@link write} leaves the log. */
+  get reservedEnd(): DataLogPosition {
+    return { file: this.file, end: this.end };
   }
 
   /**

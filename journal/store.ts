@@ -25,7 +25,8 @@ import { randomBytes } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
-import { checkEncodable, decodeEvent, encodeEventTo, packValue, unpackValue } from "./codec.ts";
+import { checkEncodable, decodeEvent, packBody, packValue, SCHEMA_VERSION, unpackValue } from "./codec.ts";
+import { GROUP_BYTES, GROUP_EVENTS, groupValue, rowAt, rowRecord, rowRecords, scanRecords, writeGroupHeader } from "./event_rows.ts";
 import { DataLog } from "./data_log.ts";
 import { JournalError } from "./errors.ts";
 import { asSeq, type JournalEvent, type NewEvent, type Seq } from "./events.ts";
@@ -182,6 +183,8 @@ class FormingBatch implements RowWriter {
 
 /** Scratch for one key and value; larger rows are passed as they are. */
 const SCRATCH_BYTES = 256 << 10;
+/** Room for the records of one commit's events (grown when needed, shrunk back after). */
+const RECORDS_BYTES = 256 << 10;
 
 export class Journal {
   private nextSeq: number;
@@ -197,7 +200,11 @@ export class Journal {
   /** The next commit's LevelDB batch: events and rows go in as they are appended. */
   private forming: FormingBatch | undefined;
   private readonly scratch = Buffer.allocUnsafeSlow(SCRATCH_BYTES);
-  private readonly eventScratch = Buffer.allocUnsafeSlow(SCRATCH_BYTES);
+  /** Codec records of the events appended since the last cut, back to back, and their lengths. */
+  private records = Buffer.allocUnsafeSlow(RECORDS_BYTES);
+  private recordsEnd = 0;
+  private recordLengths: number[] = [];
+  private recordsFirst = 0;
   private rowWriter: ((w: RowWriter) => void) | undefined;
   private failed: JournalError | undefined;
   private closed = false;
@@ -280,8 +287,8 @@ export class Journal {
     let checked = 0;
     let bad: { seq: number; ref: { file: number; pos: number } } | undefined;
     try {
-      for await (const value of events.values({ gt: u64Key(head.synced ?? 0) } as never)) {
-        const e = decodeEvent(value as Bytes);
+      for await (const { record } of scanRecords(events, { gte: (head.synced ?? 0) + 1 })) {
+        const e = decodeEvent(record);
         checked++;
         if (e.type !== "ExtentWritten" || !e.ref) continue;
         const ok = await probe.check(e.ref, e.length, e.crc);
@@ -296,7 +303,14 @@ export class Journal {
     if (!bad) {
       return { checked };
     }
-    await events.clear({ gte: u64Key(bad.seq) } as never);
+    // The row holding the first bad event keeps what came before it; later rows go.
+    const row = await rowAt(events, bad.seq);
+    await events.clear({ gt: u64Key(row?.first ?? bad.seq) } as never);
+    if (row) {
+      const kept = rowRecords(row.value).slice(0, bad.seq - row.first);
+      if (kept.length > 0) await events.put(u64Key(row.first), Buffer.from(groupValue(kept)));
+      else await events.del(u64Key(row.first));
+    }
     head.seq = bad.seq - 1;
     head.dataFile = bad.ref.file;
     head.dataEnd = bad.ref.pos;
@@ -365,10 +379,9 @@ export class Journal {
       return Promise.reject(e);
     }
     try {
-      // Into the batch being formed: each event encoded once, copied by the native batch.
-      const b = this.formingBatch();
-      for (const e of events) b.putRaw(EVENTS_PREFIX, e.seq, encodeEventTo(this.eventScratch, e));
-      b.addRows(rows);
+      // Each event encoded once, into the rows of the next commit (see event_rows.ts).
+      for (const e of events) this.stageRecord(e);
+      if (rows.length > 0) this.formingBatch().addRows(rows);
     } catch (cause) {
       // Part of it may be in the batch: nothing after this can be trusted (fail-stop).
       this.failWith(new JournalError("io", `Cannot stage events in journal at ${this.dir}: ${(cause as Error).message}; reopen the journal`, { cause }));
@@ -440,6 +453,48 @@ export class Journal {
     this.rowWriter = write;
   }
 
+  private stageRecord(e: JournalEvent): void {
+    const packed = packBody(e);
+    const need = this.recordsEnd + 1 + packed.length;
+    if (need > this.records.length) {
+      const grown = Buffer.allocUnsafeSlow(Math.max(need, 2 * this.records.length));
+      this.records.copy(grown, 0, 0, this.recordsEnd);
+      this.records = grown;
+    }
+    if (this.recordLengths.length === 0) this.recordsFirst = e.seq;
+    else if (e.seq !== this.recordsFirst + this.recordLengths.length) throw new Error(`event ${e.seq} does not follow the staged ones`);
+    this.records[this.recordsEnd] = SCHEMA_VERSION;
+    this.records.set(packed, this.recordsEnd + 1);
+    this.recordsEnd += 1 + packed.length;
+    this.recordLengths.push(1 + packed.length);
+  }
+
+  /** Put the staged records into `b` as event rows: groups of consecutive events. */
+  private putRecords(b: FormingBatch): void {
+    const lengths = this.recordLengths;
+    let i = 0;
+    let at = 0;
+    while (i < lengths.length) {
+      let j = i;
+      let bytes = 0;
+      while (j < lengths.length && j - i < GROUP_EVENTS && (j === i || bytes + lengths[j]! <= GROUP_BYTES)) bytes += lengths[j++]!;
+      const seq = this.recordsFirst + i;
+      if (j - i === 1) b.putRaw(EVENTS_PREFIX, seq, this.records.subarray(at, at + bytes));
+      else {
+        const slice = lengths.slice(i, j);
+        const value = Buffer.allocUnsafe(5 + 4 * slice.length + bytes);
+        const h = writeGroupHeader(value, slice);
+        this.records.copy(value, h, at, at + bytes);
+        b.putRaw(EVENTS_PREFIX, seq, value);
+      }
+      at += bytes;
+      i = j;
+    }
+    this.recordsEnd = 0;
+    this.recordLengths = [];
+    if (this.records.length > RECORDS_BYTES) this.records = Buffer.allocUnsafeSlow(RECORDS_BYTES);
+  }
+
   private formingBatch(): FormingBatch {
     return (this.forming ??= new FormingBatch(this.db.batch(), this.scratch));
   }
@@ -470,6 +525,7 @@ export class Journal {
         // Rows of everything appended so far, and nothing later: taken before any await.
         const b = this.formingBatch();
         this.forming = undefined;
+        this.putRecords(b);
         this.rowWriter?.(b);
         await this.commit(batch, b);
       } catch (cause) {
@@ -505,6 +561,8 @@ export class Journal {
     this.failed ??= error;
     this.data.discardPending();
     this.forming = undefined;
+    this.recordsEnd = 0;
+    this.recordLengths = [];
     for (const p of also) p.reject(this.failed);
     for (const p of this.queue) p.reject(this.failed);
     this.queue = [];
@@ -513,17 +571,21 @@ export class Journal {
   private async commit(batch: readonly Pending[], b: FormingBatch): Promise<void> {
     let sync = false;
     for (const p of batch) sync ||= p.sync;
-    await this.data.write();
-    // A synced commit needs its data durable too. The data's fdatasync runs beside the
-    // LevelDB sync (one fsync's latency instead of two); until both are done the head
-    // row does not claim this commit synced, so after a power loss recovery checks it.
-    const dataSync = sync && this.data.hasUnsynced;
+    // The data is written beside the LevelDB batch rather than before it. The head row
+    // claims a commit synced only when it had no data to make durable; otherwise (and
+    // for every unsynced commit) the events after the last synced seq are checked
+    // against their data's CRC on the next open, so a batch that reached the disk
+    // before its data did is cut back, never trusted (see Journal.recover).
+    const pos = this.data.reservedEnd;
+    const hasData = this.data.pendingBytes > 0;
+    const dataSync = sync && (hasData || this.data.hasUnsynced);
+    const written = this.data.write();
     let last = this.committedSeq;
     for (const p of batch) if (p.events.length > 0) last = p.events[p.events.length - 1]!.seq;
-    const pos = this.data.position;
     const head: Head = { seq: last, dataFile: pos.file, dataEnd: pos.end, synced: sync && !dataSync ? last : this.durableSeq };
     b.native.put(HEAD_KEY, Buffer.from(packValue(head)));
-    await Promise.all([b.native.write({ sync } as never), dataSync ? this.data.sync() : undefined]);
+    // The data's fdatasync runs beside the LevelDB sync: one fsync's latency, not two.
+    await Promise.all([b.native.write({ sync } as never), dataSync ? written.then(() => this.data.sync()) : written]);
     this.stats.commits++;
     if (sync) this.stats.syncedCommits++;
     this.stats.appends += batch.length;
@@ -533,21 +595,18 @@ export class Journal {
 
   /** Read committed events in seq order (or reverse). */
   async *read(options: ReadOptions = {}): AsyncGenerator<JournalEvent> {
-    const range: Record<string, unknown> = { reverse: options.reverse ?? false };
-    if (options.gte !== undefined) range.gte = u64Key(options.gte);
-    if (options.lte !== undefined) range.lte = u64Key(options.lte);
-    if (options.limit !== undefined) range.limit = options.limit;
-    for await (const value of this.events.values(range as never)) {
-      const event = decodeEvent(value as Bytes);
+    for await (const { record } of scanRecords(this.events, options)) {
+      const event = decodeEvent(record);
       yield options.data ? await this.withData(event) : event;
     }
   }
 
   /** Read one event by seq. */
   async get(seq: number, withData = false): Promise<JournalEvent | undefined> {
-    const value = await this.events.get(u64Key(seq));
-    if (!value) return undefined;
-    const event = decodeEvent(value);
+    const row = await rowAt(this.events, seq);
+    const record = row && rowRecord(row.first, row.value, seq);
+    if (!record) return undefined;
+    const event = decodeEvent(record);
     return withData ? this.withData(event) : event;
   }
 
@@ -612,6 +671,15 @@ export class Journal {
 
   /** Retention: delete every event with seq < `seq`. Data log files are the caller's to reclaim. */
   async deleteBefore(seq: number): Promise<void> {
+    // A group that straddles `seq` is rewritten to hold only the events from `seq` on.
+    const row = await rowAt(this.events, seq);
+    if (row && row.first < seq) {
+      const kept = rowRecords(row.value).slice(seq - row.first);
+      await this.db.batch([
+        { type: "del", sublevel: this.events, key: u64Key(row.first) },
+        { type: "put", sublevel: this.events, key: u64Key(seq), value: Buffer.from(groupValue(kept)) },
+      ] as never);
+    }
     await this.events.clear({ lt: u64Key(seq) } as never);
   }
 

@@ -26,7 +26,7 @@ import {
   type NewEvent,
 } from "../../journal/mod.ts";
 import { evolve, S_IFMT, TYPE_BITS } from "../projection/evolve.ts";
-import { extentsIn, NotLoaded, SUBLEVELS, TreeState, type Backing, type Dirent, type Inode, type Need } from "../projection/state.ts";
+import { auditSeqs, extentsIn, NotLoaded, SUBLEVELS, TreeState, type Backing, type Dirent, type Inode, type Need } from "../projection/state.ts";
 import { fsck, rebuild, type FsckReport } from "../projection/fsck.ts";
 import { permits, inGroup, R_OK, S_ISGID, S_ISUID, S_ISVTX, W_OK, X_OK, type Ctx } from "./context.ts";
 import { fail, FsError } from "./errors.ts";
@@ -190,7 +190,7 @@ export class Filesystem {
         maxPendingBytes: options.maxPendingBytes ?? 64 << 20,
         readOnly: options.readOnly ?? false,
       }, options.log, options.remote);
-      journal.setRowSource(() => state.takeRows());
+      journal.setRowWriter((w) => state.writeRows(w));
       journal.subscribe(() => fs.maybeEvict());
       await fs.start(options);
       return fs;
@@ -236,7 +236,7 @@ export class Filesystem {
     if (this.failed) throw this.failure();
     if (this.closed) throw new FsError("EIO", "filesystem is closed");
     if (this.remote) await this.listPending(needs, options.list ?? []);
-    await this.state.load(needs);
+    if (!this.state.loaded(needs)) await this.state.load(needs);
     for (let attempt = 0; ; attempt++) {
       let decision: { events: NewEvent[]; result: T; sync?: boolean };
       try {
@@ -306,7 +306,7 @@ export class Filesystem {
 
   /** After a commit that left nothing staged, drop clean cache entries beyond the limit. */
   private maybeEvict(): void {
-    if (this.journal.queued > 0) return;
+    if (this.journal.queued > 0 || !this.state.over(this.options.cacheEntries)) return;
     this.state.evict(this.options.cacheEntries, new Set<number>(this.openCount.keys()));
   }
 
@@ -518,7 +518,7 @@ export class Filesystem {
   async eventsOf(ino: number): Promise<number[]> {
     await this.guard(this.journal.flushed());
     const out: number[] = [];
-    for await (const k of this.backing.audit.keys({ gte: key(ino, 0), lt: key(ino + 1, 0) } as never)) out.push(readU64(k as Buffer, 8));
+    for await (const [k, v] of this.backing.audit.iterator({ gte: key(ino, 0), lt: key(ino + 1, 0) } as never)) out.push(...auditSeqs(k as Buffer, v as Buffer));
     return out;
   }
 
