@@ -56,6 +56,7 @@ export interface DataLogMark {
   readonly chunks: number;
   readonly used: number;
   readonly unflushed: number;
+  readonly unissued: number;
 }
 
 const fileName = (n: number) => `${n.toString(16).padStart(8, "0")}.dat`;
@@ -73,6 +74,14 @@ export class DataLog {
   /** End of the data handed to the last flush: what a commit may record. */
   private flushedTo: DataLogPosition;
   private sinceWriteback = 0;
+  /** Bytes reserved and not yet handed to a write. */
+  private unissued = 0;
+  /** Writes started and not all done yet, in the order they were started. */
+  private issued: { end: DataLogPosition; bytes: number; done: boolean }[] = [];
+  /** Resolves once every write started so far is done. */
+  private lastWrite: Promise<void> = Promise.resolve();
+  /** A write failed: every later write fails with it (fail-stop). */
+  private writeError: unknown;
   private writeback: Promise<void> | undefined;
   /** A background fdatasync failed: the next sync reports it (the kernel may not report it twice). */
   private writebackError: unknown;
@@ -143,7 +152,7 @@ export class DataLog {
   /** A point to go back to if the events being staged are abandoned. */
   mark(): DataLogMark {
     const last = this.chunks[this.chunks.length - 1];
-    return { file: this.file, end: this.end, chunks: this.chunks.length, used: last?.used ?? 0, unflushed: this.unflushedBytes };
+    return { file: this.file, end: this.end, chunks: this.chunks.length, used: last?.used ?? 0, unflushed: this.unflushedBytes, unissued: this.unissued };
   }
 
   /** Give back everything reserved since `m` (synchronously after it: nothing was written). */
@@ -154,6 +163,7 @@ export class DataLog {
     this.file = m.file;
     this.end = m.end;
     this.unflushedBytes = m.unflushed;
+    this.unissued = m.unissued;
   }
 
   /** Bytes reserved but not yet written to the file (for back-pressure). */
@@ -185,6 +195,7 @@ export class DataLog {
       this.end += n;
     }
     this.unflushedBytes += bytes.length;
+    this.unissued += bytes.length;
     return ref;
   }
 
@@ -193,8 +204,19 @@ export class DataLog {
     return this.unsynced.size > 0;
   }
 
-  /** Write every reservation made so far (not synced: see {@link sync}). */
-  async write(): Promise<void> {
+  /** Bytes reserved and not yet handed to a write (see {@link write}). */
+  get unissuedBytes(): number {
+    return this.unissued;
+  }
+
+  /**
+   * Start writing every reservation made so far (not synced: see {@link sync}).
+   * Writes may be started while earlier ones are in flight (they go to other bytes
+   * of the file); the promise resolves once this one and every earlier one are in
+   * the file, and rejects if any of them failed.
+   */
+  write(): Promise<void> {
+    if (this.writeError !== undefined) return Promise.reject(this.writeError);
     // Runs of new bytes that are contiguous in one file: one pwritev each.
     const runs: { file: number; pos: number; parts: Uint8Array[]; bytes: number }[] = [];
     let total = 0;
@@ -210,7 +232,28 @@ export class DataLog {
       total += part.length;
       c.written = c.used;
     }
-    if (runs.length === 0) return;
+    this.unissued = 0;
+    if (runs.length === 0) return this.lastWrite;
+    const last = runs[runs.length - 1]!;
+    const issued = { end: { file: last.file, end: last.pos + last.bytes }, bytes: total, done: false };
+    this.issued.push(issued);
+    const mine = this.writeRuns(runs).then(
+      () => {
+        issued.done = true;
+        this.advance();
+      },
+      (e: unknown) => {
+        this.writeError ??= e;
+        throw e;
+      },
+    );
+    const all = Promise.all([this.lastWrite, mine]).then(() => {});
+    all.catch(() => {}); // a write started ahead of a commit may have no one waiting on it
+    this.lastWrite = all;
+    return all;
+  }
+
+  private async writeRuns(runs: readonly { file: number; pos: number; parts: Uint8Array[]; bytes: number }[]): Promise<void> {
     for (const run of runs) {
       const fh = await this.handle(run.file);
       let written = 0;
@@ -223,9 +266,18 @@ export class DataLog {
       }
       this.unsynced.add(run.file);
     }
-    const last = runs[runs.length - 1]!;
-    this.flushedTo = { file: last.file, end: last.pos + last.bytes };
-    this.unflushedBytes -= total;
+  }
+
+  /** Move the written end over every write done so far, in order; free slabs it passed. */
+  private advance(): void {
+    let file = -1;
+    while (this.issued.length > 0 && this.issued[0]!.done) {
+      const w = this.issued.shift()!;
+      this.flushedTo = w.end;
+      this.unflushedBytes -= w.bytes;
+      this.sinceWriteback += w.bytes;
+      file = w.end.file;
+    }
     // Slabs whose bytes are all in the file now serve again, but for the one being filled.
     while (this.chunks.length > 0) {
       const c = this.chunks[0]!;
@@ -234,12 +286,10 @@ export class DataLog {
       this.chunks.shift();
       this.recycle(c.buf);
     }
-    this.sinceWriteback += total;
-    if (this.sinceWriteback >= WRITEBACK_BYTES && !this.writeback) {
+    if (file >= 0 && this.sinceWriteback >= WRITEBACK_BYTES && !this.writeback) {
       this.sinceWriteback = 0;
-      const fh = await this.handle(last.file);
-      this.writeback = fh
-        .datasync()
+      this.writeback = this.handle(file)
+        .then((fh) => fh.datasync())
         .catch((e) => {
           this.writebackError ??= e;
         })
@@ -271,6 +321,7 @@ export class DataLog {
   discardPending(): void {
     this.chunks = [];
     this.unflushedBytes = 0;
+    this.unissued = 0;
   }
 
   /**
@@ -316,6 +367,7 @@ export class DataLog {
   }
 
   async close(): Promise<void> {
+    await this.lastWrite.catch(() => {});
     await this.writeback;
     for (const fh of this.handles.values()) await (await fh).close();
     this.handles.clear();

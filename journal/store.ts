@@ -94,6 +94,8 @@ const BUF = { keyEncoding: "buffer", valueEncoding: "buffer" } as const;
 
 /** Data bytes queued after which a commit starts without waiting for the event loop to turn. */
 const EARLY_COMMIT_BYTES = 1 << 20;
+/** Data bytes staged after which they are written to the data log ahead of their commit. */
+const WRITE_BEHIND_BYTES = 64 << 10;
 
 /**
  * Receives projection rows for the next commit batch. Keys and values are copied
@@ -387,6 +389,8 @@ export class Journal {
       this.failWith(new JournalError("io", `Cannot stage events in journal at ${this.dir}: ${(cause as Error).message}; reopen the journal`, { cause }));
       return Promise.reject(this.failed);
     }
+    // Data is written behind the appends, so a commit finds most of it in the file already.
+    if (this.data.unissuedBytes >= WRITE_BEHIND_BYTES) void this.data.write().catch(() => {});
     return new Promise((resolve, reject) => {
       this.queue.push({ events, sync: options.sync ?? false, resolve, reject });
       this.schedule();

@@ -180,6 +180,42 @@ describe("journal store", () => {
     await j.close();
   });
 
+  test("data written behind its appends reads back right at every moment: staged, in flight, in the file, across data files", async () => {
+    const dir = await freshDir();
+    let j = await Journal.open(dir, { dataFileBytes: 3 << 20 });
+    const blob = (i: number) => new Uint8Array(100_000 + (i % 7) * 1000).map((_, k) => (i * 31 + k) & 0xff);
+    const evs: JournalEvent[] = [];
+    const reads: Promise<void>[] = [];
+    const check = async (e: JournalEvent, i: number) => {
+      if (e.type !== "ExtentWritten") throw new Error("unreachable");
+      const got = await j.readData(e, 0, e.length);
+      expect(Buffer.from(got).equals(Buffer.from(blob(i)))).toBe(true);
+    };
+    const appends: Promise<unknown>[] = [];
+    for (let i = 0; i < 120; i++) {
+      appends.push(
+        j.append([written(1, blob(i), i)], {
+          project: ([e]) => {
+            evs[i] = e!;
+            return [];
+          },
+        }),
+      );
+      // Read back at once (staged, its write perhaps started) and again once it committed.
+      reads.push(check(evs[i]!, i), appends[i]!.then(() => check(evs[i]!, i)));
+      if (i % 10 === 9) await Bun.sleep(0);
+    }
+    await Promise.all([...appends, ...reads]);
+    for (let i = 0; i < 120; i++) await check(evs[i]!, i);
+    expect(new Set(evs.map((e) => (e as { ref: { file: number } }).ref.file)).size).toBeGreaterThan(2);
+    await j.close();
+    j = await Journal.open(dir);
+    const back = await collect(j.read({ data: true }));
+    expect(back.length).toBe(120);
+    back.forEach((e, i) => expect(Buffer.from((e as { data: Uint8Array }).data).equals(Buffer.from(blob(i)))).toBe(true));
+    await j.close();
+  });
+
   test("a second open of the same directory is refused with a clear message", async () => {
     const dir = await freshDir();
     const j = await Journal.open(dir);
