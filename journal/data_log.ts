@@ -5,9 +5,10 @@
  *
  * Files are `<dir>/<n:08x>.dat`, at most {@link DEFAULT_DATA_FILE_BYTES} each.
  * Space is reserved synchronously (so the event can name its position before
- * the write happens) and written by the journal's commit loop before it
- * commits the events that point at it; a synced commit fdatasyncs every file
- * written since the last one first. The journal head row records the end of
+ * the write happens; the bytes are copied into a slab then) and written behind
+ * the appends, at the latest by the commit of the events that point at them; a
+ * synced commit fdatasyncs every file written since the last one. Bytes not yet
+ * in the file are read from the slabs. The journal head row records the end of
  * the log; on open anything past it is cut off: it belongs to a commit that
  * never happened.
  */

@@ -2,16 +2,25 @@
  * The journal store: events in LevelDB (through `level`), bulk data in the
  * data log, projection rows in sublevels written in the same batch.
  *
- * Appends are group-committed: every append made while a commit is in flight
- * joins the next one, which writes the data log, then one LevelDB batch
- * holding the events, their projection rows and the head row. If any of its
- * appends asked for `sync`, the batch is written with sync while the data log
- * is fdatasynced beside it. Seqs are assigned when `append` is called,
- * so callers see their events (and can derive projection rows) at once.
+ * Appends are group-committed: every append made while a commit is in flight,
+ * or in the same turn of the event loop, joins the next one: one LevelDB batch
+ * holding the events (one row per group of consecutive events, event_rows.ts),
+ * their projection rows and the head row, beside the write of their data to the
+ * data log (which mostly happened already: data is written behind the appends).
+ * If any of its appends asked for `sync`, the batch is written with sync while
+ * the data log is fdatasynced beside it. Seqs are assigned when `append` is
+ * called, so callers see their events (and can derive projection rows) at once.
  *
- * Crash safety: the head row records the last synced seq. Events after it
- * were never promised durable; after an unclean stop (power loss) their data
- * may be missing while LevelDB kept the event, so on open the data of every
+ * Cost per operation is what limits small writes, so the batch is built for it:
+ * rows go straight into classic-level's native batch with their sublevel prefix
+ * added here, keys and values assembled in one scratch buffer, each event
+ * encoded once.
+ *
+ * Crash safety: the head row records the last synced seq (a commit whose data
+ * had to be made durable counts only from the next commit on, as the data is
+ * written beside the batch, not before it). Events after it were never promised
+ * durable; after an unclean stop their data may be missing while LevelDB kept
+ * the event, so on open the data of every
  * event after the last synced seq is checked against its CRC, and the journal
  * is cut back before the first event that fails (`recovery.truncatedFrom`:
  * the projections must then be rebuilt). A crash thus always leaves a prefix
@@ -345,7 +354,9 @@ export class Journal {
   /**
    * Append events (and the projection rows derived from them) atomically.
    * Seqs and times are assigned now; the promise resolves once committed
-   * (and synced, with `sync`).
+   * (and synced, with `sync`). The bytes of ExtentWritten events are copied
+   * before this returns, so the caller may reuse its buffers; the events handed
+   * back carry `ref` (where the bytes are), not `data`.
    */
   append(newEvents: readonly NewEvent[], options: AppendOptions = {}): Promise<readonly JournalEvent[]> {
     if (this.failed) return Promise.reject(this.failed);

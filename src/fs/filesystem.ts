@@ -951,6 +951,8 @@ export class Filesystem {
       return;
     }
     this.openCount.delete(h.ino);
+    // The common case, a file that still has a name, needs no load and no decision.
+    if ((this.state.cached(h.ino)?.nlink ?? 0) > 0 && !this.failed && !this.closed) return;
     await this.run([{ inode: h.ino }, { extents: h.ino }], () => {
       const inode = this.state.inode(h.ino);
       if (!inode || inode.nlink > 0 || this.openCount.has(h.ino)) return { events: [], result: undefined };

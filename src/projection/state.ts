@@ -298,6 +298,11 @@ export class TreeState {
     return v ?? undefined;
   }
 
+  /** The inode if it is cached (null: known absent), else undefined; never loads or throws. */
+  cached(ino: Ino): Inode | null | undefined {
+    return this.inodes.get(ino);
+  }
+
   dirent(parent: Ino, name: string): Dirent | undefined {
     const v = this.dirents.get(parent)?.get(name);
     if (v === undefined) {
