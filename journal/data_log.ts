@@ -34,6 +34,9 @@ export interface DataLogPosition {
 export const SLAB_BYTES = 4 << 20;
 /** Slabs kept for reuse: enough for a writer at full speed (see the fs core's back-pressure limit). */
 const MAX_FREE_SLABS = 24;
+/** Slabs kept once nothing was staged for {@link IDLE_MS}. */
+const IDLE_FREE_SLABS = 2;
+const IDLE_MS = 2000;
 /**
  * Bytes written after which an fdatasync is started in the background, so the kernel
  * writes them back while staging goes on and the next synced commit has little left.
@@ -77,6 +80,8 @@ export class DataLog {
   private sinceWriteback = 0;
   /** Bytes reserved and not yet handed to a write. */
   private unissued = 0;
+  /** When bytes were last reserved (ms since the epoch). */
+  private lastReserve = 0;
   /** Writes started and not all done yet, in the order they were started. */
   private issued: { end: DataLogPosition; bytes: number; done: boolean }[] = [];
   /** Resolves once every write started so far is done. */
@@ -197,6 +202,7 @@ export class DataLog {
     }
     this.unflushedBytes += bytes.length;
     this.unissued += bytes.length;
+    this.lastReserve = Date.now();
     return ref;
   }
 
@@ -234,7 +240,11 @@ export class DataLog {
       c.written = c.used;
     }
     this.unissued = 0;
-    if (runs.length === 0) return this.lastWrite;
+    if (runs.length === 0) {
+      // Nothing was staged for a while: give back the slabs kept for bulk writing.
+      if (this.free.length > IDLE_FREE_SLABS && Date.now() - this.lastReserve > IDLE_MS) this.free.length = IDLE_FREE_SLABS;
+      return this.lastWrite;
+    }
     const last = runs[runs.length - 1]!;
     const issued = { end: { file: last.file, end: last.pos + last.bytes }, bytes: total, done: false };
     this.issued.push(issued);
