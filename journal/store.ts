@@ -101,8 +101,13 @@ export type Listener = (events: readonly JournalEvent[]) => void;
 
 const BUF = { keyEncoding: "buffer", valueEncoding: "buffer" } as const;
 
-/** Data bytes queued after which a commit starts without waiting for the event loop to turn. */
+/**
+ * Data bytes, or appends, queued after which a commit starts without waiting for the
+ * event loop to turn (a caller that stages without ever waiting for I/O would hold the
+ * commit off indefinitely).
+ */
 const EARLY_COMMIT_BYTES = 1 << 20;
+const EARLY_COMMIT_APPENDS = 4096;
 /** Data bytes staged after which they are written to the data log ahead of their commit. */
 const WRITE_BEHIND_BYTES = 64 << 10;
 
@@ -413,7 +418,8 @@ export class Journal {
    * turns, so every operation that is running now (and all those waiting on the same
    * commit) joins it: one batch and one sync for all of them, however their awaits
    * interleave. Bulk data does not wait that long: once enough is queued the commit
-   * starts at once, so that writing it to disk overlaps with staging more.
+   * starts at once, so that writing it to disk overlaps with staging more; nor do
+   * thousands of appends.
    */
   private schedule(): void {
     if (this.draining) return; // the running loop takes the queue next
@@ -424,7 +430,7 @@ export class Journal {
         void this.drain();
       });
     }
-    if (!this.early && this.data.pendingBytes >= EARLY_COMMIT_BYTES) {
+    if (!this.early && (this.data.pendingBytes >= EARLY_COMMIT_BYTES || this.queue.length >= EARLY_COMMIT_APPENDS)) {
       this.early = true;
       queueMicrotask(() => {
         this.early = false;
