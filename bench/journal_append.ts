@@ -11,6 +11,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { crc32 } from "node:zlib";
 import { asIno, decodeSegment, Journal, sealSegment, type JournalEvent, type NewEvent } from "../journal/mod.ts";
 
 const { values } = parseArgs({ options: { seconds: { type: "string", default: "2" } } });
@@ -90,10 +91,11 @@ function segments() {
   // 64 MiB worth of mixed events: mostly 128 KiB data, some metadata.
   const events: JournalEvent[] = [];
   const data = new Uint8Array(131072).map((_, i) => (i * 13) & 0xff);
+  const dataCrc = crc32(data);
   let seq = 1;
   let bytes = 0;
   while (bytes < 64 << 20) {
-    events.push({ type: "ExtentWritten", seq: seq as never, time: Date.now(), ino: asIno(5), offset: bytes, length: data.length, crc: 0, data } as JournalEvent);
+    events.push({ type: "ExtentWritten", seq: seq as never, time: Date.now(), ino: asIno(5), offset: bytes, length: data.length, crc: dataCrc, data } as JournalEvent);
     events.push({ type: "AttrsChanged", seq: (seq + 1) as never, time: Date.now(), ino: asIno(5), mtime: seq } as JournalEvent);
     seq += 2;
     bytes += data.length;

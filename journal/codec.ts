@@ -47,16 +47,29 @@ const CODE_OF = new Map<EventType, number>(TYPE_CODES.map((t, i) => [t, i]));
 const packr = new Packr({ useRecords: false, moreTypes: false, mapsAsObjects: true, int64AsType: "number" });
 
 /** Encode an event with the current schema version. */
-export function encodeEvent(event: JournalEvent): Uint8Array {
+export function encodeEvent(event: JournalEvent): Buffer {
+  const packed = packBody(event);
+  const out = Buffer.allocUnsafe(packed.length + 1);
+  out[0] = SCHEMA_VERSION;
+  out.set(packed, 1);
+  return out;
+}
+
+/** Throw the error {@link encodeEvent} would throw for this event's type, if any. */
+export function checkEncodable(event: JournalEvent): void {
+  if (!CODE_OF.has(event.type)) throw new JournalError("unsupported", `Cannot encode event of unknown type ${event.type}`);
+}
+
+/**
+ * The MessagePack part of a v2 record, without the version byte: a view of the
+ * packer's buffer, valid until its next use.
+ */
+export function packBody(event: JournalEvent): Uint8Array {
   const { type, seq, time, caller, ...body } = event;
   const code = CODE_OF.get(type);
   if (code === undefined) throw new JournalError("unsupported", `Cannot encode event of unknown type ${type}`);
   const who = caller ? (caller.comm !== undefined ? [caller.uid, caller.gid, caller.pid, caller.comm] : [caller.uid, caller.gid, caller.pid]) : null;
-  const packed = packr.pack([code, seq, time, who, body]);
-  const out = new Uint8Array(packed.length + 1);
-  out[0] = SCHEMA_VERSION;
-  out.set(packed, 1);
-  return out;
+  return packr.pack([code, seq, time, who, body]);
 }
 
 /** Decode an event of any known schema version, upcasting older ones. */

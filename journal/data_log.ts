@@ -5,9 +5,10 @@
  *
  * Files are `<dir>/<n:08x>.dat`, at most {@link DEFAULT_DATA_FILE_BYTES} each.
  * Space is reserved synchronously (so the event can name its position before
- * the write happens) and written by the journal's commit loop before it
- * commits the events that point at it; a synced commit fdatasyncs every file
- * written since the last one first. The journal head row records the end of
+ * the write happens; the bytes are copied into a slab then) and written behind
+ * the appends, at the latest by the commit of the events that point at them; a
+ * synced commit fdatasyncs every file written since the last one. Bytes not yet
+ * in the file are read from the slabs. The journal head row records the end of
  * the log; on open anything past it is cut off: it belongs to a commit that
  * never happened.
  *
@@ -30,10 +31,42 @@ export interface DataLogPosition {
   readonly end: number;
 }
 
-interface PendingWrite {
+/**
+ * Reserved bytes are copied into slabs: large buffers that are reused once their bytes
+ * are written, so staging a write copies into memory that is already mapped (fresh
+ * memory costs a page fault per 4 KiB, which on a virtual machine is slower than the
+ * copy itself), and a commit writes each slab's new bytes with one system call.
+ */
+export const SLAB_BYTES = 4 << 20;
+/** Slabs kept for reuse: enough for a writer at full speed (see the fs core's back-pressure limit). */
+const MAX_FREE_SLABS = 24;
+/** Slabs kept once nothing was staged for {@link IDLE_MS}. */
+const IDLE_FREE_SLABS = 2;
+const IDLE_MS = 2000;
+/**
+ * Bytes written after which an fdatasync is started in the background, so the kernel
+ * writes them back while staging goes on and the next synced commit has little left.
+ */
+export const WRITEBACK_BYTES = 32 << 20;
+
+/** A slab holding the bytes of data log file `file` from position `pos` on. */
+interface Chunk {
   readonly file: number;
   readonly pos: number;
-  readonly bytes: Uint8Array;
+  readonly buf: Buffer;
+  /** Bytes reserved in `buf`. */
+  used: number;
+  /** Bytes handed to a write (a prefix of `used`). */
+  written: number;
+}
+
+export interface DataLogMark {
+  readonly file: number;
+  readonly end: number;
+  readonly chunks: number;
+  readonly used: number;
+  readonly unflushed: number;
+  readonly unissued: number;
 }
 
 const fileName = (n: number) => `${n.toString(16).padStart(8, "0")}.dat`;
@@ -63,9 +96,9 @@ function mergeRanges(ranges: [number, number][]): [number, number][] {
 
 export class DataLog {
   private readonly handles = new Map<number, Promise<FileHandle>>();
-  private pending: PendingWrite[] = [];
-  /** Writes handed to the running flush, kept readable until they are durable. */
-  private inflight: PendingWrite[] = [];
+  /** Slabs whose bytes are not all on disk yet, and the one being filled (last), in log order. */
+  private chunks: Chunk[] = [];
+  private readonly free: Buffer[] = [];
   private unflushedBytes = 0;
   /** Files written since their last fdatasync. */
   private readonly unsynced = new Set<number>();
@@ -73,6 +106,20 @@ export class DataLog {
   private end: number;
   /** End of the data handed to the last flush: what a commit may record. */
   private flushedTo: DataLogPosition;
+  private sinceWriteback = 0;
+  /** Bytes reserved and not yet handed to a write. */
+  private unissued = 0;
+  /** When bytes were last reserved (ms since the epoch). */
+  private lastReserve = 0;
+  /** Writes started and not all done yet, in the order they were started. */
+  private issued: { end: DataLogPosition; bytes: number; done: boolean }[] = [];
+  /** Resolves once every write started so far is done. */
+  private lastWrite: Promise<void> = Promise.resolve();
+  /** A write failed: every later write fails with it (fail-stop). */
+  private writeError: unknown;
+  private writeback: Promise<void> | undefined;
+  /** A background fdatasync failed: the next sync reports it (the kernel may not report it twice). */
+  private writebackError: unknown;
 
   private constructor(
     private readonly dir: string,
@@ -105,9 +152,14 @@ export class DataLog {
     return log;
   }
 
-  /** End of the log as far as the last {@link flush} wrote it. */
+  /** End of the log as far as the last {@link write} wrote it. */
   get position(): DataLogPosition {
     return this.flushedTo;
+  }
+
+  /** End of everything reserved so far: where the next {@link write} leaves the log. */
+  get reservedEnd(): DataLogPosition {
+    return { file: this.file, end: this.end };
   }
 
   /**
@@ -134,31 +186,53 @@ export class DataLog {
   }
 
   /** A point to go back to if the events being staged are abandoned. */
-  mark(): { file: number; end: number; pending: number } {
-    return { file: this.file, end: this.end, pending: this.pending.length };
+  mark(): DataLogMark {
+    const last = this.chunks[this.chunks.length - 1];
+    return { file: this.file, end: this.end, chunks: this.chunks.length, used: last?.used ?? 0, unflushed: this.unflushedBytes, unissued: this.unissued };
   }
 
-  rollback(m: { file: number; end: number; pending: number }): void {
+  /** Give back everything reserved since `m` (synchronously after it: nothing was written). */
+  rollback(m: DataLogMark): void {
+    for (const c of this.chunks.splice(m.chunks)) this.recycle(c.buf);
+    const last = this.chunks[this.chunks.length - 1];
+    if (last && m.chunks > 0) last.used = m.used;
     this.file = m.file;
     this.end = m.end;
-    for (const w of this.pending.splice(m.pending)) this.unflushedBytes -= w.bytes.length;
+    this.unflushedBytes = m.unflushed;
+    this.unissued = m.unissued;
   }
 
-  /** Bytes reserved but not yet durable (for back-pressure). */
+  /** Bytes reserved but not yet written to the file (for back-pressure). */
   get pendingBytes(): number {
     return this.unflushedBytes;
   }
 
-  /** Reserve room for `bytes` and queue them for the next {@link flush}. */
+  /**
+   * Reserve room for `bytes` and copy them for the next {@link write}: the caller may
+   * reuse its buffer as soon as this returns.
+   */
   reserve(bytes: Uint8Array): DataRef {
     if (this.end > 0 && this.end + bytes.length > this.maxFileBytes) {
       this.file += 1;
       this.end = 0;
     }
     const ref = { file: this.file, pos: this.end };
-    this.pending.push({ file: this.file, pos: this.end, bytes });
+    let from = 0;
+    while (from < bytes.length) {
+      let c = this.chunks[this.chunks.length - 1];
+      if (!c || c.file !== this.file || c.pos + c.used !== this.end || c.used === c.buf.length) {
+        c = { file: this.file, pos: this.end, buf: this.free.pop() ?? Buffer.allocUnsafeSlow(SLAB_BYTES), used: 0, written: 0 };
+        this.chunks.push(c);
+      }
+      const n = Math.min(bytes.length - from, c.buf.length - c.used);
+      c.buf.set(n === bytes.length ? bytes : bytes.subarray(from, from + n), c.used);
+      c.used += n;
+      from += n;
+      this.end += n;
+    }
     this.unflushedBytes += bytes.length;
-    this.end += bytes.length;
+    this.unissued += bytes.length;
+    this.lastReserve = Date.now();
     return ref;
   }
 
@@ -167,46 +241,117 @@ export class DataLog {
     return this.unsynced.size > 0;
   }
 
-  /** Write every queued reservation (not synced: see {@link sync}). */
-  async write(): Promise<void> {
-    if (this.pending.length === 0) return;
-    const writes = this.pending;
-    this.pending = [];
-    this.inflight = writes;
-    const lastWrite = writes[writes.length - 1]!;
-    const covered = { file: lastWrite.file, end: lastWrite.pos + lastWrite.bytes.length };
-    let i = 0;
-    while (i < writes.length) {
-      // Gather a contiguous run in one file into a single writev.
-      const first = writes[i]!;
-      const run: Uint8Array[] = [first.bytes];
-      let next = first.pos + first.bytes.length;
-      let j = i + 1;
-      while (j < writes.length && writes[j]!.file === first.file && writes[j]!.pos === next && run.length < 1024) {
-        run.push(writes[j]!.bytes);
-        next += writes[j]!.bytes.length;
-        j++;
-      }
-      const fh = await this.handle(first.file);
+  /** Bytes reserved and not yet handed to a write (see {@link write}). */
+  get unissuedBytes(): number {
+    return this.unissued;
+  }
+
+  /**
+   * Start writing every reservation made so far (not synced: see {@link sync}).
+   * Writes may be started while earlier ones are in flight (they go to other bytes
+   * of the file); the promise resolves once this one and every earlier one are in
+   * the file, and rejects if any of them failed.
+   */
+  write(): Promise<void> {
+    if (this.writeError !== undefined) return Promise.reject(this.writeError);
+    // Runs of new bytes that are contiguous in one file: one pwritev each.
+    const runs: { file: number; pos: number; parts: Uint8Array[]; bytes: number }[] = [];
+    let total = 0;
+    for (const c of this.chunks) {
+      if (c.used === c.written) continue;
+      const pos = c.pos + c.written;
+      const part = c.buf.subarray(c.written, c.used);
+      const run = runs[runs.length - 1];
+      if (run && run.file === c.file && run.pos + run.bytes === pos && run.parts.length < 1024) {
+        run.parts.push(part);
+        run.bytes += part.length;
+      } else runs.push({ file: c.file, pos, parts: [part], bytes: part.length });
+      total += part.length;
+      c.written = c.used;
+    }
+    this.unissued = 0;
+    if (runs.length === 0) {
+      // Nothing was staged for a while: give back the slabs kept for bulk writing.
+      if (this.free.length > IDLE_FREE_SLABS && Date.now() - this.lastReserve > IDLE_MS) this.free.length = IDLE_FREE_SLABS;
+      return this.lastWrite;
+    }
+    const last = runs[runs.length - 1]!;
+    const issued = { end: { file: last.file, end: last.pos + last.bytes }, bytes: total, done: false };
+    this.issued.push(issued);
+    const mine = this.writeRuns(runs).then(
+      () => {
+        issued.done = true;
+        this.advance();
+      },
+      (e: unknown) => {
+        this.writeError ??= e;
+        throw e;
+      },
+    );
+    const all = Promise.all([this.lastWrite, mine]).then(() => {});
+    all.catch(() => {}); // a write started ahead of a commit may have no one waiting on it
+    this.lastWrite = all;
+    return all;
+  }
+
+  private async writeRuns(runs: readonly { file: number; pos: number; parts: Uint8Array[]; bytes: number }[]): Promise<void> {
+    for (const run of runs) {
+      const fh = await this.handle(run.file);
       let written = 0;
-      const want = next - first.pos;
-      // writev may write less than asked (full disk, signals): continue from where it stopped.
-      while (written < want) {
-        const rest = written === 0 ? run : sliceRun(run, written);
-        const { bytesWritten } = await fh.writev(rest, first.pos + written);
-        if (bytesWritten === 0) throw new JournalError("io", `Cannot write to data log ${fileName(first.file)}: no progress`);
+      // pwritev may write less than asked (full disk, signals): continue from where it stopped.
+      while (written < run.bytes) {
+        const rest = written === 0 ? run.parts : sliceRun(run.parts, written);
+        const { bytesWritten } = await fh.writev(rest, run.pos + written);
+        if (bytesWritten === 0) throw new JournalError("io", `Cannot write to data log ${fileName(run.file)}: no progress`);
         written += bytesWritten;
       }
-      this.unsynced.add(first.file);
-      i = j;
+      this.unsynced.add(run.file);
     }
-    this.flushedTo = covered;
-    this.inflight = [];
-    for (const w of writes) this.unflushedBytes -= w.bytes.length;
+  }
+
+  /** Move the written end over every write done so far, in order; free slabs it passed. */
+  private advance(): void {
+    let file = -1;
+    while (this.issued.length > 0 && this.issued[0]!.done) {
+      const w = this.issued.shift()!;
+      this.flushedTo = w.end;
+      this.unflushedBytes -= w.bytes;
+      this.sinceWriteback += w.bytes;
+      file = w.end.file;
+    }
+    // Slabs whose bytes are all in the file now serve again, but for the one being filled.
+    while (this.chunks.length > 0) {
+      const c = this.chunks[0]!;
+      const current = this.chunks.length === 1 && c.used < c.buf.length && c.file === this.file;
+      if (current || c.written < c.used || !this.isFlushed(c)) break;
+      this.chunks.shift();
+      this.recycle(c.buf);
+    }
+    if (file >= 0 && this.sinceWriteback >= WRITEBACK_BYTES && !this.writeback) {
+      this.sinceWriteback = 0;
+      this.writeback = this.handle(file)
+        .then((fh) => fh.datasync())
+        .catch((e) => {
+          this.writebackError ??= e;
+        })
+        .finally(() => {
+          this.writeback = undefined;
+        });
+    }
+  }
+
+  private isFlushed(c: Chunk): boolean {
+    const ft = this.flushedTo;
+    return c.file < ft.file || (c.file === ft.file && c.pos + c.used <= ft.end);
+  }
+
+  private recycle(buf: Buffer): void {
+    if (this.free.length < MAX_FREE_SLABS) this.free.push(buf);
   }
 
   /** Make everything written so far durable. */
   async sync(): Promise<void> {
+    if (this.writebackError !== undefined) throw this.writebackError;
     for (const f of [...this.unsynced]) {
       await (await this.handle(f)).datasync();
       this.unsynced.delete(f);
@@ -215,21 +360,21 @@ export class DataLog {
 
   /** Drop queued reservations after a failed commit (the journal is then closed). */
   discardPending(): void {
-    this.pending = [];
-    this.inflight = [];
+    this.chunks = [];
     this.unflushedBytes = 0;
+    this.unissued = 0;
   }
 
   /**
    * Read `length` bytes at `offset` within the data that `ref` points at.
-   * Bytes not yet durable are served from memory.
+   * Bytes not yet written are served from memory.
    */
   async read(ref: DataRef, offset: number, length: number, into?: Uint8Array, intoOffset = 0): Promise<Uint8Array> {
     if (ref.file < 0) throw new JournalError("dropped", "Cannot read these bytes: retention dropped them (they belong to a point older than the retained window)");
     const buf = into ?? new Uint8Array(length);
     const start = ref.pos + offset;
     const ft = this.flushedTo;
-    // The part below the durable end is on disk; the rest is in pending or inflight writes.
+    // The part below the written end is in the file; the rest is in slabs.
     const onDisk = ref.file < ft.file ? length : ref.file === ft.file ? Math.max(0, Math.min(length, ft.end - start)) : 0;
     if (onDisk < length) this.copyUnflushed(ref.file, start + onDisk, length - onDisk, buf, intoOffset + onDisk);
     if (onDisk > 0) {
@@ -249,25 +394,27 @@ export class DataLog {
   private copyUnflushed(file: number, pos: number, length: number, into: Uint8Array, at: number): void {
     let need = pos;
     const end = pos + length;
-    for (const list of [this.inflight, this.pending]) {
-      for (const w of list) {
-        if (w.file !== file) continue;
-        const wEnd = w.pos + w.bytes.length;
-        if (wEnd <= need || w.pos >= end) continue;
-        if (w.pos > need) break;
-        const from = need - w.pos;
-        const n = Math.min(wEnd, end) - need;
-        into.set(w.bytes.subarray(from, from + n), at + (need - pos));
-        need += n;
-        if (need >= end) return;
-      }
+    for (const c of this.chunks) {
+      if (c.file !== file) continue;
+      const cEnd = c.pos + c.used;
+      if (cEnd <= need || c.pos >= end) continue;
+      if (c.pos > need) break;
+      const from = need - c.pos;
+      const n = Math.min(cEnd, end) - need;
+      into.set(c.buf.subarray(from, from + n), at + (need - pos));
+      need += n;
+      if (need >= end) return;
     }
     if (need < end) throw new JournalError("corrupt", `Data log ${fileName(file)} has no bytes ${need}-${end} in memory or on disk`);
   }
 
   async close(): Promise<void> {
+    await this.lastWrite.catch(() => {});
+    await this.writeback;
     for (const fh of this.handles.values()) await (await fh).close();
     this.handles.clear();
+    this.chunks = [];
+    this.free.length = 0;
   }
 
   /** The file being appended to now (reclaim leaves it alone). */
@@ -284,7 +431,7 @@ export class DataLog {
     this.file += 1;
     this.end = 0;
     // With nothing waiting to be written, the old file is complete now.
-    if (this.pending.length === 0 && this.inflight.length === 0) this.flushedTo = { file: this.file, end: 0 };
+    if (this.unflushedBytes === 0 && this.issued.length === 0) this.flushedTo = { file: this.file, end: 0 };
   }
 
   /** Record bytes no retained point needs any more: (file, pos, length) each. */
@@ -338,8 +485,9 @@ export class DataLog {
       const m = /^([0-9a-f]{8})\.dead$/.exec(name);
       if (!m) continue;
       const file = parseInt(m[1]!, 16);
-      // Only files every write has reached: none pending, none in flight.
-      if (file >= this.file || file >= this.flushedTo.file || this.pending.some((w) => w.file === file) || this.inflight.some((w) => w.file === file)) continue;
+      // Only files every write has reached: the written end is past them (writes end in order,
+      // and new ones only go to the active file).
+      if (file >= this.file || file >= this.flushedTo.file) continue;
       const path = join(this.dir, fileName(file));
       let size: number;
       let allocated: number;

@@ -116,7 +116,7 @@ export interface AttrsChanged extends Base {
 }
 
 /**
- * Bytes written at `offset`. On append `data` is given; the store moves it to
+ * Bytes written at `offset`. On append `data` is given; the store copies it to
  * the data log and keeps `ref` instead. Segments carry `data` inline.
  */
 export interface ExtentWritten extends Base {

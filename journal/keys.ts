@@ -2,7 +2,8 @@
  * LevelDB key schema. All keys live in one LevelDB at `<data-dir>/journal`;
  * integers are big-endian so byte order is numeric order.
  *
- *   !e!<seq:u64>            one event (codec.ts); ExtentWritten keeps a DataRef, its bytes are in the data log
+ *   !e!<seq:u64>            the event seq (codec.ts), or a group of events committed together, seq being the
+ *                           first one's (event_rows.ts); ExtentWritten keeps a DataRef, its bytes are in the data log
  *   !m!head                 {seq, dataFile, dataEnd, durable}: last committed seq and end of the data log,
  *                           rewritten in every commit batch (the single commit point)
  *   !m!client               this data directory's client id (random, made on first open)

@@ -2,16 +2,25 @@
  * The journal store: events in LevelDB (through `level`), bulk data in the
  * data log, projection rows in sublevels written in the same batch.
  *
- * Appends are group-committed: every append made while a commit is in flight
- * joins the next one, which writes the data log, then one LevelDB batch
- * holding the events, their projection rows and the head row. If any of its
- * appends asked for `sync`, the batch is written with sync while the data log
- * is fdatasynced beside it. Seqs are assigned when `append` is called,
- * so callers see their events (and can derive projection rows) at once.
+ * Appends are group-committed: every append made while a commit is in flight,
+ * or in the same turn of the event loop, joins the next one: one LevelDB batch
+ * holding the events (one row per group of consecutive events, event_rows.ts),
+ * their projection rows and the head row, beside the write of their data to the
+ * data log (which mostly happened already: data is written behind the appends).
+ * If any of its appends asked for `sync`, the batch is written with sync while
+ * the data log is fdatasynced beside it. Seqs are assigned when `append` is
+ * called, so callers see their events (and can derive projection rows) at once.
  *
- * Crash safety: the head row records the last synced seq. Events after it
- * were never promised durable; after an unclean stop (power loss) their data
- * may be missing while LevelDB kept the event, so on open the data of every
+ * Cost per operation is what limits small writes, so the batch is built for it:
+ * rows go straight into classic-level's native batch with their sublevel prefix
+ * added here, keys and values assembled in one scratch buffer, each event
+ * encoded once.
+ *
+ * Crash safety: the head row records the last synced seq (a commit whose data
+ * had to be made durable counts only from the next commit on, as the data is
+ * written beside the batch, not before it). Events after it were never promised
+ * durable; after an unclean stop their data may be missing while LevelDB kept
+ * the event, so on open the data of every
  * event after the last synced seq is checked against its CRC, and the journal
  * is cut back before the first event that fails (`recovery.truncatedFrom`:
  * the projections must then be rebuilt). A crash thus always leaves a prefix
@@ -25,11 +34,12 @@ import { randomBytes } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
-import { decodeEvent, encodeEvent, packValue, unpackValue } from "./codec.ts";
+import { checkEncodable, decodeEvent, encodeEvent, packBody, packValue, SCHEMA_VERSION, unpackValue } from "./codec.ts";
+import { GROUP_BYTES, GROUP_EVENTS, groupValue, rowAt, rowCount, rowRecord, rowRecords, scanRecords, writeGroupHeader } from "./event_rows.ts";
 import { DataLog } from "./data_log.ts";
 import { JournalError } from "./errors.ts";
 import { asSeq, type JournalEvent, type NewEvent, type Seq } from "./events.ts";
-import { readU64, u64Key } from "./keys.ts";
+import { readU64, u64Key, writeU64 } from "./keys.ts";
 
 type Bytes = Buffer;
 // biome-ignore lint: the parent type is irrelevant to users of a sublevel
@@ -82,8 +92,6 @@ export interface Recovery {
 
 interface Pending {
   readonly events: readonly JournalEvent[];
-  readonly values: readonly Bytes[];
-  readonly rows: readonly RowOp[];
   readonly sync: boolean;
   readonly resolve: (events: readonly JournalEvent[]) => void;
   readonly reject: (error: unknown) => void;
@@ -93,12 +101,127 @@ export type Listener = (events: readonly JournalEvent[]) => void;
 
 const BUF = { keyEncoding: "buffer", valueEncoding: "buffer" } as const;
 
+/**
+ * Data bytes, or appends, queued after which a commit starts without waiting for the
+ * event loop to turn (a caller that stages without ever waiting for I/O would hold the
+ * commit off indefinitely).
+ */
+const EARLY_COMMIT_BYTES = 1 << 20;
+const EARLY_COMMIT_APPENDS = 4096;
+/** Data bytes staged after which they are written to the data log ahead of their commit. */
+const WRITE_BEHIND_BYTES = 64 << 10;
+
+/**
+ * Receives projection rows for the next commit batch. Keys and values are copied
+ * before the call returns, so callers may pass scratch buffers.
+ */
+export interface RowWriter {
+  put(sublevel: Sublevel, key: Uint8Array, value: Uint8Array): void;
+  del(sublevel: Sublevel, key: Uint8Array): void;
+}
+
+/** Raw keys of the journal's own rows (the "e" and "m" sublevels, see keys.ts). */
+const EVENTS_PREFIX = Buffer.from("!e!");
+const HEAD_KEY = Buffer.from("!m!head");
+
+/** Each sublevel's prefix as bytes ("!name!"), for writing its rows into a root batch. */
+const prefixes = new WeakMap<Sublevel, Bytes>();
+
+function prefixOf(sublevel: Sublevel): Bytes {
+  let prefix = prefixes.get(sublevel);
+  if (!prefix) prefixes.set(sublevel, (prefix = Buffer.from(sublevel.prefix, "utf8")));
+  return prefix;
+}
+
+type ChainedBatch = ReturnType<Level<Bytes, Bytes>["batch"]>;
+
+/**
+ * A LevelDB batch being formed: rows go into classic-level's native batch as they
+ * come, with their sublevel prefix added here (abstract-level's array batch would
+ * copy and re-encode every operation, and classic-level then reads each one's
+ * properties natively). Keys and values are assembled in one scratch buffer: the
+ * native batch copies them at once, and bytes in a buffer that already backs an
+ * ArrayBuffer cost Bun's N-API less than many fresh small ones.
+ */
+class FormingBatch implements RowWriter {
+  private readonly scratch: Bytes;
+  /** Operations added. */
+  size = 0;
+
+  constructor(
+    readonly native: ChainedBatch,
+    scratch: Bytes,
+  ) {
+    this.scratch = scratch;
+  }
+
+  put(sublevel: Sublevel, key: Uint8Array, value: Uint8Array): void {
+    this.putRaw(prefixOf(sublevel), key, value);
+  }
+
+  del(sublevel: Sublevel, key: Uint8Array): void {
+    const prefix = prefixOf(sublevel);
+    const s = this.scratch;
+    const kl = prefix.length + key.length;
+    this.size++;
+    if (kl > s.length) return void this.native.del(Buffer.concat([prefix, key]));
+    prefix.copy(s, 0);
+    s.set(key, prefix.length);
+    this.native.del(s.subarray(0, kl));
+  }
+
+  /** Put under `prefix` + `key`; a number key is a seq (u64). */
+  putRaw(prefix: Bytes, key: Uint8Array | number, value: Uint8Array): void {
+    const s = this.scratch;
+    const kl = prefix.length + (typeof key === "number" ? 8 : key.length);
+    this.size++;
+    if (kl + value.length > s.length) {
+      const k = Buffer.allocUnsafe(kl);
+      prefix.copy(k, 0);
+      if (typeof key === "number") writeU64(k, prefix.length, key);
+      else k.set(key, prefix.length);
+      return void this.native.put(k, value as Bytes);
+    }
+    prefix.copy(s, 0);
+    if (typeof key === "number") writeU64(s, prefix.length, key);
+    else s.set(key, prefix.length);
+    s.set(value, kl);
+    this.native.put(s.subarray(0, kl), s.subarray(kl, kl + value.length));
+  }
+
+  addRows(rows: readonly RowOp[]): void {
+    for (const r of rows) {
+      if (r.type === "put") this.put(r.sublevel, r.key, r.value);
+      else this.del(r.sublevel, r.key);
+    }
+  }
+}
+
+/** Scratch for one key and value; larger rows are passed as they are. */
+const SCRATCH_BYTES = 256 << 10;
+/** Room for the records of one commit's events (grown when needed, shrunk back after). */
+const RECORDS_BYTES = 256 << 10;
+
 export class Journal {
   private nextSeq: number;
   private committedSeq: number;
   private durableSeq: number;
   private queue: Pending[] = [];
-  private writing = false;
+  /** A drain is due on the next turn of the event loop (see {@link schedule}). */
+  private scheduled = false;
+  /** A drain is due in a microtask: bulk data is waiting. */
+  private early = false;
+  /** The drain loop is running. */
+  private draining = false;
+  /** The next commit's LevelDB batch: events and rows go in as they are appended. */
+  private forming: FormingBatch | undefined;
+  private readonly scratch = Buffer.allocUnsafeSlow(SCRATCH_BYTES);
+  /** Codec records of the events appended since the last cut, back to back, and their lengths. */
+  private records = Buffer.allocUnsafeSlow(RECORDS_BYTES);
+  private recordsEnd = 0;
+  private recordLengths: number[] = [];
+  private recordsFirst = 0;
+  private rowWriter: ((w: RowWriter) => void) | undefined;
   private failed: JournalError | undefined;
   private closed = false;
   private readonly listeners = new Set<Listener>();
@@ -112,7 +235,6 @@ export class Journal {
     readonly dir: string,
     private readonly db: Level<Bytes, Bytes>,
     private readonly events: Sublevel,
-    private readonly meta: Sublevel,
     private readonly data: DataLog,
     head: Head,
     /** This data directory's client id (segments are stored under it). */
@@ -165,7 +287,7 @@ export class Journal {
       await db.close();
       throw e;
     }
-    const journal = new Journal(dir, db, events, meta, data, head, clientId);
+    const journal = new Journal(dir, db, events, data, head, clientId);
     journal.recovery = recovery;
     if (recovery) await journal.sync(); // what survived is now durable; mark it so
     return journal;
@@ -181,8 +303,8 @@ export class Journal {
     let checked = 0;
     let bad: { seq: number; ref: { file: number; pos: number } } | undefined;
     try {
-      for await (const value of events.values({ gt: u64Key(head.synced ?? 0) } as never)) {
-        const e = decodeEvent(value as Bytes);
+      for await (const { record } of scanRecords(events, { gte: (head.synced ?? 0) + 1 })) {
+        const e = decodeEvent(record);
         checked++;
         if (e.type !== "ExtentWritten" || !e.ref) continue;
         const ok = await probe.check(e.ref, e.length, e.crc);
@@ -197,7 +319,14 @@ export class Journal {
     if (!bad) {
       return { checked };
     }
-    await events.clear({ gte: u64Key(bad.seq) } as never);
+    // The row holding the first bad event keeps what came before it; later rows go.
+    const row = await rowAt(events, bad.seq);
+    await events.clear({ gt: u64Key(row?.first ?? bad.seq) } as never);
+    if (row) {
+      const kept = rowRecords(row.value).slice(0, bad.seq - row.first);
+      if (kept.length > 0) await events.put(u64Key(row.first), Buffer.from(groupValue(kept)));
+      else await events.del(u64Key(row.first));
+    }
     head.seq = bad.seq - 1;
     head.dataFile = bad.ref.file;
     head.dataEnd = bad.ref.pos;
@@ -230,7 +359,9 @@ export class Journal {
   /**
    * Append events (and the projection rows derived from them) atomically.
    * Seqs and times are assigned now; the promise resolves once committed
-   * (and synced, with `sync`).
+   * (and synced, with `sync`). The bytes of ExtentWritten events are copied
+   * before this returns, so the caller may reuse its buffers; the events handed
+   * back carry `ref` (where the bytes are), not `data`.
    */
   append(newEvents: readonly NewEvent[], options: AppendOptions = {}): Promise<readonly JournalEvent[]> {
     if (this.failed) return Promise.reject(this.failed);
@@ -239,35 +370,78 @@ export class Journal {
     const firstSeq = this.nextSeq;
     const mark = this.data.mark();
     const events: JournalEvent[] = [];
-    const values: Bytes[] = [];
-    for (const ne of newEvents) {
-      let event = { ...ne, seq: asSeq(this.nextSeq++), time: ne.time ?? now } as JournalEvent;
-      if (event.type === "ExtentWritten" && event.data) {
-        const ref = this.data.reserve(event.data);
-        event = { ...event, ref, crc: event.crc || crc32(event.data) };
-        const { data: _omit, ...stored } = event;
-        values.push(Buffer.from(encodeEvent(stored as JournalEvent)));
-      } else {
-        values.push(Buffer.from(encodeEvent(event)));
-      }
-      events.push(event);
-    }
-    let rows: readonly RowOp[] = [];
+    let rows: readonly RowOp[];
     try {
-      if (options.project) rows = options.project(events);
+      for (const ne of newEvents) {
+        const seq = asSeq(this.nextSeq++);
+        const time = ne.time ?? now;
+        let event: JournalEvent;
+        if (ne.type === "ExtentWritten" && ne.data) {
+          // The bytes go to the data log (copied there); the event as stored points at them.
+          const ref = this.data.reserve(ne.data);
+          const crc = ne.crc || crc32(ne.data);
+          event = ne.caller
+            ? { type: "ExtentWritten", ino: ne.ino, offset: ne.offset, length: ne.length, crc, ref, caller: ne.caller, seq, time }
+            : { type: "ExtentWritten", ino: ne.ino, offset: ne.offset, length: ne.length, crc, ref, seq, time };
+        } else {
+          event = { ...ne, seq, time } as JournalEvent;
+        }
+        events.push(event);
+      }
+      for (const e of events) checkEncodable(e);
+      rows = options.project ? options.project(events) : [];
     } catch (e) {
       // Nothing was queued: give back the seqs and the data log space.
       this.nextSeq = firstSeq;
       this.data.rollback(mark);
       return Promise.reject(e);
     }
+    try {
+      // Each event encoded once, into the rows of the next commit (see event_rows.ts).
+      for (const e of events) this.stageRecord(e);
+      if (rows.length > 0) this.formingBatch().addRows(rows);
+    } catch (cause) {
+      // Part of it may be in the batch: nothing after this can be trusted (fail-stop).
+      this.failWith(new JournalError("io", `Cannot stage events in journal at ${this.dir}: ${(cause as Error).message}; reopen the journal`, { cause }));
+      return Promise.reject(this.failed);
+    }
+    // Data is written behind the appends, so a commit finds most of it in the file already.
+    if (this.data.unissuedBytes >= WRITE_BEHIND_BYTES) void this.data.write().catch(() => {});
     return new Promise((resolve, reject) => {
-      this.queue.push({ events, values, rows, sync: options.sync ?? false, resolve, reject });
-      if (!this.writing) {
-        this.writing = true;
-        queueMicrotask(() => void this.drain());
-      }
+      this.queue.push({ events, sync: options.sync ?? false, resolve, reject });
+      this.schedule();
     });
+  }
+
+  /**
+   * Start a commit for what is queued. The batch is cut when the event loop next
+   * turns, so every operation that is running now (and all those waiting on the same
+   * commit) joins it: one batch and one sync for all of them, however their awaits
+   * interleave. Bulk data does not wait that long: once enough is queued the commit
+   * starts at once, so that writing it to disk overlaps with staging more; nor do
+   * thousands of appends.
+   */
+  private schedule(): void {
+    if (this.draining) return; // the running loop takes the queue next
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => {
+        this.scheduled = false;
+        void this.drain();
+      });
+    }
+    if (!this.early && (this.data.pendingBytes >= EARLY_COMMIT_BYTES || this.queue.length >= EARLY_COMMIT_APPENDS)) {
+      this.early = true;
+      queueMicrotask(() => {
+        this.early = false;
+        void this.drain();
+      });
+    }
+  }
+
+  /** A commit is scheduled or running. */
+  private get writing(): boolean {
+    return this.scheduled || this.draining;
   }
 
   /** Make everything appended so far durable. */
@@ -277,8 +451,6 @@ export class Journal {
     await this.append([], { sync: true });
   }
 
-  private rowSource: (() => readonly RowOp[]) | undefined;
-
   /**
    * Let a projection hand over its rows once per commit instead of once per
    * append: `source` is called when a batch is cut, synchronously, and must
@@ -286,7 +458,66 @@ export class Journal {
    * changed by several appends in the batch is then written once).
    */
   setRowSource(source: () => readonly RowOp[]): void {
-    this.rowSource = source;
+    this.rowWriter = (w) => {
+      for (const r of source()) {
+        if (r.type === "put") w.put(r.sublevel, r.key, r.value);
+        else w.del(r.sublevel, r.key);
+      }
+    };
+  }
+
+  /**
+   * Like {@link setRowSource}, without building row objects: `write` is called when a
+   * batch is cut and puts the rows of everything appended until then into `w`.
+   */
+  setRowWriter(write: (w: RowWriter) => void): void {
+    this.rowWriter = write;
+  }
+
+  private stageRecord(e: JournalEvent): void {
+    const packed = packBody(e);
+    const need = this.recordsEnd + 1 + packed.length;
+    if (need > this.records.length) {
+      const grown = Buffer.allocUnsafeSlow(Math.max(need, 2 * this.records.length));
+      this.records.copy(grown, 0, 0, this.recordsEnd);
+      this.records = grown;
+    }
+    if (this.recordLengths.length === 0) this.recordsFirst = e.seq;
+    else if (e.seq !== this.recordsFirst + this.recordLengths.length) throw new Error(`event ${e.seq} does not follow the staged ones`);
+    this.records[this.recordsEnd] = SCHEMA_VERSION;
+    this.records.set(packed, this.recordsEnd + 1);
+    this.recordsEnd += 1 + packed.length;
+    this.recordLengths.push(1 + packed.length);
+  }
+
+  /** Put the staged records into `b` as event rows: groups of consecutive events. */
+  private putRecords(b: FormingBatch): void {
+    const lengths = this.recordLengths;
+    let i = 0;
+    let at = 0;
+    while (i < lengths.length) {
+      let j = i;
+      let bytes = 0;
+      while (j < lengths.length && j - i < GROUP_EVENTS && (j === i || bytes + lengths[j]! <= GROUP_BYTES)) bytes += lengths[j++]!;
+      const seq = this.recordsFirst + i;
+      if (j - i === 1) b.putRaw(EVENTS_PREFIX, seq, this.records.subarray(at, at + bytes));
+      else {
+        const slice = lengths.slice(i, j);
+        const value = Buffer.allocUnsafe(5 + 4 * slice.length + bytes);
+        const h = writeGroupHeader(value, slice);
+        this.records.copy(value, h, at, at + bytes);
+        b.putRaw(EVENTS_PREFIX, seq, value);
+      }
+      at += bytes;
+      i = j;
+    }
+    this.recordsEnd = 0;
+    this.recordLengths = [];
+    if (this.records.length > RECORDS_BYTES) this.records = Buffer.allocUnsafeSlow(RECORDS_BYTES);
+  }
+
+  private formingBatch(): FormingBatch {
+    return (this.forming ??= new FormingBatch(this.db.batch(), this.scratch));
   }
 
   /** Bytes appended but not yet durable in the data log (for back-pressure). */
@@ -306,17 +537,22 @@ export class Journal {
   }
 
   private async drain(): Promise<void> {
+    if (this.draining) return;
+    this.draining = true;
     while (this.queue.length > 0 && !this.failed) {
       const batch = this.queue;
       this.queue = [];
-      // Rows of everything appended so far, and nothing later: taken before any await.
-      const shared = this.rowSource?.() ?? [];
       try {
-        await this.commit(batch, shared);
+        // Rows of everything appended so far, and nothing later: taken before any await.
+        const b = this.formingBatch();
+        this.forming = undefined;
+        this.putRecords(b);
+        this.rowWriter?.(b);
+        await this.commit(batch, b);
       } catch (cause) {
         const code = (cause as NodeJS.ErrnoException).code ?? (cause as { cause?: NodeJS.ErrnoException }).cause?.code;
         const full = code === "ENOSPC" || /no space left/i.test(String((cause as Error).message));
-        this.failed =
+        this.failWith(
           cause instanceof JournalError
             ? cause
             : new JournalError(
@@ -325,11 +561,9 @@ export class Journal {
                   ? `Cannot commit to journal at ${this.dir}: the disk is full; nothing acknowledged is lost, free space and remount`
                   : `Cannot commit to journal at ${this.dir}: ${(cause as Error).message}; fix the disk, then remount`,
                 { cause },
-              );
-        this.data.discardPending();
-        for (const p of batch) p.reject(this.failed);
-        for (const p of this.queue) p.reject(this.failed);
-        this.queue = [];
+              ),
+          batch,
+        );
         break;
       }
       const all: JournalEvent[] = [];
@@ -339,33 +573,40 @@ export class Journal {
       }
       if (all.length > 0) for (const l of this.listeners) l(all);
     }
-    this.writing = false;
-    for (const r of this.idle.splice(0)) r();
+    this.draining = false;
+    if (!this.scheduled || this.failed) for (const r of this.idle.splice(0)) r();
   }
 
-  private async commit(batch: readonly Pending[], shared: readonly RowOp[]): Promise<void> {
+  /** Stop for good: reject every queued append (and `also`), refuse new ones. */
+  private failWith(error: JournalError, also: readonly Pending[] = []): void {
+    this.failed ??= error;
+    this.data.discardPending();
+    this.forming = undefined;
+    this.recordsEnd = 0;
+    this.recordLengths = [];
+    for (const p of also) p.reject(this.failed);
+    for (const p of this.queue) p.reject(this.failed);
+    this.queue = [];
+  }
+
+  private async commit(batch: readonly Pending[], b: FormingBatch): Promise<void> {
     let sync = false;
     for (const p of batch) sync ||= p.sync;
-    await this.data.write();
-    // A synced commit needs its data durable too. The data's fdatasync runs beside the
-    // LevelDB sync (one fsync's latency instead of two); until both are done the head
-    // row does not claim this commit synced, so after a power loss recovery checks it.
-    const dataSync = sync && this.data.hasUnsynced;
-    const ops: unknown[] = [];
+    // The data is written beside the LevelDB batch rather than before it. The head row
+    // claims a commit synced only when it had no data to make durable; otherwise (and
+    // for every unsynced commit) the events after the last synced seq are checked
+    // against their data's CRC on the next open, so a batch that reached the disk
+    // before its data did is cut back, never trusted (see Journal.recover).
+    const pos = this.data.reservedEnd;
+    const hasData = this.data.pendingBytes > 0;
+    const dataSync = sync && (hasData || this.data.hasUnsynced);
+    const written = this.data.write();
     let last = this.committedSeq;
-    for (const p of batch) {
-      for (let i = 0; i < p.events.length; i++) {
-        const seq = p.events[i]!.seq;
-        ops.push({ type: "put", sublevel: this.events, key: u64Key(seq), value: p.values[i] });
-        last = seq;
-      }
-      for (const r of p.rows) ops.push(r);
-    }
-    for (const r of shared) ops.push(r);
-    const pos = this.data.position;
+    for (const p of batch) if (p.events.length > 0) last = p.events[p.events.length - 1]!.seq;
     const head: Head = { seq: last, dataFile: pos.file, dataEnd: pos.end, synced: sync && !dataSync ? last : this.durableSeq };
-    ops.push({ type: "put", sublevel: this.meta, key: Buffer.from("head"), value: Buffer.from(packValue(head)) });
-    await Promise.all([this.db.batch(ops as never, { sync } as never), dataSync ? this.data.sync() : undefined]);
+    b.native.put(HEAD_KEY, Buffer.from(packValue(head)));
+    // The data's fdatasync runs beside the LevelDB sync: one fsync's latency, not two.
+    await Promise.all([b.native.write({ sync } as never), dataSync ? written.then(() => this.data.sync()) : written]);
     this.stats.commits++;
     if (sync) this.stats.syncedCommits++;
     this.stats.appends += batch.length;
@@ -375,21 +616,18 @@ export class Journal {
 
   /** Read committed events in seq order (or reverse). */
   async *read(options: ReadOptions = {}): AsyncGenerator<JournalEvent> {
-    const range: Record<string, unknown> = { reverse: options.reverse ?? false };
-    if (options.gte !== undefined) range.gte = u64Key(options.gte);
-    if (options.lte !== undefined) range.lte = u64Key(options.lte);
-    if (options.limit !== undefined) range.limit = options.limit;
-    for await (const value of this.events.values(range as never)) {
-      const event = decodeEvent(value as Bytes);
+    for await (const { record } of scanRecords(this.events, options)) {
+      const event = decodeEvent(record);
       yield options.data ? await this.withData(event) : event;
     }
   }
 
   /** Read one event by seq. */
   async get(seq: number, withData = false): Promise<JournalEvent | undefined> {
-    const value = await this.events.get(u64Key(seq));
-    if (!value) return undefined;
-    const event = decodeEvent(value);
+    const row = await rowAt(this.events, seq);
+    const record = row && rowRecord(row.first, row.value, seq);
+    if (!record) return undefined;
+    const event = decodeEvent(record);
     return withData ? this.withData(event) : event;
   }
 
@@ -454,6 +692,15 @@ export class Journal {
 
   /** Retention: delete every event with seq < `seq`. Data log files are the caller's to reclaim. */
   async deleteBefore(seq: number): Promise<void> {
+    // A group that straddles `seq` is rewritten to hold only the events from `seq` on.
+    const row = await rowAt(this.events, seq);
+    if (row && row.first < seq) {
+      const kept = rowRecords(row.value).slice(seq - row.first);
+      await this.db.batch([
+        { type: "del", sublevel: this.events, key: u64Key(row.first) },
+        { type: "put", sublevel: this.events, key: u64Key(seq), value: Buffer.from(groupValue(kept)) },
+      ] as never);
+    }
     await this.events.clear({ lt: u64Key(seq) } as never);
   }
 
@@ -465,24 +712,79 @@ export class Journal {
    */
   async retire(deletes: readonly (number | readonly [number, number])[], replacements: readonly JournalEvent[] = []): Promise<void> {
     if (this.failed) throw this.failed;
+    const ranges: [number, number][] = [];
+    for (const d of deletes) {
+      const [from, to] = typeof d === "number" ? [d, d] : d;
+      if (to < from) continue;
+      if (to > this.committedSeq) throw new JournalError("unsupported", `Cannot retire seqs up to ${to}: they are not committed`);
+      ranges.push([from, to]);
+    }
+    ranges.sort((x, y) => x[0] - y[0]);
+    const merged: [number, number][] = [];
+    for (const r of ranges) {
+      const last = merged[merged.length - 1];
+      if (last && r[0] <= last[1] + 1) last[1] = Math.max(last[1], r[1]);
+      else merged.push([r[0], r[1]]);
+    }
+    const replace = new Map<number, Uint8Array>();
+    for (const e of replacements) {
+      if (e.seq > this.committedSeq) throw new JournalError("unsupported", `Cannot replace seq ${e.seq}: it is not committed`);
+      replace.set(e.seq, encodeEvent(e));
+    }
+    const gone = (seq: number) => {
+      let lo = 0;
+      let hi = merged.length - 1;
+      while (lo <= hi) {
+        const mid = (lo + hi) >>> 1;
+        const [a, z] = merged[mid]!;
+        if (seq < a) hi = mid - 1;
+        else if (seq > z) lo = mid + 1;
+        else return true;
+      }
+      return false;
+    };
+    // Every row that holds an affected event: rows wholly deleted need no reading.
+    const touched = new Map<number, Uint8Array | null>(); // first seq → value to rewrite (null: delete whole)
+    for (const [from, to] of merged) {
+      const start = await rowAt(this.events, from);
+      const range: Record<string, unknown> = { gte: u64Key(start?.first ?? from), lte: u64Key(to) };
+      for await (const [k, v] of this.events.iterator(range as never)) {
+        const first = readU64(k as Bytes);
+        const count = rowCount(v as Bytes);
+        touched.set(first, first >= from && first + count - 1 <= to ? null : (v as Bytes));
+      }
+    }
+    for (const seq of replace.keys()) {
+      const row = await rowAt(this.events, seq);
+      if (row && !touched.has(row.first)) touched.set(row.first, row.value);
+    }
     let ops: unknown[] = [];
     const flush = async () => {
       if (ops.length > 0) await this.db.batch(ops as never, { sync: false } as never);
       ops = [];
     };
-    for (const d of deletes) {
-      if (typeof d === "number") {
-        if (d > this.committedSeq) throw new JournalError("unsupported", `Cannot retire seq ${d}: it is not committed`);
-        ops.push({ type: "del", sublevel: this.events, key: u64Key(d) });
-        if (ops.length >= 1000) await flush();
-      } else {
-        if (d[1] > this.committedSeq) throw new JournalError("unsupported", `Cannot retire seqs up to ${d[1]}: they are not committed`);
-        if (d[1] >= d[0]) await this.events.clear({ gte: u64Key(d[0]), lte: u64Key(d[1]) } as never);
+    for (const [first, value] of touched) {
+      ops.push({ type: "del", sublevel: this.events, key: u64Key(first) });
+      if (value) {
+        // What is left, as runs of consecutive events (a row's events must be consecutive).
+        const records = rowRecords(value);
+        let run: Uint8Array[] = [];
+        let runFirst = first;
+        const close = () => {
+          if (run.length > 0) ops.push({ type: "put", sublevel: this.events, key: u64Key(runFirst), value: Buffer.from(groupValue(run)) });
+          run = [];
+        };
+        for (let i = 0; i < records.length; i++) {
+          const seq = first + i;
+          if (gone(seq)) {
+            close();
+            continue;
+          }
+          if (run.length === 0) runFirst = seq;
+          run.push(replace.get(seq) ?? records[i]!);
+        }
+        close();
       }
-    }
-    for (const e of replacements) {
-      if (e.seq > this.committedSeq) throw new JournalError("unsupported", `Cannot replace seq ${e.seq}: it is not committed`);
-      ops.push({ type: "put", sublevel: this.events, key: u64Key(e.seq), value: Buffer.from(encodeEvent(e)) });
       if (ops.length >= 1000) await flush();
     }
     await flush();

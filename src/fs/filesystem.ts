@@ -26,7 +26,7 @@ import {
   type NewEvent,
 } from "../../journal/mod.ts";
 import { evolve, S_IFMT, TYPE_BITS } from "../projection/evolve.ts";
-import { extentsIn, NotLoaded, SUBLEVELS, TreeState, type Backing, type Dirent, type Inode, type Need } from "../projection/state.ts";
+import { auditSeqs, extentsIn, NotLoaded, SUBLEVELS, TreeState, type Backing, type Dirent, type Inode, type Need } from "../projection/state.ts";
 import { fsck, rebuild, type FsckReport, type ReplayStart } from "../projection/fsck.ts";
 import { localReplayStart } from "../retention/history.ts";
 import { permits, inGroup, R_OK, S_ISGID, S_ISUID, S_ISVTX, W_OK, X_OK, type Ctx } from "./context.ts";
@@ -191,7 +191,7 @@ export class Filesystem {
         maxPendingBytes: options.maxPendingBytes ?? 64 << 20,
         readOnly: options.readOnly ?? false,
       }, options.log, options.remote);
-      journal.setRowSource(() => state.takeRows());
+      journal.setRowWriter((w) => state.writeRows(w));
       journal.subscribe(() => fs.maybeEvict());
       await fs.start(options);
       return fs;
@@ -237,7 +237,7 @@ export class Filesystem {
     if (this.failed) throw this.failure();
     if (this.closed) throw new FsError("EIO", "filesystem is closed");
     if (this.remote) await this.listPending(needs, options.list ?? []);
-    await this.state.load(needs);
+    if (!this.state.loaded(needs)) await this.state.load(needs);
     for (let attempt = 0; ; attempt++) {
       let decision: { events: NewEvent[]; result: T; sync?: boolean };
       try {
@@ -307,7 +307,7 @@ export class Filesystem {
 
   /** After a commit that left nothing staged, drop clean cache entries beyond the limit. */
   private maybeEvict(): void {
-    if (this.journal.queued > 0) return;
+    if (this.journal.queued > 0 || !this.state.over(this.options.cacheEntries)) return;
     this.state.evict(this.options.cacheEntries, new Set<number>(this.openCount.keys()));
   }
 
@@ -519,7 +519,7 @@ export class Filesystem {
   async eventsOf(ino: number): Promise<number[]> {
     await this.guard(this.journal.flushed());
     const out: number[] = [];
-    for await (const k of this.backing.audit.keys({ gte: key(ino, 0), lt: key(ino + 1, 0) } as never)) out.push(readU64(k as Buffer, 8));
+    for await (const [k, v] of this.backing.audit.iterator({ gte: key(ino, 0), lt: key(ino + 1, 0) } as never)) out.push(...auditSeqs(k as Buffer, v as Buffer));
     return out;
   }
 
@@ -907,8 +907,8 @@ export class Filesystem {
     if (!h.writable) fail("EBADF");
     if (offset < 0) fail("EINVAL");
     if (data.length === 0) return 0;
-    // The caller's buffer may be reused once we return: keep a copy until it is durable.
-    const bytes = new Uint8Array(data);
+    // The journal copies the bytes when it appends them (the caller may reuse its buffer).
+    const bytes = data;
     await this.run([{ inode: h.ino }, { extents: h.ino }], () => {
       const inode = this.inode(h.ino);
       this.state.extents(h.ino);
@@ -952,6 +952,8 @@ export class Filesystem {
       return;
     }
     this.openCount.delete(h.ino);
+    // The common case, a file that still has a name, needs no load and no decision.
+    if ((this.state.cached(h.ino)?.nlink ?? 0) > 0 && !this.failed && !this.closed) return;
     await this.run([{ inode: h.ino }, { extents: h.ino }], () => {
       const inode = this.state.inode(h.ino);
       if (!inode || inode.nlink > 0 || this.openCount.has(h.ino)) return { events: [], result: undefined };

@@ -19,10 +19,10 @@ export const TYPE_BITS: Record<InodeKind, number> = {
 };
 
 export function evolve(state: TreeState, event: JournalEvent): void {
-  for (const ino of inodesTouched(event)) state.indexEvent(ino, event.seq);
+  indexEvent(state, event);
   switch (event.type) {
     case "InodeCreated": {
-      state.putInode({
+      const inode: Inode = {
         ino: event.ino,
         kind: event.kind,
         mode: (event.mode & ~S_IFMT) | TYPE_BITS[event.kind],
@@ -34,11 +34,15 @@ export function evolve(state: TreeState, event: JournalEvent): void {
         mtime: event.time,
         ctime: event.time,
         rdev: event.rdev ?? 0,
-        ...(event.target !== undefined ? { target: event.target } : {}),
-        ...(event.kind === "dir" ? { nextCookie: FIRST_COOKIE, entries: 0 } : {}),
-        ...(event.kind === "dir" && event.remotePrefix !== undefined ? { pending: event.remotePrefix } : {}),
-        changedAt: event.seq,
-      });
+      };
+      if (event.target !== undefined) inode.target = event.target;
+      if (event.kind === "dir") {
+        inode.nextCookie = FIRST_COOKIE;
+        inode.entries = 0;
+        if (event.remotePrefix !== undefined) inode.pending = event.remotePrefix;
+      }
+      inode.changedAt = event.seq;
+      state.putInode(inode);
       if (event.ino === ROOT_INO && event.kind === "dir") {
         // The root has no dirent: it is its own parent.
         const root = must(state, event.ino);
@@ -216,6 +220,27 @@ export function evolve(state: TreeState, event: JournalEvent): void {
       const never: never = event;
       throw new Error(`evolve: unknown event ${(never as { type: string }).type}`);
     }
+  }
+}
+
+/** Record the event in the audit index of each inode it touched (without building a list). */
+function indexEvent(state: TreeState, e: JournalEvent): void {
+  switch (e.type) {
+    case "InodeCreated":
+    case "DirentLinked":
+    case "DirentUnlinked":
+    case "AttrsChanged":
+    case "ExtentWritten":
+    case "Truncated":
+    case "XattrSet":
+    case "XattrRemoved":
+    case "InodeDropped":
+    case "ObjectMaterialized":
+    case "ConflictDetected":
+      state.indexEvent(e.ino, e.seq);
+      return;
+    default:
+      for (const ino of inodesTouched(e)) state.indexEvent(ino, e.seq);
   }
 }
 

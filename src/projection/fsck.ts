@@ -6,7 +6,7 @@ import { readU64 } from "../../journal/keys.ts";
 import { unpackValue } from "../../journal/codec.ts";
 import type { Journal } from "../../journal/mod.ts";
 import { evolve } from "./evolve.ts";
-import { SUBLEVELS, TreeState, type Backing } from "./state.ts";
+import { auditSeqs, SUBLEVELS, TreeState, type Backing } from "./state.ts";
 
 export interface FsckReport {
   /** True when the persisted rows equal the journal's replay. */
@@ -43,6 +43,11 @@ export async function fsck(journal: Journal, backing: Backing, options: { maxDif
   const { memory, events } = await replay(journal, options.start);
   const expected = memory.rows();
   for (const [sub, level] of Object.entries(bySublevelName(backing))) {
+    if (sub === SUBLEVELS.audit) {
+      await compareAudit(level, memory.auditEntries(), differences, max);
+      if (differences.length >= max) break;
+      continue;
+    }
     const want = new Map(expected.get(sub)!);
     for await (const [k, v] of level.iterator()) {
       const hex = (k as Buffer).toString("hex");
@@ -61,6 +66,33 @@ export async function fsck(journal: Journal, backing: Backing, options: { maxDif
     }
   }
   return { ok: differences.length === 0, events, differences };
+}
+
+/**
+ * The audit index as a set of (inode, seq) entries: how they are grouped into rows
+ * depends on how events were committed, so rows are compared by what they hold.
+ */
+async function compareAudit(level: Backing["audit"], want: Set<string>, differences: string[], max: number): Promise<void> {
+  const what = NAMES[SUBLEVELS.audit];
+  for await (const [k, v] of level.iterator()) {
+    const ino = readU64(k as Buffer);
+    let seqs: number[];
+    try {
+      seqs = auditSeqs(k as Buffer, v as Buffer);
+    } catch {
+      differences.push(`${what} of inode ${ino} at seq ${readU64(k as Buffer, 8)} cannot be read: ${show(v as Buffer)}`);
+      continue;
+    }
+    for (const seq of seqs) {
+      if (!want.delete(`${ino}:${seq}`)) differences.push(`${what} of inode ${ino} for seq ${seq} is persisted but the journal does not produce it`);
+      if (differences.length >= max) return;
+    }
+  }
+  for (const entry of want) {
+    if (differences.length >= max) return;
+    const [ino, seq] = entry.split(":");
+    differences.push(`${what} of inode ${ino} for seq ${seq} is missing from the persisted rows`);
+  }
 }
 
 /** Where a replay starts: a state (a checkpoint's) and the first seq to evolve on it. */

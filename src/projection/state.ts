@@ -17,13 +17,16 @@
  *   c!<parent><cookie>       readdir cursor   msgpack [name, ino, kind] (cookies only grow: stable offsets)
  *   x!<ino><offset>          extent           msgpack [length, dataFile, dataPos]
  *   o!<ino>                  orphan           empty (nlink 0, kept while open)
- *   ae!<ino><seq>            audit index      empty (event seq touched inode ino: the log follows a file without a scan)
+ *   ae!<ino><seq>            audit index      events that touched inode ino (the log follows a file without a scan):
+ *                                             empty for seq alone, or msgpack [d1, d2, …]: seq and seq+d1, seq+d2, …
+ *                                             as well (one row per inode and commit; rows from before held one seq each)
  *   sd!<file><pos>           segment data     msgpack [length, segment key, at] (data log bytes also in a segment in S3)
  *   r!<key utf8>             remote index     msgpack [ino, etag, asOf] (objects this client knows in S3, and the seq they reflect)
  *   pm!nextIno               next inode number msgpack number
  *   pm!sync                  sync state       msgpack SyncState
  */
 import { key, readU64, type Ino, type InodeKind, type RowOp, type SkippedKey, type Sublevel } from "../../journal/mod.ts";
+import type { RowWriter } from "../../journal/store.ts";
 import { packValue, unpackValue } from "../../journal/codec.ts";
 
 export interface Inode {
@@ -151,7 +154,6 @@ export interface StateDump {
 /** A segment-data row: `length` bytes at data log (file, pos) are at byte `at` of segment `key`. */
 export type SegmentRun = readonly [length: number, key: string, at: number];
 
-const direntKey = (parent: number, name: string) => `${parent}/${name}`;
 const NEXT_INO = Buffer.from("nextIno");
 const SYNC = Buffer.from("sync");
 const EMPTY = Buffer.alloc(0);
@@ -159,7 +161,9 @@ const MAX_SKIPPED = 200;
 
 export class TreeState {
   private readonly inodes = new Map<number, Inode | null>();
-  private readonly dirents = new Map<string, Dirent | null>();
+  /** Cached dirents: parent → name → dirent, or null when known absent. */
+  private readonly dirents = new Map<number, Map<string, Dirent | null>>();
+  private direntCount = 0;
   private readonly extentLists = new Map<number, Extent[]>();
   private orphanSet = new Set<number>();
   /**
@@ -174,11 +178,12 @@ export class TreeState {
   private syncState: SyncState | undefined;
   /** Segment data rows, written blind like the remote index. */
   private readonly segmentRuns = new Map<string, { file: number; pos: number; run: SegmentRun }>();
-  /** Audit index rows to write: [ino, seq]. */
-  private auditRows: [number, number][] = [];
+  /** Audit index entries to write: ino → the seqs of the events that touched it, in order. */
+  private audit = new Map<number, number[]>();
 
   private readonly dirtyInodes = new Set<number>();
-  private readonly dirtyDirents = new Map<string, { parent: Ino; name: string; oldCookie?: number }>();
+  /** Dirents changed since the last rows were taken: parent → name → the cookie before (undefined: none). */
+  private readonly dirtyDirents = new Map<number, Map<string, number | undefined>>();
   private readonly dirtyExtents = new Map<number, Set<number>>();
   private readonly dirtyOrphans = new Set<number>();
   private dirtyMeta = false;
@@ -186,8 +191,8 @@ export class TreeState {
 
   private constructor(
     private readonly backing: Backing | undefined,
-    /** Keep audit index rows (off for long folds that need only the tree: retention). */
-    private readonly audit = true,
+    /** Keep audit index entries (off for long folds that need only the tree: retention). */
+    private readonly keepAudit = true,
   ) {}
 
   /** A state with every row in memory, starting empty. */
@@ -202,7 +207,12 @@ export class TreeState {
       s.inodes.set(inode.ino, { ...inode, ...(inode.truncs ? { truncs: inode.truncs.map(([a, b]) => [a, b] as [number, number]) } : {}) });
       s.extentLists.set(inode.ino, []);
     }
-    for (const [parent, name, ino, cookie, kind] of d.dirents) s.dirents.set(direntKey(parent, name), { ino: ino as Ino, cookie, kind });
+    for (const [parent, name, ino, cookie, kind] of d.dirents) {
+      let names = s.dirents.get(parent);
+      if (!names) s.dirents.set(parent, (names = new Map()));
+      names.set(name, { ino: ino as Ino, cookie, kind });
+      s.direntCount++;
+    }
     for (const [ino, offset, length, file, pos] of d.extents) {
       let list = s.extentLists.get(ino);
       if (!list) s.extentLists.set(ino, (list = []));
@@ -223,11 +233,7 @@ export class TreeState {
     const inodes: Inode[] = [];
     for (const inode of this.inodes.values()) if (inode) inodes.push(inode);
     const dirents: StateDump["dirents"][number][] = [];
-    for (const [k, d] of this.dirents) {
-      if (!d) continue;
-      const slash = k.indexOf("/");
-      dirents.push([Number(k.slice(0, slash)), k.slice(slash + 1), d.ino, d.cookie, d.kind]);
-    }
+    for (const [parent, names] of this.dirents) for (const [name, d] of names) if (d) dirents.push([parent, name, d.ino, d.cookie, d.kind]);
     const extents: StateDump["extents"][number][] = [];
     for (const [ino, list] of this.extentLists) if (this.inodes.get(ino)) for (const e of list) extents.push([ino, e.offset, e.length, e.file, e.pos]);
     const remote: StateDump["remote"][number][] = [];
@@ -242,18 +248,6 @@ export class TreeState {
     for (const [ino, list] of this.extentLists) if (this.inodes.get(ino)) for (const e of list) yield [ino as Ino, e];
   }
 
-  /** In-memory states: every live inode. */
-  *allInodes(): Generator<Inode> {
-    for (const inode of this.inodes.values()) if (inode) yield inode;
-  }
-
-  /** In-memory states: the entries of a directory, as [name, dirent], in cookie order. */
-  entriesOf(dir: Ino): [string, Dirent][] {
-    const out: [string, Dirent][] = [];
-    const prefix = `${dir}/`;
-    for (const [k, d] of this.dirents) if (d && k.startsWith(prefix)) out.push([k.slice(prefix.length), d]);
-    return out.sort((a, b) => a[1].cookie - b[1].cookie);
-  }
 
   /** A cache over persisted rows. */
   static async open(backing: Backing): Promise<TreeState> {
@@ -279,15 +273,13 @@ export class TreeState {
         if (!this.inodes.has(need.inode)) this.inodes.set(need.inode, raw ? unpackValue<Inode>(raw) : null);
       } else if ("dirent" in need) {
         const [parent, name] = need.dirent;
-        const k = direntKey(parent, name);
-        if (this.dirents.has(k) || this.completeDirs.has(parent)) continue;
+        if (this.completeDirs.has(parent) || this.dirents.get(parent)?.has(name)) continue;
         const raw = await b.dirents.get(key(parent, name));
-        if (!this.dirents.has(k)) {
-          if (raw) {
-            const [ino, cookie, kind] = unpackValue<[Ino, number, InodeKind]>(raw);
-            this.dirents.set(k, { ino, cookie, kind });
-          } else this.dirents.set(k, null);
-        }
+        if (this.dirents.get(parent)?.has(name)) continue;
+        if (raw) {
+          const [ino, cookie, kind] = unpackValue<[Ino, number, InodeKind]>(raw);
+          this.cacheDirent(parent, name, { ino, cookie, kind });
+        } else this.cacheDirent(parent, name, null);
       } else {
         if (this.extentLists.has(need.extents)) continue;
         const list: Extent[] = [];
@@ -299,6 +291,32 @@ export class TreeState {
         if (!this.extentLists.has(need.extents)) this.extentLists.set(need.extents, list);
       }
     }
+  }
+
+  /** Whether every row that `needs` name is cached (then {@link load} has nothing to do). */
+  loaded(needs: readonly Need[]): boolean {
+    if (!this.backing) return true;
+    for (const need of needs) {
+      if ("inode" in need) {
+        if (!this.inodes.has(need.inode)) return false;
+      } else if ("dirent" in need) {
+        const [parent, name] = need.dirent;
+        if (!this.completeDirs.has(parent) && !this.dirents.get(parent)?.has(name)) return false;
+      } else if (!this.extentLists.has(need.extents)) return false;
+    }
+    return true;
+  }
+
+  private cacheDirent(parent: number, name: string, d: Dirent | null): void {
+    let names = this.dirents.get(parent);
+    if (!names) this.dirents.set(parent, (names = new Map()));
+    if (!names.has(name)) this.direntCount++;
+    names.set(name, d);
+  }
+
+  /** Whether the cache holds more than `max` entries of some kind (then {@link evict} has work). */
+  over(max: number): boolean {
+    return this.inodes.size > max || this.direntCount > max || this.extentLists.size > max / 16;
   }
 
   /**
@@ -313,11 +331,17 @@ export class TreeState {
         if (!this.dirtyInodes.has(ino) && !keep.has(ino) && ino !== 1) this.inodes.delete(ino);
       }
     }
-    if (this.dirents.size > max) {
+    if (this.direntCount > max) {
       this.completeDirs.clear();
-      for (const k of this.dirents.keys()) {
-        if (this.dirents.size <= max / 2) break;
-        if (!this.dirtyDirents.has(k)) this.dirents.delete(k);
+      for (const [parent, names] of this.dirents) {
+        if (this.direntCount <= max / 2) break;
+        const dirty = this.dirtyDirents.get(parent);
+        for (const name of names.keys()) {
+          if (dirty?.has(name)) continue;
+          names.delete(name);
+          this.direntCount--;
+        }
+        if (names.size === 0) this.dirents.delete(parent);
       }
     }
     if (this.extentLists.size > max / 16) {
@@ -339,8 +363,13 @@ export class TreeState {
     return v ?? undefined;
   }
 
+  /** The inode if it is cached (null: known absent), else undefined; never loads or throws. */
+  cached(ino: Ino): Inode | null | undefined {
+    return this.inodes.get(ino);
+  }
+
   dirent(parent: Ino, name: string): Dirent | undefined {
-    const v = this.dirents.get(direntKey(parent, name));
+    const v = this.dirents.get(parent)?.get(name);
     if (v === undefined) {
       if (this.backing && !this.completeDirs.has(parent)) throw new NotLoaded({ dirent: [parent, name] });
       return undefined;
@@ -388,7 +417,11 @@ export class TreeState {
 
   /** Record that event `seq` touched inode `ino` (the audit index). */
   indexEvent(ino: number, seq: number): void {
-    if (this.audit) this.auditRows.push([ino, seq]);
+    if (!this.keepAudit) return;
+    const seqs = this.audit.get(ino);
+    if (seqs) {
+      if (seqs[seqs.length - 1] !== seq) seqs.push(seq);
+    } else this.audit.set(ino, [seq]);
   }
 
   /** Record that data log bytes (file, pos, length) are in a segment in S3. */
@@ -439,21 +472,20 @@ export class TreeState {
   }
 
   putDirent(parent: Ino, name: string, dirent: Dirent): void {
-    const k = direntKey(parent, name);
-    this.noteDirent(k, parent, name);
-    this.dirents.set(k, dirent);
+    this.noteDirent(parent, name);
+    this.cacheDirent(parent, name, dirent);
   }
 
   delDirent(parent: Ino, name: string): void {
-    const k = direntKey(parent, name);
-    this.noteDirent(k, parent, name);
-    this.dirents.set(k, null);
+    this.noteDirent(parent, name);
+    this.cacheDirent(parent, name, null);
   }
 
-  private noteDirent(k: string, parent: Ino, name: string): void {
-    if (this.dirtyDirents.has(k)) return;
-    const before = this.dirents.get(k);
-    this.dirtyDirents.set(k, { parent, name, oldCookie: before ? before.cookie : undefined });
+  private noteDirent(parent: Ino, name: string): void {
+    let dirty = this.dirtyDirents.get(parent);
+    if (!dirty) this.dirtyDirents.set(parent, (dirty = new Map()));
+    if (dirty.has(name)) return;
+    dirty.set(name, this.dirents.get(parent)?.get(name)?.cookie);
   }
 
   /** Record that bytes [offset, offset+length) now live at (file, pos). */
@@ -511,51 +543,67 @@ export class TreeState {
 
   /** Row writes for every change since the last call. */
   takeRows(): RowOp[] {
+    const ops: RowOp[] = [];
+    const copy = (u: Uint8Array) => Buffer.from(u);
+    this.writeRows({
+      put: (sublevel, k, v) => ops.push({ type: "put", sublevel, key: copy(k), value: copy(v) }),
+      del: (sublevel, k) => ops.push({ type: "del", sublevel, key: copy(k) }),
+    });
+    return ops;
+  }
+
+  /**
+   * Write the rows of every change since the last call into `w` (which copies keys and
+   * values at once: they are scratch buffers here). The audit index gets one row per
+   * inode touched, holding every seq that touched it since the last call.
+   */
+  writeRows(w: RowWriter): void {
     const b = this.backing;
     if (!b) {
       for (const [k, v] of this.remoteKeys) if (v === null) this.remoteKeys.delete(k);
       this.clearDirty();
-      return [];
+      return;
     }
-    const ops: RowOp[] = [];
     for (const ino of this.dirtyInodes) {
       const inode = this.inodes.get(ino);
-      if (inode) ops.push({ type: "put", sublevel: b.inodes, key: key(ino), value: Buffer.from(packValue(inode)) });
-      else ops.push({ type: "del", sublevel: b.inodes, key: key(ino) });
+      if (inode) w.put(b.inodes, k8(ino), packValue(inode));
+      else w.del(b.inodes, k8(ino));
     }
-    for (const [k, { parent, name, oldCookie }] of this.dirtyDirents) {
-      const d = this.dirents.get(k);
-      if (oldCookie !== undefined && oldCookie !== d?.cookie) ops.push({ type: "del", sublevel: b.cookies, key: key(parent, oldCookie) });
-      if (d) {
-        ops.push({ type: "put", sublevel: b.dirents, key: key(parent, name), value: Buffer.from(packValue([d.ino, d.cookie, d.kind])) });
-        if (oldCookie !== d.cookie) ops.push({ type: "put", sublevel: b.cookies, key: key(parent, d.cookie), value: Buffer.from(packValue([name, d.ino, d.kind])) });
-      } else ops.push({ type: "del", sublevel: b.dirents, key: key(parent, name) });
+    for (const [parent, names] of this.dirtyDirents) {
+      const cached = this.dirents.get(parent);
+      for (const [name, oldCookie] of names) {
+        const d = cached?.get(name);
+        if (oldCookie !== undefined && oldCookie !== d?.cookie) w.del(b.cookies, k16(parent, oldCookie));
+        if (d) {
+          w.put(b.dirents, kName(parent, name), packValue([d.ino, d.cookie, d.kind]));
+          if (oldCookie !== d.cookie) w.put(b.cookies, k16(parent, d.cookie), packValue([name, d.ino, d.kind]));
+        } else w.del(b.dirents, kName(parent, name));
+      }
     }
     for (const [ino, offsets] of this.dirtyExtents) {
       const list = this.extentLists.get(ino) ?? [];
       for (const off of offsets) {
         const e = findExtent(list, off);
-        if (e) ops.push({ type: "put", sublevel: b.extents, key: key(ino, off), value: Buffer.from(packValue([e.length, e.file, e.pos])) });
-        else ops.push({ type: "del", sublevel: b.extents, key: key(ino, off) });
+        if (e) w.put(b.extents, k16(ino, off), packValue([e.length, e.file, e.pos]));
+        else w.del(b.extents, k16(ino, off));
       }
     }
     for (const ino of this.dirtyOrphans) {
-      if (this.orphanSet.has(ino)) ops.push({ type: "put", sublevel: b.orphans, key: key(ino), value: Buffer.alloc(0) });
-      else ops.push({ type: "del", sublevel: b.orphans, key: key(ino) });
+      if (this.orphanSet.has(ino)) w.put(b.orphans, k8(ino), EMPTY);
+      else w.del(b.orphans, k8(ino));
     }
-    if (this.dirtyMeta) ops.push({ type: "put", sublevel: b.meta, key: NEXT_INO, value: Buffer.from(packValue(this.nextInoValue)) });
-    if (this.dirtySync) ops.push({ type: "put", sublevel: b.meta, key: SYNC, value: Buffer.from(packValue(this.syncState)) });
+    if (this.dirtyMeta) w.put(b.meta, NEXT_INO, packValue(this.nextInoValue));
+    if (this.dirtySync) w.put(b.meta, SYNC, packValue(this.syncState));
     for (const [k, v] of this.remoteKeys) {
-      if (v) ops.push({ type: "put", sublevel: b.remote, key: Buffer.from(k), value: Buffer.from(packValue(v)) });
-      else ops.push({ type: "del", sublevel: b.remote, key: Buffer.from(k) });
+      if (v) w.put(b.remote, Buffer.from(k), packValue(v));
+      else w.del(b.remote, Buffer.from(k));
     }
     this.remoteKeys.clear();
-    for (const { file, pos, run } of this.segmentRuns.values()) ops.push({ type: "put", sublevel: b.segmentData, key: key(file, pos), value: Buffer.from(packValue(run)) });
+    for (const { file, pos, run } of this.segmentRuns.values()) w.put(b.segmentData, k16(file, pos), packValue(run));
     this.segmentRuns.clear();
-    for (const [ino, seq] of this.auditRows) ops.push({ type: "put", sublevel: b.audit, key: key(ino, seq), value: EMPTY });
-    this.auditRows = [];
+    for (const [ino, seqs] of this.audit) w.put(b.audit, k16(ino, seqs[0]!), auditValue(seqs, 0, seqs.length));
+    this.audit = new Map();
     this.clearDirty();
-    return ops;
   }
 
   private clearDirty(): void {
@@ -569,19 +617,20 @@ export class TreeState {
 
   /**
    * Every row of an in-memory state, as sublevel name → (hex key → value), for
-   * comparison with persisted rows (fsck).
+   * comparison with persisted rows (fsck). The audit index comes as rows of at most
+   * {@link AUDIT_ROW_SEQS} seqs; compare it with {@link auditEntries}, which does not
+   * depend on how seqs were grouped into rows.
    */
   rows(): Map<string, Map<string, Buffer>> {
     const out = new Map<string, Map<string, Buffer>>(Object.values(SUBLEVELS).map((n) => [n, new Map()]));
-    const put = (sub: string, k: Buffer, v: Uint8Array) => out.get(sub)!.set(k.toString("hex"), Buffer.from(v));
+    const put = (sub: string, k: Uint8Array, v: Uint8Array) => out.get(sub)!.set(Buffer.from(k).toString("hex"), Buffer.from(v));
     for (const [ino, inode] of this.inodes) if (inode) put(SUBLEVELS.inodes, key(ino), packValue(inode));
-    for (const [k, d] of this.dirents) {
-      if (!d) continue;
-      const slash = k.indexOf("/");
-      const parent = Number(k.slice(0, slash));
-      const name = k.slice(slash + 1);
-      put(SUBLEVELS.dirents, key(parent, name), packValue([d.ino, d.cookie, d.kind]));
-      put(SUBLEVELS.cookies, key(parent, d.cookie), packValue([name, d.ino, d.kind]));
+    for (const [parent, names] of this.dirents) {
+      for (const [name, d] of names) {
+        if (!d) continue;
+        put(SUBLEVELS.dirents, key(parent, name), packValue([d.ino, d.cookie, d.kind]));
+        put(SUBLEVELS.cookies, key(parent, d.cookie), packValue([name, d.ino, d.kind]));
+      }
     }
     for (const [ino, list] of this.extentLists) for (const e of list) put(SUBLEVELS.extents, key(ino, e.offset), packValue([e.length, e.file, e.pos]));
     for (const ino of this.orphanSet) put(SUBLEVELS.orphans, key(ino), new Uint8Array(0));
@@ -590,9 +639,67 @@ export class TreeState {
     if (this.syncState) put(SUBLEVELS.meta, SYNC, packValue(this.syncState));
     for (const [k, v] of this.remoteKeys) if (v) put(SUBLEVELS.remote, Buffer.from(k), packValue(v));
     for (const { file, pos, run } of this.segmentRuns.values()) put(SUBLEVELS.segmentData, key(file, pos), packValue(run));
-    for (const [ino, seq] of this.auditRows) put(SUBLEVELS.audit, key(ino, seq), EMPTY);
+    for (const [ino, seqs] of this.audit) {
+      for (let i = 0; i < seqs.length; i += AUDIT_ROW_SEQS) put(SUBLEVELS.audit, key(ino, seqs[i]!), auditValue(seqs, i, Math.min(seqs.length, i + AUDIT_ROW_SEQS)));
+    }
     return out;
   }
+
+  /** Every audit index entry of an in-memory state, as "ino:seq". */
+  auditEntries(): Set<string> {
+    const out = new Set<string>();
+    for (const [ino, seqs] of this.audit) for (const seq of seqs) out.add(`${ino}:${seq}`);
+    return out;
+  }
+}
+
+/** Seqs per audit row when rows are rebuilt from the journal. */
+export const AUDIT_ROW_SEQS = 256;
+
+/** The value of an audit row for seqs[from..to): empty for one seq, else the others' offsets from the first. */
+function auditValue(seqs: readonly number[], from: number, to: number): Uint8Array {
+  if (to - from === 1) return EMPTY;
+  const first = seqs[from]!;
+  const deltas: number[] = [];
+  for (let i = from + 1; i < to; i++) deltas.push(seqs[i]! - first);
+  return packValue(deltas);
+}
+
+/** An audit row holding `seqs` (sorted) of inode `ino`: its key and value. */
+export function auditRow(ino: number, seqs: readonly number[]): { key: Buffer; value: Buffer } {
+  return { key: key(ino, seqs[0]!), value: Buffer.from(auditValue(seqs, 0, seqs.length)) };
+}
+
+/** The seqs an audit row holds (its key is ino, seq). */
+export function auditSeqs(key: Uint8Array, value: Uint8Array): number[] {
+  const first = readU64(key, 8);
+  if (value.length === 0) return [first];
+  return [first, ...unpackValue<number[]>(value).map((d) => first + d)];
+}
+
+// Row keys, built in one scratch buffer: the writer copies them at once.
+const keyScratch = Buffer.allocUnsafeSlow(8 + 4096);
+
+function k8(a: number): Buffer {
+  keyScratch.writeUInt32BE(Math.floor(a / 2 ** 32), 0);
+  keyScratch.writeUInt32BE(a >>> 0, 4);
+  return keyScratch.subarray(0, 8);
+}
+
+function k16(a: number, b: number): Buffer {
+  keyScratch.writeUInt32BE(Math.floor(a / 2 ** 32), 0);
+  keyScratch.writeUInt32BE(a >>> 0, 4);
+  keyScratch.writeUInt32BE(Math.floor(b / 2 ** 32), 8);
+  keyScratch.writeUInt32BE(b >>> 0, 12);
+  return keyScratch.subarray(0, 16);
+}
+
+function kName(parent: number, name: string): Buffer {
+  keyScratch.writeUInt32BE(Math.floor(parent / 2 ** 32), 0);
+  keyScratch.writeUInt32BE(parent >>> 0, 4);
+  const n = keyScratch.write(name, 8, "utf8");
+  if (8 + Buffer.byteLength(name) > keyScratch.length) return key(parent, name);
+  return keyScratch.subarray(0, 8 + n);
 }
 
 /** Index of the first extent whose end is past `offset`. */

@@ -23,7 +23,7 @@ import { unpackValue } from "../../journal/codec.ts";
 import type { ReclaimResult } from "../../journal/data_log.ts";
 import { backingOf, type Filesystem } from "../fs/filesystem.ts";
 import { inodesTouched } from "../projection/evolve.ts";
-import { TreeState } from "../projection/state.ts";
+import { auditRow, auditSeqs, TreeState } from "../projection/state.ts";
 import { evolve } from "../projection/evolve.ts";
 import { carriersOf, DataIndex, dataMapOf, hasSeq, type Checkpoint } from "./checkpoint.ts";
 import { localCheckpoint, writeLocalCheckpoint } from "./history.ts";
@@ -125,7 +125,7 @@ export async function retainLocal(fs: Filesystem, policy: RetentionPolicy, optio
   const replacements: JournalEvent[] = [];
   const dead: [number, number, number][] = [];
   const affected: number[] = [];
-  const auditDels: Buffer[] = [];
+  const auditInodes = new Set<number>();
   let removed = 0;
   const dropData = (e: JournalEvent): JournalEvent | undefined => {
     if (e.type !== "ExtentWritten" || e.dataDropped || e.length === 0) return undefined;
@@ -136,7 +136,7 @@ export async function retainLocal(fs: Filesystem, policy: RetentionPolicy, optio
   // (M_prev, M]: read once for the audit rows and to spare the carriers.
   let runStart: number | undefined;
   for await (const e of journal.read({ gte: mPrev + 1, lte: m })) {
-    for (const ino of inodesTouched(e)) auditDels.push(key(ino, e.seq));
+    for (const ino of inodesTouched(e)) auditInodes.add(ino);
     if (e.type === "ExtentWritten" && hasSeq(carriers, e.seq)) {
       if (runStart !== undefined) deletes.push([runStart, e.seq - 1]);
       runStart = undefined;
@@ -177,7 +177,20 @@ export async function retainLocal(fs: Filesystem, policy: RetentionPolicy, optio
     }
   }
   await journal.retire(deletes, replacements);
-  for (let i = 0; i < auditDels.length; i += 1000) await backing.audit.batch(auditDels.slice(i, i + 1000).map((k) => ({ type: "del" as const, key: k })));
+  // The audit index of the removed events: rows hold several seqs of one inode; keep those after M.
+  let auditOps: { type: "del" | "put"; key: Buffer; value?: Buffer }[] = [];
+  for (const ino of auditInodes) {
+    for await (const [k, v] of backing.audit.iterator({ gte: key(ino, 0), lte: key(ino, m) } as never)) {
+      const kept = auditSeqs(k as Buffer, v as Buffer).filter((s) => s > m);
+      auditOps.push({ type: "del", key: k as Buffer });
+      if (kept.length > 0) auditOps.push({ type: "put", ...auditRow(ino, kept) });
+    }
+    if (auditOps.length >= 1000) {
+      await backing.audit.batch(auditOps as never);
+      auditOps = [];
+    }
+  }
+  if (auditOps.length > 0) await backing.audit.batch(auditOps as never);
   await journal.markDataDead(dead);
   const bytesDead = dead.reduce((n, [, , len]) => n + len, 0);
 

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Journal, key, ROOT_INO } from "../../journal/mod.ts";
 import { Filesystem } from "../../src/fs/filesystem.ts";
-import { SUBLEVELS } from "../../src/projection/state.ts";
+import { auditSeqs, SUBLEVELS } from "../../src/projection/state.ts";
 import { sh } from "../support/mount_harness.ts";
 
 const MAIN = join(import.meta.dir, "../../src/main.ts");
@@ -47,5 +47,50 @@ test("fsck names a damaged projection row, exits 1, and --repair rebuilds it fro
   expect(new TextDecoder().decode(await again.read(ctx, h, 0, 10))).toBe("kept");
   await again.release(ctx, h);
   await expect(again.lookup(ctx, ROOT_INO, "ghost")).rejects.toMatchObject({ code: "ENOENT" });
+  await again.close();
+});
+
+test("the audit index lists every event that touched a file, one row per file and commit, and fsck checks it entry by entry", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "objectfs-fsck-"));
+  dirs.push(dir);
+  const fs = await Filesystem.open(dir);
+  const { fh, attr } = await fs.create(ctx, ROOT_INO, "f", 0o644, 0o102);
+  // Several events of one file staged together: one commit.
+  await Promise.all([0, 1, 2, 3].map((i) => fs.write(ctx, fh, i * 10, new Uint8Array(10).fill(i))));
+  await fs.flush(ctx, fh);
+  await fs.setattr(ctx, attr.ino, { mode: 0o600 });
+  await fs.rename(ctx, ROOT_INO, "f", ROOT_INO, "g");
+  await fs.release(ctx, fh);
+  await fs.journal.flushed();
+  const touching: number[] = [];
+  for await (const e of fs.journal.read()) if ("ino" in e && e.ino === attr.ino) touching.push(e.seq);
+  expect(touching.length).toBe(8); // created, linked, 4 writes, chmod, renamed
+  expect(await fs.eventsOf(attr.ino)).toEqual(touching);
+  const rows: Buffer[] = [];
+  for await (const k of fs.journal.sublevel(SUBLEVELS.audit).keys({ gte: key(attr.ino, 0), lt: key(attr.ino + 1, 0) } as never)) rows.push(k as Buffer);
+  expect(rows.length).toBeLessThan(touching.length);
+  expect((await fs.fsck()).ok).toBe(true);
+  await fs.close();
+
+  // Damage: lose the row that holds the writes.
+  const j = await Journal.open(dir);
+  const audit = j.sublevel(SUBLEVELS.audit);
+  let lost: number[] = [];
+  let lostKey: Buffer | undefined;
+  for await (const [k, v] of audit.iterator({ gte: key(attr.ino, 0), lt: key(attr.ino + 1, 0) } as never)) {
+    const seqs = auditSeqs(k as Buffer, v as Buffer);
+    if (seqs.length > lost.length) {
+      lost = seqs;
+      lostKey = k as Buffer;
+    }
+  }
+  expect(lost.length).toBeGreaterThan(1);
+  await audit.del(lostKey!);
+  await j.close();
+  const again = await Filesystem.open(dir);
+  const report = await again.fsck();
+  expect(report.ok).toBe(false);
+  for (const seq of lost) expect(report.differences).toContain(`audit index entry of inode ${attr.ino} for seq ${seq} is missing from the persisted rows`);
+  expect(report.differences.length).toBe(lost.length);
   await again.close();
 });

@@ -27,6 +27,12 @@ async function runAndKill(mode: string, dir: string): Promise<any> {
   return JSON.parse(text);
 }
 
+async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const x of it) out.push(x);
+  return out;
+}
+
 /** What a power loss can do to data that was written but never synced. */
 async function loseBytes(dir: string, ref: { file: number; pos: number }, length: number) {
   const fh = await open(join(dir, "data", `${ref.file.toString(16).padStart(8, "0")}.dat`), "r+");
@@ -50,6 +56,26 @@ test("after an unclean stop whose unsynced data did not survive, the journal is 
   // Appends continue from the cut.
   const [next] = await j.append([{ type: "InodeDropped", ino: 9 as never }], { sync: true });
   expect(next!.seq as number).toBe(synced.seq + 1);
+  await j.close();
+});
+
+test("an unclean stop that lost data in the middle of a commit's group of events keeps the events before it", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "objectfs-recover-"));
+  dirs.push(dir);
+  const { synced, group } = await runAndKill("group", dir);
+  const [before, lost] = group;
+  await loseBytes(dir, lost.ref, 1000);
+  const j = await Journal.open(dir);
+  expect(j.recovery?.truncatedFrom as number | undefined).toBe(lost.seq);
+  expect(j.head as number).toBe(before.seq);
+  expect((await collect(j.read())).map((e) => [e.seq, e.type])).toEqual([
+    [synced.seq, "ExtentWritten"],
+    [before.seq, "InodeDropped"],
+  ]);
+  expect((await j.get(lost.seq))).toBeUndefined();
+  const [next] = await j.append([{ type: "InodeDropped", ino: 9 as never }], { sync: true });
+  expect(next!.seq as number).toBe(lost.seq);
+  expect((await j.get(lost.seq))?.type).toBe("InodeDropped");
   await j.close();
 });
 

@@ -1,0 +1,160 @@
+/**
+ * How events are stored in LevelDB: under `!e!<seq>`, either one event (its codec
+ * record, whose first byte is the schema version: 1 or 2) or a group of consecutive
+ * events that were committed together, keyed by the first one's seq:
+ *
+ *   [GROUP_MARK][count: u32][length: u32] × count, then the count records back to back
+ *
+ * where the i-th record is the event with seq `key + i`. A commit of many small
+ * operations then writes one row instead of one per event (each row costs LevelDB and
+ * its binding about as much as the bytes of a whole group). Rows written before groups
+ * existed are single events, and stay readable as they are.
+ */
+import { JournalError } from "./errors.ts";
+import { readU64, u64Key } from "./keys.ts";
+import type { Sublevel } from "./store.ts";
+
+/** First byte of a group row (schema versions are small numbers: never this). */
+export const GROUP_MARK = 0xef;
+/** A group is closed at this many bytes of records, or this many events. */
+export const GROUP_BYTES = 64 << 10;
+export const GROUP_EVENTS = 1024;
+
+type Bytes = Buffer;
+
+/** One stored row: the seq of its first event and its value. */
+export interface EventRow {
+  readonly first: number;
+  readonly value: Uint8Array;
+}
+
+/** Number of events in a row. */
+export function rowCount(value: Uint8Array): number {
+  if (value[0] !== GROUP_MARK) return 1;
+  return readU32(value, 1);
+}
+
+/** The codec records of a row, in seq order, as views of `value`. */
+export function rowRecords(value: Uint8Array): Uint8Array[] {
+  if (value[0] !== GROUP_MARK) return [value];
+  if (value.length < 5) throw new JournalError("corrupt", "Cannot read event group: truncated header");
+  const count = readU32(value, 1);
+  let at = 5 + 4 * count;
+  if (at > value.length) throw new JournalError("corrupt", `Cannot read event group of ${count} events: truncated length table`);
+  const out: Uint8Array[] = [];
+  for (let i = 0; i < count; i++) {
+    const len = readU32(value, 5 + 4 * i);
+    if (at + len > value.length) throw new JournalError("corrupt", `Cannot read event ${i} of a group of ${count}: truncated record`);
+    out.push(value.subarray(at, at + len));
+    at += len;
+  }
+  return out;
+}
+
+/** The record of event `seq` in a row that starts at `first`, or undefined if the row does not hold it. */
+export function rowRecord(first: number, value: Uint8Array, seq: number): Uint8Array | undefined {
+  const i = seq - first;
+  if (i < 0) return undefined;
+  if (value[0] !== GROUP_MARK) return i === 0 ? value : undefined;
+  const count = readU32(value, 1);
+  if (i >= count) return undefined;
+  let at = 5 + 4 * count;
+  for (let k = 0; k < i; k++) at += readU32(value, 5 + 4 * k);
+  return value.subarray(at, at + readU32(value, 5 + 4 * i));
+}
+
+/** A row holding `records` (consecutive events): the record itself when there is one. */
+export function groupValue(records: readonly Uint8Array[]): Uint8Array {
+  if (records.length === 1) return records[0]!;
+  let size = 5 + 4 * records.length;
+  for (const r of records) size += r.length;
+  const out = Buffer.allocUnsafe(size);
+  writeGroupHeader(out, records.map((r) => r.length));
+  let at = 5 + 4 * records.length;
+  for (const r of records) {
+    out.set(r, at);
+    at += r.length;
+  }
+  return out;
+}
+
+/** Header of a group of records with these lengths; returns its size. */
+export function writeGroupHeader(into: Uint8Array, lengths: readonly number[], offset = 0): number {
+  into[offset] = GROUP_MARK;
+  writeU32(into, offset + 1, lengths.length);
+  for (let i = 0; i < lengths.length; i++) writeU32(into, offset + 5 + 4 * i, lengths[i]!);
+  return 5 + 4 * lengths.length;
+}
+
+/** The row that holds `seq` (or, without one, undefined): the last row whose key is at most seq. */
+export async function rowAt(events: Sublevel, seq: number): Promise<EventRow | undefined> {
+  for await (const [k, v] of events.iterator({ lte: u64Key(seq), reverse: true, limit: 1 } as never)) {
+    const first = readU64(k as Bytes);
+    return first + rowCount(v as Bytes) > seq ? { first, value: v as Bytes } : undefined;
+  }
+  return undefined;
+}
+
+/** Key of the row to start a forward scan at so that `seq` is included. */
+export async function scanStart(events: Sublevel, seq: number): Promise<number> {
+  for await (const k of events.keys({ lte: u64Key(seq), reverse: true, limit: 1 } as never)) return readU64(k as Bytes);
+  return seq;
+}
+
+const readU32 = (b: Uint8Array, at: number) => ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0;
+
+function writeU32(b: Uint8Array, at: number, n: number): void {
+  b[at] = n >>> 24;
+  b[at + 1] = (n >>> 16) & 0xff;
+  b[at + 2] = (n >>> 8) & 0xff;
+  b[at + 3] = n & 0xff;
+}
+
+/** One event's record as found by {@link scanRecords}. */
+export interface FoundRecord {
+  readonly seq: number;
+  readonly record: Uint8Array;
+}
+
+/**
+ * The records of events in [gte, lte], in seq order (or reverse), at most `limit`,
+ * expanding groups; rows that straddle a bound are cut to it.
+ */
+export async function* scanRecords(
+  events: Sublevel,
+  options: { gte?: number; lte?: number; reverse?: boolean; limit?: number },
+): AsyncGenerator<FoundRecord> {
+  const gte = options.gte ?? 0;
+  const lte = options.lte ?? Number.MAX_SAFE_INTEGER;
+  let left = options.limit === undefined || options.limit < 0 ? Infinity : options.limit;
+  if (left === 0 || gte > lte) return;
+  if (!options.reverse) {
+    const from = options.gte === undefined ? undefined : await scanStart(events, gte);
+    const range: Record<string, unknown> = { lte: u64Key(lte) };
+    if (from !== undefined) range.gte = u64Key(from);
+    for await (const [k, v] of events.iterator(range as never)) {
+      const first = readU64(k as Bytes);
+      const records = rowRecords(v as Bytes);
+      for (let i = 0; i < records.length; i++) {
+        const seq = first + i;
+        if (seq < gte) continue;
+        if (seq > lte) return;
+        yield { seq, record: records[i]! };
+        if (--left === 0) return;
+      }
+    }
+    return;
+  }
+  for await (const [k, v] of events.iterator({ lte: u64Key(lte), reverse: true } as never)) {
+    const first = readU64(k as Bytes);
+    const records = rowRecords(v as Bytes);
+    for (let i = records.length - 1; i >= 0; i--) {
+      const seq = first + i;
+      if (seq > lte) continue;
+      if (seq < gte) return;
+      yield { seq, record: records[i]! };
+      if (--left === 0) return;
+    }
+    if (first <= gte) return;
+  }
+}
