@@ -631,6 +631,24 @@ export class Journal {
     return withData ? this.withData(event) : event;
   }
 
+  /**
+   * Several events by seq (ascending), each row read once: events committed together are
+   * one row. Seqs not held are left out.
+   */
+  async getMany(seqs: readonly number[]): Promise<JournalEvent[]> {
+    const out: JournalEvent[] = [];
+    let row: { first: number; value: Uint8Array } | undefined;
+    for (const seq of seqs) {
+      let record = row && rowRecord(row.first, row.value, seq);
+      if (!record) {
+        row = await rowAt(this.events, seq);
+        record = row && rowRecord(row.first, row.value, seq);
+      }
+      if (record) out.push(decodeEvent(record));
+    }
+    return out;
+  }
+
   /** Lowest seq still held (after retention), or head + 1 when empty. */
   async firstSeq(): Promise<Seq> {
     for await (const k of this.events.keys({ limit: 1 } as never)) return asSeq(readU64(k as Bytes));

@@ -226,6 +226,8 @@ export interface AuditIndex {
   /** Seqs of the events that touched an inode. */
   eventsOf(ino: number): Promise<number[]>;
   get(seq: number): Promise<JournalEvent | undefined>;
+  /** Several events by seq (ascending); seqs not held are left out. */
+  getMany?(seqs: readonly number[]): Promise<JournalEvent[]>;
   /** Events in [from, to], in order. */
   range(from: number, to: number): AsyncIterable<JournalEvent>;
   readonly head: number;
@@ -257,10 +259,10 @@ class NameHistory {
         const out: [number, number | undefined, string | undefined][] = [];
         const at = this.baseLink(ino);
         if (at) out.push([this.base!.seq, at[0], at[1]]);
-        for (const seq of await this.index.eventsOf(ino)) {
-          if (this.base && seq <= this.base.seq) continue;
-          const e = await this.index.get(seq);
-          if (!e) continue;
+        const seqs = (await this.index.eventsOf(ino)).filter((seq) => !this.base || seq > this.base.seq);
+        const events = this.index.getMany ? await this.index.getMany(seqs) : (await Promise.all(seqs.map((seq) => this.index.get(seq)))).filter((e) => e !== undefined);
+        for (const e of events) {
+          const seq = e.seq;
           if (e.type === "DirentLinked" && e.ino === ino) out.push([seq, e.parent, e.name]);
           else if (e.type === "Renamed" && e.ino === ino) out.push([seq, e.toParent, e.toName]);
           else if ((e.type === "Renamed" && e.replaced === ino) || (e.type === "DirentUnlinked" && e.ino === ino) || e.type === "InodeDropped") out.push([seq, undefined, undefined]);

@@ -510,6 +510,7 @@ export class Filesystem {
       isDir: async (ino) => (await this.inodeNow(ino as Ino))?.kind === "dir",
       eventsOf: (ino) => this.eventsOf(ino),
       get: (seq) => this.journal.get(seq),
+      getMany: (seqs) => this.journal.getMany(seqs),
       range: (from, to) => this.journal.read({ gte: from, lte: to }),
       head: this.journal.head,
     };
