@@ -4,11 +4,14 @@
  * "ready" it prints every 100 ms a line `EPOCH_MS UP_BYTES DOWN_BYTES CONNECTIONS` (bytes forwarded
  * so far toward the server and toward the clients, connections accepted), so the bench sees the transfer rate on the wire.
  *
- *   bun bench/netlab/forwarder.ts LISTEN_HOST:PORT TARGET_HOST:PORT
+ * With SINK_HOST:PORT it also accepts connections there and discards what they send (counting
+ * it, and answering the count when the sender ends): raw TCP over the same link, for reference.
+ *
+ *   bun bench/netlab/forwarder.ts LISTEN_HOST:PORT TARGET_HOST:PORT [SINK_HOST:PORT]
  */
 import { connect, createServer } from "node:net";
 
-const [listen, target] = process.argv.slice(2);
+const [listen, target, sink] = process.argv.slice(2);
 if (!listen || !target) {
   console.error("usage: forwarder.ts LISTEN_HOST:PORT TARGET_HOST:PORT");
   process.exit(2);
@@ -40,6 +43,15 @@ server.on("error", (e) => {
   console.error(`forwarder: cannot listen on ${listen}: ${e.message}`);
   process.exit(1);
 });
+if (sink) {
+  const discard = createServer((c) => {
+    let n = 0;
+    c.on("data", (chunk: Buffer) => void (n += chunk.length));
+    c.on("end", () => c.end(`${n}\n`));
+    c.on("error", () => {});
+  });
+  discard.listen(split(sink).port, split(sink).host);
+}
 server.listen(port, host, () => {
   process.stdout.write("ready\n");
   setInterval(() => process.stdout.write(`${Date.now()} ${up} ${down} ${connections}\n`), 100);

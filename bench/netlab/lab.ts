@@ -52,6 +52,8 @@ export interface Lab {
   /** The S3 endpoint through the emulated link, for clients in the client namespace. */
   readonly endpoint: string;
   readonly clientNamespace: string;
+  /** host:port on the far side of the link that discards what it receives (raw TCP, for reference). */
+  readonly sink: string;
   /** `argv` run inside the client namespace. */
   exec(argv: readonly string[]): string[];
   /** Change the rate both ways during a run. */
@@ -223,7 +225,7 @@ export async function startLab(index: number, target: string, profile: LinkProfi
     // the bottleneck, after the delay: toward the host (upload) and toward the client (download)
     await run(inR(...tbf(routerOut, profile.mbit, profile.rttMs, "add")));
     await run(inR(...tbf(routerIn, profile.mbit, profile.rttMs, "add")));
-    const forwarder = Bun.spawn([process.execPath, FORWARDER, `${net}.6:9000`, target], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+    const forwarder = Bun.spawn([process.execPath, FORWARDER, `${net}.6:9000`, target, `${net}.6:9001`], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
     procs.push(forwarder);
     await started(forwarder, "the host forwarder (bench/netlab/forwarder.ts)", (text) => {
       const [t, up, down, connections] = text.split(" ").map(Number);
@@ -235,6 +237,7 @@ export async function startLab(index: number, target: string, profile: LinkProfi
   }
   return {
     endpoint: `http://${net}.6:9000`,
+    sink: `${net}.6:9001`,
     clientNamespace: client,
     exec: (argv) => inC(...argv),
     async setRate(mbit) {

@@ -1,19 +1,39 @@
 /**
  * The closed-loop controller of the multipart engine, as pure functions over plain state.
  *
- * It measures goodput (bytes of finished parts per second, over a sliding window) and part
- * latency, and keeps as many parts in flight as the link wants: in startup it doubles the
- * parts in flight each round while goodput still grows by a tenth; then it drains to the
- * count that gave the best goodput and cruises, probing a quarter more parts every 8 rounds
- * and keeping them only if goodput rises by 3%. Throttling and faults (503 SlowDown, timeouts, resets)
- * halve the parts in flight. The part size follows the bandwidth-delay product (best goodput ×
- * shortest part latency), between 5 MiB and 64 MiB, at least size / 10,000, and may change
- * between parts. Parts in flight never hold more than the memory cap.
+ * It measures goodput (bytes of finished requests per second, over rounds of as many requests
+ * as were in flight) and request latency, and keeps as many requests in flight as the link
+ * wants. In startup the first round is not a measure (connection set-up, slow start), the
+ * second measures the starting width, and then the width doubles each round as long as that
+ * pays a quarter more goodput; otherwise it goes back to the width that gave the best goodput
+ * and cruises, probing a quarter more every 8 rounds and keeping them only if goodput rises by
+ * a tenth. More requests are not free: each one opens a connection (the SDK sends large
+ * bodies with `Expect: 100-continue` on a fresh socket) and starts in slow start, and many
+ * flows at once overflow a short bottleneck queue. Throttling and faults (503 SlowDown,
+ * timeouts, resets) halve the requests in flight.
+ *
+ * A cold start sends 8 parts of 8 MiB at once; an object of at most 64 MiB goes up as one
+ * wave of equal parts (at most 8, at least 5 MiB each), all in flight together.
+ *
+ * The part size keeps about 30 round trips' worth of goodput in flight (best goodput × the
+ * shortest round trip of a small request, spread over the parts in flight), between 5 MiB
+ * and 64 MiB, at least size / 10,000, no larger than a part sent in about 8 s at its share of
+ * the goodput, and may change between parts. {@linkcode nextPartLength} cuts
+ * the object: the first wave of a large object is staggered (so that parts do not all finish,
+ * and wait for their answers, at the same moment), and the last parts shrink so that they end
+ * together. Requests in flight never hold more than the memory cap.
  */
 
 export const MIN_PART = 5 * 1024 * 1024;
 export const MAX_PART = 64 * 1024 * 1024;
 export const MAX_PARTS = 10_000;
+/** Parts in flight of a cold start (and the most parts one wave of a small object is cut into). */
+export const COLD_INFLIGHT = 8;
+/** The part size of a cold start on a large object. */
+export const COLD_PART = 8 * 1024 * 1024;
+/** Requests in flight of a cold stream of small objects. */
+export const COLD_STREAM_INFLIGHT = 8;
+const MiB = 1024 * 1024;
 
 export interface ControllerOptions {
   /** Bytes the transfer may hold in parts at once. @default 256 MiB */
@@ -24,6 +44,11 @@ export interface ControllerOptions {
   readonly size?: number;
   /** Estimates from an earlier transfer to the same endpoint (a warm start). */
   readonly warm?: Estimate;
+  /**
+   * Requests of this size each, that the controller does not choose (a stream of small
+   * objects): only how many are in flight adapts.
+   */
+  readonly fixedPartSize?: number;
 }
 
 /** What a transfer learned about an endpoint, to start the next one warm. */
@@ -32,6 +57,7 @@ export interface Estimate {
   readonly inflight: number;
   readonly partSize: number;
   readonly minLatency: number;
+  readonly minRtt?: number;
 }
 
 export type Phase = "startup" | "cruise";
@@ -45,12 +71,14 @@ export interface ControllerState {
   readonly bestInflight: number;
   /** Shortest part latency seen (s). */
   readonly minLatency: number;
+  /** Shortest latency of a small request (a round trip and the server's answer), s. */
+  readonly minRtt: number;
   /** Finished parts in the current round, and the round's start and bytes. */
   readonly roundParts: number;
   readonly roundStart: number;
   readonly roundBytes: number;
   readonly lastRoundGoodput: number;
-  /** Startup rounds without a quarter more goodput. */
+  /** Startup rounds without a tenth more goodput. */
   readonly flatRounds: number;
   readonly rounds: number;
   /** Set while probing one part more: the goodput before the probe. */
@@ -61,17 +89,41 @@ export interface ControllerState {
   readonly memoryBytes: number;
   readonly maxInflight: number;
   readonly minPartSize: number;
+  /** Set for a stream of objects of about this size: the part size does not change. */
+  readonly fixedPartSize?: number;
   /** Object size, when known: parts stay small enough to keep the parts in flight busy. */
   readonly size?: number;
+  /** Set when the whole object goes up as one wave of parts of this size. */
+  readonly wave?: number;
 }
 
 export function initialState(now: number, o: ControllerOptions = {}): ControllerState {
-  const memoryBytes = o.memoryBytes ?? 256 * 1024 * 1024;
+  const memoryBytes = o.memoryBytes ?? 256 * MiB;
   const minPartSize = Math.max(MIN_PART, o.size ? Math.ceil(o.size / MAX_PARTS) : 0);
-  // Cold: 5 MiB parts, 4 in flight (what lib-storage uses throughout), then measure.
-  const partSize = clampPart(o.warm?.partSize ?? MIN_PART, minPartSize);
   const maxInflight = o.maxInflight ?? 64;
-  const inflight = Math.max(1, Math.min(o.warm?.inflight ?? 4, capFor(memoryBytes, partSize, maxInflight)));
+  let partSize: number;
+  let inflight: number;
+  let wave: number | undefined;
+  if (o.fixedPartSize !== undefined) {
+    partSize = o.fixedPartSize;
+    inflight = o.warm?.inflight ?? COLD_STREAM_INFLIGHT;
+  } else if (o.warm) {
+    partSize = clampPart(o.warm.partSize, minPartSize);
+    inflight = o.warm.inflight;
+  } else {
+    // One wave of equal parts if the object fits in it, else a wide start.
+    const width = Math.min(COLD_INFLIGHT, capFor(memoryBytes, COLD_PART, maxInflight));
+    if (o.size !== undefined && o.size <= width * COLD_PART) {
+      const parts = Math.max(1, Math.min(width, Math.floor(o.size / MIN_PART)));
+      wave = Math.max(1, Math.ceil(o.size / parts));
+      partSize = wave;
+      inflight = parts;
+    } else {
+      partSize = Math.max(minPartSize, COLD_PART);
+      inflight = width;
+    }
+  }
+  inflight = Math.max(1, Math.min(inflight, capFor(memoryBytes, partSize, maxInflight)));
   return {
     phase: o.warm ? "cruise" : "startup",
     inflight,
@@ -79,6 +131,7 @@ export function initialState(now: number, o: ControllerOptions = {}): Controller
     bestGoodput: o.warm?.goodput ?? 0,
     bestInflight: inflight,
     minLatency: o.warm?.minLatency ?? Infinity,
+    minRtt: o.warm?.minRtt ?? Infinity,
     roundParts: 0,
     roundStart: now,
     roundBytes: 0,
@@ -90,10 +143,13 @@ export function initialState(now: number, o: ControllerOptions = {}): Controller
     maxInflight,
     minPartSize,
     ...(o.size !== undefined ? { size: o.size } : {}),
+    ...(o.fixedPartSize !== undefined ? { fixedPartSize: o.fixedPartSize } : {}),
+    ...(wave !== undefined ? { wave } : {}),
   };
 }
 
-const clampPart = (bytes: number, floor: number) => Math.min(Math.max(floor, MAX_PART), Math.max(floor, Math.ceil(bytes / MIN_PART) * MIN_PART));
+/** `bytes` rounded up to whole MiB, within [floor, max(floor, MAX_PART)]. */
+const clampPart = (bytes: number, floor: number) => Math.min(Math.max(floor, MAX_PART), Math.max(floor, Math.ceil(bytes / MiB) * MiB));
 
 /** Parts in flight that the memory cap allows. */
 const capFor = (memory: number, partSize: number, max: number) => Math.max(1, Math.min(max, Math.floor(memory / partSize)));
@@ -101,52 +157,104 @@ const capFor = (memory: number, partSize: number, max: number) => Math.max(1, Ma
 /** A part finished: `bytes` sent in `latency` seconds, at time `now` (seconds). */
 export function partDone(s: ControllerState, bytes: number, latency: number, now: number): ControllerState {
   let next: ControllerState = { ...s, roundParts: s.roundParts + 1, roundBytes: s.roundBytes + bytes, minLatency: Math.min(s.minLatency, latency) };
-  // A round: as many parts as were in flight when it began.
-  if (next.roundParts < s.inflight) return next;
+  // A round: as many parts as were in flight when it began, and at least as long as a part
+  // takes (so that parts begun before the round do not make it look faster than it is).
+  if (next.roundParts < s.inflight || now - s.roundStart < latency) return next;
   const elapsed = Math.max(1e-6, now - s.roundStart);
   const goodput = next.roundBytes / elapsed;
-  next = { ...next, roundParts: 0, roundBytes: 0, roundStart: now, lastRoundGoodput: goodput, rounds: s.rounds + 1 };
-  if (goodput > next.bestGoodput) next = { ...next, bestGoodput: goodput, bestInflight: s.inflight };
+  const rounds = s.rounds + 1;
+  next = { ...next, roundParts: 0, roundBytes: 0, roundStart: now, lastRoundGoodput: goodput, rounds };
+  // The first round of a cold start carries connection set-up and slow start: not a measure.
+  const counts = !(s.phase === "startup" && rounds === 1);
+  if (counts && goodput > next.bestGoodput) next = { ...next, bestGoodput: goodput, bestInflight: s.inflight };
+  if (s.wave !== undefined || !counts) return next; // one wave: nothing left to decide
   const cap = capFor(s.memoryBytes, s.partSize, s.maxInflight);
   if (s.phase === "startup") {
-    const grew = goodput >= 1.1 * s.lastRoundGoodput;
-    const flat = grew ? 0 : s.flatRounds + 1;
-    if (flat >= 3 || s.inflight >= cap) {
-      // Drain to what gave the best goodput (and a quarter more, for headroom), then cruise.
-      return withPartSize({ ...next, phase: "cruise", flatRounds: 0, inflight: Math.max(1, Math.min(cap, Math.ceil(next.bestInflight * 1.25))) });
-    }
-    return withPartSize({ ...next, flatRounds: flat, inflight: Math.min(cap, grew ? s.inflight * 2 : s.inflight) });
+    // Round 2 measured the starting width; from then on each doubling must pay a quarter more
+    // goodput, or the width that gave the best goodput is kept and the transfer cruises.
+    const grew = rounds === 2 || goodput >= 1.25 * s.lastRoundGoodput;
+    if (!grew || s.inflight >= cap) return withPartSize({ ...next, phase: "cruise", flatRounds: 0, inflight: Math.max(1, Math.min(cap, next.bestInflight)) });
+    return withPartSize({ ...next, inflight: Math.min(cap, s.inflight * 2) });
   }
   // Cruise: judge a probe, or start one every 8 rounds.
   if (s.probeFrom !== undefined) {
-    const kept = goodput >= 1.03 * s.probeFrom;
+    const kept = goodput >= 1.1 * s.probeFrom;
     return withPartSize({ ...next, probeFrom: undefined, probeBase: undefined, inflight: kept ? s.inflight : (s.probeBase ?? s.inflight) });
   }
-  if (next.rounds % 8 === 0 && s.inflight < cap) {
+  if (rounds % 8 === 0 && s.inflight < cap) {
     return { ...next, probeFrom: goodput, probeBase: s.inflight, inflight: Math.min(cap, s.inflight + Math.max(1, Math.ceil(s.inflight / 4))) };
   }
   return withPartSize(next);
 }
 
-/** Throttling or a fault: half the parts in flight (the round starts over). */
-export function fault(s: ControllerState, now: number): ControllerState {
-  return { ...s, phase: "cruise", inflight: Math.max(1, Math.floor(s.inflight / 2)), roundParts: 0, roundBytes: 0, roundStart: now, probeFrom: undefined, probeBase: undefined, faults: s.faults + 1 };
+/** A small request (starting an upload) took `seconds`: an upper bound of the round trip. */
+export function rttSample(s: ControllerState, seconds: number): ControllerState {
+  return seconds > 0 && seconds < s.minRtt ? { ...s, minRtt: seconds } : s;
 }
 
-/** The part size from the bandwidth-delay product, spread over about 4 parts in flight. */
+/** Throttling or a fault: half the parts in flight (the round starts over). */
+export function fault(s: ControllerState, now: number): ControllerState {
+  return {
+    ...s,
+    phase: "cruise",
+    inflight: Math.max(1, Math.floor(s.inflight / 2)),
+    roundParts: 0,
+    roundBytes: 0,
+    roundStart: now,
+    probeFrom: undefined,
+    probeBase: undefined,
+    faults: s.faults + 1,
+  };
+}
+
+/**
+ * Bytes to keep in flight, in round trips' worth of goodput: each part pays a few round trips
+ * that send nothing (a new connection, `100 Continue`, slow start, the answer), which the other
+ * parts in flight must cover.
+ */
+const FLIGHT_RTTS = 30;
+
+/**
+ * The part size: the bytes in flight (FLIGHT_RTTS × goodput × round trip) spread over the parts
+ * in flight, between the floor and 64 MiB; no larger than a share of the object that leaves two
+ * parts for each one in flight, nor than a part sent in about 8 s at each one's share of the
+ * goodput (so that rounds stay short and a rate change is measured within a round or two).
+ */
 function withPartSize(s: ControllerState): ControllerState {
-  if (!Number.isFinite(s.minLatency) || s.bestGoodput <= 0) return s;
-  const bdp = s.bestGoodput * s.minLatency;
-  // No larger than a share of the object that leaves two parts for each one in flight, nor
-  // than a part sent in about 4 s at each one's share of the goodput (so a rate drop is felt
-  // within seconds, not after a minute-long part).
-  const share = s.size !== undefined ? s.size / (2 * Math.max(1, s.inflight)) : Infinity;
-  const quick = (4 * s.bestGoodput) / Math.max(1, s.inflight);
-  const partSize = clampPart(Math.min(bdp / 4, share, quick), s.minPartSize);
+  if (s.fixedPartSize !== undefined || s.wave !== undefined || s.bestGoodput <= 0) return s;
+  const rtt = Number.isFinite(s.minRtt) ? s.minRtt : Number.isFinite(s.minLatency) ? s.minLatency / 4 : undefined;
+  if (rtt === undefined) return s;
+  const n = Math.max(1, s.inflight);
+  const flight = (FLIGHT_RTTS * s.bestGoodput * rtt) / n;
+  const share = s.size !== undefined ? s.size / (2 * n) : Infinity;
+  const quick = (8 * s.bestGoodput) / n;
+  const partSize = clampPart(Math.min(flight, share, quick), s.minPartSize);
   const inflight = Math.max(1, Math.min(s.inflight, capFor(s.memoryBytes, partSize, s.maxInflight)));
   return { ...s, partSize, inflight };
 }
 
+/**
+ * The length of the next part of an object of `size` bytes whose first `offset` bytes are
+ * cut already, `started` parts so far (`finished` of them done): the controller's part size,
+ * except that the first wave of a large object is staggered (part k of n gets k/n more) and
+ * that, once fewer bytes remain than the parts in flight would take, the rest is spread over
+ * them (at least the part size floor each), so the last parts finish together. Every part but
+ * the last is at least `minPartSize` (≥ 5 MiB, ≥ size / 10,000).
+ */
+export function nextPartLength(s: ControllerState, size: number, offset: number, started: number, finished: number): number {
+  const remaining = size - offset;
+  if (remaining <= 0) return 0;
+  let length = s.partSize;
+  if (s.wave === undefined && s.fixedPartSize === undefined) {
+    if (finished === 0 && started < s.inflight) length = Math.ceil((s.partSize * (1 + started / s.inflight)) / MiB) * MiB;
+    const perSlot = Math.ceil(remaining / Math.max(1, s.inflight));
+    if (perSlot < length) length = Math.max(s.minPartSize, perSlot);
+  }
+  // Never leave a last part below the floor: take it along.
+  if (remaining - length < s.minPartSize) length = remaining;
+  return Math.min(length, remaining);
+}
+
 export function estimate(s: ControllerState): Estimate {
-  return { goodput: s.bestGoodput, inflight: s.bestInflight, partSize: s.partSize, minLatency: s.minLatency };
+  return { goodput: s.bestGoodput, inflight: s.bestInflight, partSize: s.partSize, minLatency: s.minLatency, ...(Number.isFinite(s.minRtt) ? { minRtt: s.minRtt } : {}) };
 }
