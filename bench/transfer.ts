@@ -130,7 +130,7 @@ async function runJob(job: Job, body: Buffer): Promise<JobResult> {
         const items = function* () {
           for (let i = 0; i < job.count; i++) yield { key: `${job.prefix}/${i}`, body: segment(i) };
         };
-        stats = await new TransferEngine(store).putMany(items());
+        stats = await new TransferEngine(store).putMany(items(), { totalBytes: job.count * MiB });
       } else {
         const fixed = fixedOf(job.config);
         const width = fixed.queueSize;

@@ -3,17 +3,19 @@
  *
  * It measures goodput (bytes of finished requests per second, over rounds of as many requests
  * as were in flight) and request latency, and keeps as many requests in flight as the link
- * wants. In startup the first round is not a measure (connection set-up, slow start), the
- * second measures the starting width, and then the width doubles each round as long as that
- * pays a quarter more goodput; otherwise it goes back to the width that gave the best goodput
- * and cruises, probing a quarter more every 8 rounds and keeping them only if goodput rises by
- * a tenth. More requests are not free: each one opens a connection (the SDK sends large
+ * wants. A round that began at another width is not a measure (nor the first: connection
+ * set-up, slow start). In startup the first measured round is of the starting width, and
+ * then the width doubles as long as each doubling pays a tenth more goodput; otherwise it goes to the width that gave the best goodput and
+ * cruises, probing a quarter more every 8 rounds and keeping them only if goodput rises by 5%. More requests are not free: each one opens a connection (the SDK sends large
  * bodies with `Expect: 100-continue` on a fresh socket) and starts in slow start, and many
  * flows at once overflow a short bottleneck queue. Throttling and faults (503 SlowDown,
- * timeouts, resets) halve the requests in flight.
+ * timeouts, resets) halve the requests in flight, at most once a round, and each clean round
+ * after that adds one back, up to the width before the back-off.
  *
- * A cold start sends 8 parts of 8 MiB at once; an object of at most 64 MiB goes up as one
- * wave of equal parts (at most 8, at least 5 MiB each), all in flight together.
+ * A cold start sends 8 parts of 16 MiB at once (a stream: 8 objects); an object of at most
+ * 64 MiB goes up as one wave of at most 4 equal parts of at least 5 MiB, all in flight
+ * together. More in flight is tried only while the bytes left are at least 8 times the bytes
+ * in flight, so that a short transfer does not pay for probing it cannot win back.
  *
  * The part size keeps about 30 round trips' worth of goodput in flight (best goodput × the
  * shortest round trip of a small request, spread over the parts in flight), between 5 MiB
@@ -27,10 +29,14 @@
 export const MIN_PART = 5 * 1024 * 1024;
 export const MAX_PART = 64 * 1024 * 1024;
 export const MAX_PARTS = 10_000;
-/** Parts in flight of a cold start (and the most parts one wave of a small object is cut into). */
+/** Parts in flight of a cold start on a large object, and their size. */
 export const COLD_INFLIGHT = 8;
-/** The part size of a cold start on a large object. */
-export const COLD_PART = 8 * 1024 * 1024;
+export const COLD_PART = 16 * 1024 * 1024;
+/** An object up to this size goes up as one wave of at most WAVE_PARTS equal parts. */
+export const WAVE_BYTES = 64 * 1024 * 1024;
+export const WAVE_PARTS = 4;
+/** More requests in flight are tried only while the bytes left are this many times those in flight. */
+const PAYBACK = 8;
 /** Requests in flight of a cold stream of small objects. */
 export const COLD_STREAM_INFLIGHT = 8;
 const MiB = 1024 * 1024;
@@ -73,6 +79,8 @@ export interface ControllerState {
   readonly minLatency: number;
   /** Shortest latency of a small request (a round trip and the server's answer), s. */
   readonly minRtt: number;
+  /** Bytes of finished requests so far. */
+  readonly doneBytes: number;
   /** Finished parts in the current round, and the round's start and bytes. */
   readonly roundParts: number;
   readonly roundStart: number;
@@ -80,12 +88,21 @@ export interface ControllerState {
   readonly lastRoundGoodput: number;
   /** Startup rounds without a tenth more goodput. */
   readonly flatRounds: number;
+  /** Set for the round after a change of width (and the first): it is not a measure. */
+  readonly settling?: boolean;
+  /** Goodput of the last measured round of startup. */
+  readonly measured?: number;
   readonly rounds: number;
   /** Set while probing one part more: the goodput before the probe. */
   readonly probeFrom?: number;
   /** …and the parts in flight to go back to if the probe does not pay. */
   readonly probeBase?: number;
   readonly faults: number;
+  /** The round of the last back-off (faults of requests in flight together are one event), and the time of the last fault. */
+  readonly faultRound?: number;
+  readonly lastFault?: number;
+  /** The width before the last back-off: clean rounds climb back to it, one request each. */
+  readonly backoffFrom?: number;
   readonly memoryBytes: number;
   readonly maxInflight: number;
   readonly minPartSize: number;
@@ -111,16 +128,15 @@ export function initialState(now: number, o: ControllerOptions = {}): Controller
     partSize = clampPart(o.warm.partSize, minPartSize);
     inflight = o.warm.inflight;
   } else {
-    // One wave of equal parts if the object fits in it, else a wide start.
-    const width = Math.min(COLD_INFLIGHT, capFor(memoryBytes, COLD_PART, maxInflight));
-    if (o.size !== undefined && o.size <= width * COLD_PART) {
-      const parts = Math.max(1, Math.min(width, Math.floor(o.size / MIN_PART)));
+    // One wave of equal parts if the object is small, else a wide start.
+    if (o.size !== undefined && o.size <= WAVE_BYTES) {
+      const parts = Math.max(1, Math.min(WAVE_PARTS, Math.floor(o.size / MIN_PART)));
       wave = Math.max(1, Math.ceil(o.size / parts));
       partSize = wave;
       inflight = parts;
     } else {
       partSize = Math.max(minPartSize, COLD_PART);
-      inflight = width;
+      inflight = COLD_INFLIGHT;
     }
   }
   inflight = Math.max(1, Math.min(inflight, capFor(memoryBytes, partSize, maxInflight)));
@@ -132,6 +148,8 @@ export function initialState(now: number, o: ControllerOptions = {}): Controller
     bestInflight: inflight,
     minLatency: o.warm?.minLatency ?? Infinity,
     minRtt: o.warm?.minRtt ?? Infinity,
+    doneBytes: 0,
+    settling: true,
     roundParts: 0,
     roundStart: now,
     roundBytes: 0,
@@ -156,35 +174,65 @@ const capFor = (memory: number, partSize: number, max: number) => Math.max(1, Ma
 
 /** A part finished: `bytes` sent in `latency` seconds, at time `now` (seconds). */
 export function partDone(s: ControllerState, bytes: number, latency: number, now: number): ControllerState {
-  let next: ControllerState = { ...s, roundParts: s.roundParts + 1, roundBytes: s.roundBytes + bytes, minLatency: Math.min(s.minLatency, latency) };
+  let next: ControllerState = {
+    ...s,
+    doneBytes: s.doneBytes + bytes,
+    roundParts: s.roundParts + 1,
+    roundBytes: s.roundBytes + bytes,
+    minLatency: Math.min(s.minLatency, latency),
+  };
   // A round: as many parts as were in flight when it began, and at least as long as a part
   // takes (so that parts begun before the round do not make it look faster than it is).
   if (next.roundParts < s.inflight || now - s.roundStart < latency) return next;
   const elapsed = Math.max(1e-6, now - s.roundStart);
   const goodput = next.roundBytes / elapsed;
   const rounds = s.rounds + 1;
-  next = { ...next, roundParts: 0, roundBytes: 0, roundStart: now, lastRoundGoodput: goodput, rounds };
-  // The first round of a cold start carries connection set-up and slow start: not a measure.
-  const counts = !(s.phase === "startup" && rounds === 1);
-  if (counts && goodput > next.bestGoodput) next = { ...next, bestGoodput: goodput, bestInflight: s.inflight };
-  if (s.wave !== undefined || !counts) return next; // one wave: nothing left to decide
-  const cap = capFor(s.memoryBytes, s.partSize, s.maxInflight);
+  next = { ...next, roundParts: 0, roundBytes: 0, roundStart: now, lastRoundGoodput: goodput, rounds, settling: false };
+  // After a back-off, one more each clean round up to the width before it (AIMD): no measure needed.
+  if (s.backoffFrom !== undefined && s.lastFault !== undefined && s.lastFault <= s.roundStart && s.wave === undefined) {
+    const inflight = Math.min(capFor(s.memoryBytes, s.partSize, s.maxInflight), s.inflight + 1);
+    return { ...next, inflight, backoffFrom: inflight < s.backoffFrom ? s.backoffFrom : undefined };
+  }
+  // A round that began at another width (or the first, with connection set-up and slow start)
+  // is not a measure of this one.
+  if (s.settling) return next;
+  if (goodput > next.bestGoodput) next = { ...next, bestGoodput: goodput, bestInflight: s.inflight };
+  if (s.wave !== undefined) return next; // one wave: nothing left to decide
+  const decided = decide(s, next, goodput);
+  return decided.inflight !== s.inflight ? { ...decided, settling: true } : decided;
+}
+
+function decide(s: ControllerState, next: ControllerState, goodput: number): ControllerState {
+  // Trying more in flight costs rounds at a worse width when it does not pay: only while enough
+  // of the transfer is left to win that back.
+  const left = s.size !== undefined ? s.size - next.doneBytes : Infinity;
+  const worth = left >= PAYBACK * s.inflight * s.partSize;
+  const cap = worth ? capFor(s.memoryBytes, s.partSize, s.maxInflight) : s.inflight;
   if (s.phase === "startup") {
-    // Round 2 measured the starting width; from then on each doubling must pay a quarter more
-    // goodput, or the width that gave the best goodput is kept and the transfer cruises.
-    const grew = rounds === 2 || goodput >= 1.25 * s.lastRoundGoodput;
+    // The first measure is of the starting width; from then on each doubling must pay a tenth
+    // more goodput, or the width that gave the best goodput is kept and the transfer cruises.
+    const grew = s.measured === undefined || goodput >= 1.1 * s.measured;
+    next = { ...next, measured: goodput };
     if (!grew || s.inflight >= cap) return withPartSize({ ...next, phase: "cruise", flatRounds: 0, inflight: Math.max(1, Math.min(cap, next.bestInflight)) });
     return withPartSize({ ...next, inflight: Math.min(cap, s.inflight * 2) });
   }
   // Cruise: judge a probe, or start one every 8 rounds.
   if (s.probeFrom !== undefined) {
-    const kept = goodput >= 1.1 * s.probeFrom;
+    const kept = goodput >= 1.05 * s.probeFrom;
     return withPartSize({ ...next, probeFrom: undefined, probeBase: undefined, inflight: kept ? s.inflight : (s.probeBase ?? s.inflight) });
   }
-  if (rounds % 8 === 0 && s.inflight < cap) {
+  if (next.rounds % 8 === 0 && s.inflight < cap) {
     return { ...next, probeFrom: goodput, probeBase: s.inflight, inflight: Math.min(cap, s.inflight + Math.max(1, Math.ceil(s.inflight / 4))) };
   }
   return withPartSize(next);
+}
+
+/**
+ * Whether a request of `bytes` may start with `running` requests holding `held` bytes: fewer
+ * than the parts in flight, and within the memory cap (a single request always may).
+ */
+export function admits(s: ControllerState, running: number, held: number, bytes: number): boolean {
+  return running < s.inflight && (held === 0 || held + bytes <= s.memoryBytes);
 }
 
 /** A small request (starting an upload) took `seconds`: an upper bound of the round trip. */
@@ -192,10 +240,17 @@ export function rttSample(s: ControllerState, seconds: number): ControllerState 
   return seconds > 0 && seconds < s.minRtt ? { ...s, minRtt: seconds } : s;
 }
 
-/** Throttling or a fault: half the parts in flight (the round starts over). */
+/**
+ * Throttling or a fault: half the parts in flight (the round starts over), once per round:
+ * the other requests that were in flight with it are already sent at the old width.
+ */
 export function fault(s: ControllerState, now: number): ControllerState {
+  if (s.faultRound === s.rounds) return { ...s, faults: s.faults + 1, lastFault: now };
   return {
     ...s,
+    faultRound: s.rounds,
+    lastFault: now,
+    backoffFrom: Math.max(s.inflight, s.backoffFrom ?? 0),
     phase: "cruise",
     inflight: Math.max(1, Math.floor(s.inflight / 2)),
     roundParts: 0,
@@ -236,7 +291,7 @@ function withPartSize(s: ControllerState): ControllerState {
 /**
  * The length of the next part of an object of `size` bytes whose first `offset` bytes are
  * cut already, `started` parts so far (`finished` of them done): the controller's part size,
- * except that the first wave of a large object is staggered (part k of n gets k/n more) and
+ * except that the first wave of a large object is staggered (part k of n gets k/2n more) and
  * that, once fewer bytes remain than the parts in flight would take, the rest is spread over
  * them (at least the part size floor each), so the last parts finish together. Every part but
  * the last is at least `minPartSize` (≥ 5 MiB, ≥ size / 10,000).
@@ -246,12 +301,13 @@ export function nextPartLength(s: ControllerState, size: number, offset: number,
   if (remaining <= 0) return 0;
   let length = s.partSize;
   if (s.wave === undefined && s.fixedPartSize === undefined) {
-    if (finished === 0 && started < s.inflight) length = Math.ceil((s.partSize * (1 + started / s.inflight)) / MiB) * MiB;
+    if (finished === 0 && started < s.inflight) length = Math.ceil((s.partSize * (1 + started / (2 * s.inflight))) / MiB) * MiB;
     const perSlot = Math.ceil(remaining / Math.max(1, s.inflight));
     if (perSlot < length) length = Math.max(s.minPartSize, perSlot);
   }
-  // Never leave a last part below the floor: take it along.
-  if (remaining - length < s.minPartSize) length = remaining;
+  // Never leave a last part below the floor: leave it the floor, or take it along if that is all.
+  const rest = remaining - length;
+  if (rest > 0 && rest < s.minPartSize) length = remaining >= 2 * s.minPartSize ? remaining - s.minPartSize : remaining;
   return Math.min(length, remaining);
 }
 

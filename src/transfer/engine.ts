@@ -13,7 +13,7 @@
  */
 import type { ObjectStore, PartRef, WriteCondition, WriteOutcome } from "../s3/mod.ts";
 import { isS3Error } from "../s3/mod.ts";
-import { estimate, fault, initialState, nextPartLength, partDone, rttSample, type ControllerState, type Estimate } from "./controller.ts";
+import { admits, estimate, fault, initialState, nextPartLength, partDone, rttSample, type ControllerState, type Estimate } from "./controller.ts";
 
 export interface UploadSource {
   readonly key: string;
@@ -131,7 +131,6 @@ class Pump {
 
   constructor(
     state: ControllerState,
-    private readonly memory: number,
     private readonly attempts: number,
   ) {
     this.state = state;
@@ -139,7 +138,7 @@ class Pump {
 
   /** Room for a request of `bytes` now. */
   room(bytes: number): boolean {
-    return this.failure === undefined && this.running.size < this.state.inflight && (this.held === 0 || this.held + bytes <= this.memory);
+    return this.failure === undefined && admits(this.state, this.running.size, this.held, bytes);
   }
 
   get busy(): number {
@@ -252,7 +251,6 @@ export class TransferEngine {
     const warm = this.estimates.get(store.endpoint);
     const pump = new Pump(
       initialState(clock(), { memoryBytes: memory, size: src.size, ...(this.options.maxInflight ? { maxInflight: this.options.maxInflight } : {}), ...(warm ? { warm } : {}) }),
-      memory,
       this.options.attempts ?? 6,
     );
     const asked = clock();
@@ -310,20 +308,26 @@ export class TransferEngine {
    */
   async putMany(
     items: Iterable<PutItem> | AsyncIterable<PutItem>,
-    options: { readonly onWritten?: (key: string, outcome: WriteOutcome) => void } = {},
+    options: {
+      readonly onWritten?: (key: string, outcome: WriteOutcome) => void;
+      /** Bytes the stream will carry, when known (for an array it is counted). */
+      readonly totalBytes?: number;
+    } = {},
   ): Promise<StreamReport> {
     const { store } = this;
     const memory = this.options.memoryBytes ?? DEFAULT_MEMORY;
     const key = `${store.endpoint} stream`;
     const warm = this.estimates.get(key);
+    // An array tells how much is coming: the controller tries more in flight only if that pays back.
+    const total = options.totalBytes ?? (Array.isArray(items) ? (items as readonly PutItem[]).reduce((a, i) => a + i.body.byteLength, 0) : undefined);
     const pump = new Pump(
       initialState(clock(), {
         memoryBytes: memory,
         fixedPartSize: SEGMENT_SIZE,
+        ...(total !== undefined ? { size: total } : {}),
         ...(this.options.maxInflight ? { maxInflight: this.options.maxInflight } : {}),
         ...(warm ? { warm } : {}),
       }),
-      memory,
       this.options.attempts ?? 6,
     );
     const iterator = Symbol.asyncIterator in items ? (items as AsyncIterable<PutItem>)[Symbol.asyncIterator]() : (items as Iterable<PutItem>)[Symbol.iterator]();
