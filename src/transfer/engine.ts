@@ -13,6 +13,7 @@
  */
 import type { ObjectStore, PartRef, WriteCondition, WriteOutcome } from "../s3/mod.ts";
 import { isS3Error } from "../s3/mod.ts";
+import { md5Base64 } from "./hasher.ts";
 import { admits, estimate, fault, initialState, nextPartLength, partDone, rttSample, type ControllerState, type Estimate } from "./controller.ts";
 
 export interface UploadSource {
@@ -268,18 +269,19 @@ export class TransferEngine {
           if (length === 0 || !pump.room(length)) break;
           const number = ++partNumber;
           const at = offset;
-          const read = src.readInto
-            ? async () => {
-                const buffer = pool.take(length);
-                await src.readInto!(at, buffer);
-                return buffer;
-              }
-            : () => src.read(at, length);
-          pump.start(length, read, async (body) => {
-            parts.push(await store.uploadPart(src.key, uploadId, number, body, { contentMD5: true }));
+          const read = async () => {
+            let body: Uint8Array;
+            if (src.readInto) {
+              body = pool.take(length);
+              await src.readInto(at, body);
+            } else body = await src.read(at, length);
+            return { body, md5: await md5Base64(body) };
+          };
+          pump.start(length, read, async ({ body, md5 }) => {
+            parts.push(await store.uploadPart(src.key, uploadId, number, body, { contentMD5: md5 }));
             sent += length;
             this.options.onProgress?.(sent);
-          }, src.readInto ? (body) => pool.give(body, pump.state.inflight) : undefined);
+          }, src.readInto ? ({ body }) => pool.give(body, pump.state.inflight) : undefined);
           offset += length;
         }
         await pump.next();
@@ -350,8 +352,8 @@ export class TransferEngine {
           if (!pump.room(pending.body.byteLength)) break;
           const item = pending;
           pending = undefined;
-          pump.start(item.body.byteLength, async () => item, async (item) => {
-            const opts = { contentMD5: true, ...(item.metadata ? { metadata: item.metadata } : {}) };
+          pump.start(item.body.byteLength, async () => ({ item, md5: await md5Base64(item.body) }), async ({ item, md5 }) => {
+            const opts = { contentMD5: md5, ...(item.metadata ? { metadata: item.metadata } : {}) };
             const outcome = item.condition ? await store.putIf(item.key, item.body, item.condition, opts) : await store.put(item.key, item.body, opts);
             written.push({ key: item.key, outcome });
             bytes += item.body.byteLength;
