@@ -12,9 +12,9 @@
  * lib-storage one object per Upload, 4 at a time; 16 × 8: 8 at a time). Printed: MiB/s, the
  * ratio to the link rate and to the best fixed configuration, and the worker's peak RSS growth
  * during the transfer beside the engine's bound (2 × part size × parts in flight). The rate
- * change profile uploads 256 MiB while tbf goes 100 → 30 → 100 Mbit, and measures from the
- * bytes the host forwarder passes how long after each change the transfer runs within 10% of
- * the new rate. The last line is one JSON object with the figures and "targets".
+ * change profile uploads 384 MiB (engine and lib-storage) while tbf goes 100 → 30 → 100 Mbit,
+ * and measures from the bytes the host forwarder passes how long after each change the
+ * transfer's rate over 3 s is within 10% of what the new rate leaves for TCP payload. The last line is one JSON object with the figures and "targets".
  *
  *   bun bench/transfer.ts [--profiles lan,home,far,slow,throttled,change] [--workloads 64mib,large,stream]
  *                         [--configs engine,libstorage,fixed16x8,fixed:P:Q] [--copy-parts]   (root: it makes network namespaces)
@@ -223,7 +223,7 @@ const PROFILES: readonly Profile[] = [
   { name: "far", mbit: 200, rttMs: 80, large: 1024 * MiB, segments: 128 },
   { name: "slow", mbit: 20, rttMs: 150, segments: 32, note: "no large object: 1 GiB takes 7 min per configuration at 20 Mbit" },
   { name: "throttled", mbit: 100, rttMs: 30, throttle: 0.1, large: 256 * MiB, segments: 64, note: "home with 10% of PUTs answered 503 SlowDown; large = 256 MiB" },
-  { name: "change", mbit: 100, rttMs: 30, changes: [[8, 30], [20, 100]], size: 256 * MiB, segments: 0, note: "256 MiB while tbf goes 100 → 30 Mbit at 8 s and back to 100 at 20 s" },
+  { name: "change", mbit: 100, rttMs: 30, changes: [[8, 30], [20, 100]], size: 384 * MiB, segments: 0, note: "384 MiB while tbf goes 100 → 30 Mbit at 8 s and back to 100 at 20 s (engine and lib-storage)" },
 ];
 
 const arg = (name: string) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1]!.split(",") : undefined);
@@ -280,8 +280,9 @@ async function startWorker(lab: Lab, bodyMiB: number): Promise<Worker> {
 }
 
 /**
- * Seconds after `from` until the rate over 1 s windows stays within 10% of `rate` (MiB/s) for
- * 3 s (windows starting every 100 ms); NaN if it never does before `until`.
+ * Seconds after `from` until the rate over a 3 s window (windows start every 100 ms) is within
+ * 10% of `rate` (MiB/s); NaN if none is before `until`. (Over 1 s the bytes the forwarder
+ * passes swing by ±20% on this loaded machine, with raw TCP too.)
  */
 function settleTime(traffic: readonly TrafficSample[], from: number, until: number, rate: number): number {
   const at = (t: number) => {
@@ -292,11 +293,8 @@ function settleTime(traffic: readonly TrafficSample[], from: number, until: numb
     const b = traffic[i]!;
     return b.t === a.t ? b.up : a.up + ((b.up - a.up) * (t - a.t)) / (b.t - a.t);
   };
-  const within = (w: number) => Math.abs((at(w + 1000) - at(w)) / MiB - rate) <= 0.1 * rate;
-  for (let w = from; w + 4000 <= until; w += 100) {
-    let ok = true;
-    for (let v = w; v <= w + 3000 && ok; v += 100) ok = within(v);
-    if (ok) return (w - from) / 1000;
+  for (let w = from; w + 3000 <= until; w += 100) {
+    if (Math.abs((at(w + 3000) - at(w)) / MiB / 3 - rate) <= 0.1 * rate) return (w - from) / 1000;
   }
   return NaN;
 }
@@ -411,7 +409,7 @@ function compare(p: Profile, what: string, row: Record<string, number | string>)
 }
 
 async function rateChange(p: Profile, lab: Lab, w: Worker, store: ObjectStoreConfig, row: Record<string, number | string>) {
-  for (const c of configs) {
+  for (const c of configs.filter((c) => c !== "fixed16x8")) {
     const t0 = Date.now();
     const timers = p.changes!.map(([s, mbit]) => setTimeout(() => void lab.setRate(mbit).catch((e) => log(`setRate: ${(e as Error).message}`)), s * 1000));
     const r = await w.run({ kind: "object", config: c, key: `change-${c}`, size: p.size!, store });
@@ -428,6 +426,10 @@ async function rateChange(p: Profile, lab: Lab, w: Worker, store: ObjectStoreCon
     const worst = settles.some((x) => Number.isNaN(x)) ? NaN : Math.max(...settles);
     row[`${c}_settle_s`] = round(worst);
     log(`${p.name.padEnd(9)} ${c.padEnd(10)} within 10% of the new rate after ${p.changes!.map(([s, mbit], i) => `${settles[i]!.toFixed(1)} s (${mbit} Mbit at ${s} s)`).join(", ")}`);
+    const traffic = lab.traffic().filter((x) => x.t >= t0 && x.t <= end);
+    const perSecond: string[] = [];
+    for (let i = 10; i < traffic.length; i += 10) perSecond.push(((traffic[i]!.up - traffic[i - 10]!.up) / MiB / ((traffic[i]!.t - traffic[i - 10]!.t) / 1000)).toFixed(1));
+    log(`${p.name.padEnd(9)} ${c.padEnd(10)} MiB/s each second: ${perSecond.join(" ")}`);
   }
 }
 

@@ -2,15 +2,17 @@
  * The closed-loop controller of the multipart engine, as pure functions over plain state.
  *
  * It measures goodput (bytes of finished requests per second, over rounds of as many requests
- * as were in flight) and request latency, and keeps as many requests in flight as the link
- * wants. A round that began at another width is not a measure (nor the first: connection
- * set-up, slow start). In startup the first measured round is of the starting width, and
- * then the width doubles as long as each doubling pays a tenth more goodput; otherwise it goes to the width that gave the best goodput and
- * cruises, probing a quarter more every 8 rounds and keeping them only if goodput rises by 5%. More requests are not free: each one opens a connection (the SDK sends large
- * bodies with `Expect: 100-continue` on a fresh socket) and starts in slow start, and many
- * flows at once overflow a short bottleneck queue. Throttling and faults (503 SlowDown,
- * timeouts, resets) halve the requests in flight, at most once a round, and each clean round
- * after that adds one back, up to the width before the back-off.
+ * as were in flight, each at least as long as a request takes) and request latency, and keeps
+ * as many requests in flight as pays. A round that began at another width is not a measure
+ * (nor the first: connection set-up, slow start). In startup the first measured round is of
+ * the starting width; then the width doubles as long as each doubling brings a tenth more
+ * goodput, and otherwise goes to the width that gave the best goodput and cruises, probing a
+ * quarter more every 8 rounds and keeping them only if goodput rises by 5%. More requests are
+ * not free: each opens a connection (the SDK sends large bodies with `Expect: 100-continue` on
+ * a socket of its own) and starts in slow start, and many flows at once overflow a short
+ * bottleneck queue. Throttling and faults (503 SlowDown, timeouts, resets) halve the requests
+ * in flight, at most once a round, and each clean round after that adds one back, up to the
+ * width before the back-off.
  *
  * A cold start sends 8 parts of 16 MiB at once (a stream: 8 objects); an object of at most
  * 64 MiB goes up as one wave of at most 4 equal parts of at least 5 MiB, all in flight
@@ -18,12 +20,12 @@
  * in flight, so that a short transfer does not pay for probing it cannot win back.
  *
  * The part size keeps about 30 round trips' worth of goodput in flight (best goodput × the
- * shortest round trip of a small request, spread over the parts in flight), between 5 MiB
- * and 64 MiB, at least size / 10,000, no larger than a part sent in about 8 s at its share of
- * the goodput, and may change between parts. {@linkcode nextPartLength} cuts
- * the object: the first wave of a large object is staggered (so that parts do not all finish,
- * and wait for their answers, at the same moment), and the last parts shrink so that they end
- * together. Requests in flight never hold more than the memory cap.
+ * shortest round trip of a small request, spread over the parts in flight), between 5 MiB and
+ * 64 MiB, at least size / 10,000, no larger than a part sent in about 8 s at its share of the
+ * goodput, and may change between parts. {@linkcode nextPartLength} cuts the object: the first
+ * wave of a large object is staggered (so that its parts do not all finish, and wait for their
+ * answers, at the same moment), and the last parts shrink so that they end together. Requests
+ * in flight never hold more than the memory cap.
  */
 
 export const MIN_PART = 5 * 1024 * 1024;
