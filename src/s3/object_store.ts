@@ -458,6 +458,9 @@ class SdkObjectStore implements ObjectStore {
       maxAttempts: config.maxAttempts ?? 3,
       requestChecksumCalculation: config.requestChecksumCalculation ?? "WHEN_REQUIRED",
       responseChecksumValidation: config.responseChecksumValidation ?? "WHEN_REQUIRED",
+      // The SDK sends bodies of 2 MB and more with "Expect: 100-continue"; here that closes the
+      // connection after each such request, so every part paid a TCP handshake and slow start.
+      expectContinueHeader: false,
       requestHandler: {
         connectionTimeout: config.connectTimeoutMs ?? 5_000,
         // An idle socket fails the request. (The SDK's requestTimeout bounds the whole request,

@@ -39,8 +39,8 @@ export interface FaultProxy {
   readonly port: number;
   setRules(rules: readonly FaultRule[]): void;
   setDown(down: boolean): Promise<void>;
-  /** Requests seen, faults injected, and body bytes sent up (to the server) and down. */
-  stats(): { requests: number; injected: Record<string, number>; upBytes: number; downBytes: number };
+  /** Requests seen, client connections accepted, faults injected, and body bytes sent up (to the server) and down. */
+  stats(): { requests: number; connections: number; injected: Record<string, number>; upBytes: number; downBytes: number };
   resetStats(): void;
   close(): Promise<void>;
 }
@@ -62,6 +62,7 @@ export async function startFaultProxy(target: string, options: { seed?: number; 
   const draw = random(options.seed ?? 1);
   let rules: { rule: FaultRule; left: number }[] = [];
   let requests = 0;
+  let connections = 0;
   let upBytes = 0;
   let downBytes = 0;
   const injected: Record<string, number> = {};
@@ -131,6 +132,7 @@ export async function startFaultProxy(target: string, options: { seed?: number; 
     }
   });
   server.on("connection", (socket) => {
+    connections++;
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
   });
@@ -150,9 +152,9 @@ export async function startFaultProxy(target: string, options: { seed?: number; 
         await closed;
       } else await new Promise<void>((ok) => server.listen(port, "127.0.0.1", ok));
     },
-    stats: () => ({ requests, injected: { ...injected }, upBytes, downBytes }),
+    stats: () => ({ requests, connections, injected: { ...injected }, upBytes, downBytes }),
     resetStats() {
-      requests = upBytes = downBytes = 0;
+      requests = connections = upBytes = downBytes = 0;
       for (const k of Object.keys(injected)) delete injected[k];
     },
     close: () =>
