@@ -206,6 +206,8 @@ export class Journal {
   private nextSeq: number;
   private committedSeq: number;
   private durableSeq: number;
+  /** What the last head row written says is synced: recovery on the next open checks every event after it. */
+  private recordedSynced: number;
   private queue: Pending[] = [];
   /** A drain is due on the next turn of the event loop (see {@link schedule}). */
   private scheduled = false;
@@ -243,6 +245,7 @@ export class Journal {
     this.nextSeq = head.seq + 1;
     this.committedSeq = head.seq;
     this.durableSeq = head.seq;
+    this.recordedSynced = head.synced ?? 0;
   }
 
   /** Open (or create) the journal in `dir`. */
@@ -289,7 +292,7 @@ export class Journal {
     }
     const journal = new Journal(dir, db, events, data, head, clientId);
     journal.recovery = recovery;
-    if (recovery) await journal.sync(); // what survived is now durable; mark it so
+    if (recovery) await journal.recordSynced(); // what survived is now durable; mark it so
     return journal;
   }
 
@@ -442,6 +445,16 @@ export class Journal {
   /** A commit is scheduled or running. */
   private get writing(): boolean {
     return this.scheduled || this.draining;
+  }
+
+  /**
+   * Make everything durable and say so in the head row, so the next open checks nothing:
+   * a synced commit that carried data records the seq synced before it (its data is
+   * fdatasynced beside it), so after one a second, empty synced commit records its own.
+   */
+  private async recordSynced(): Promise<void> {
+    if (this.durableSeq < this.committedSeq || this.queue.length > 0 || this.writing) await this.append([], { sync: true });
+    if (this.recordedSynced < this.committedSeq) await this.append([], { sync: true });
   }
 
   /** Make everything appended so far durable. */
@@ -612,6 +625,7 @@ export class Journal {
     this.stats.appends += batch.length;
     this.committedSeq = last;
     if (sync) this.durableSeq = last;
+    this.recordedSynced = head.synced ?? 0;
   }
 
   /** Read committed events in seq order (or reverse). */
@@ -838,7 +852,7 @@ export class Journal {
     if (this.closed) return;
     if (!this.failed) {
       await this.flushed();
-      if (!this.failed && this.durableSeq < this.committedSeq) await this.append([], { sync: true }).catch(() => {});
+      if (!this.failed) await this.recordSynced().catch(() => {});
     }
     this.closed = true;
     await this.data.close();

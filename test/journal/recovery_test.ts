@@ -107,3 +107,27 @@ test("a filesystem whose unsynced tail was lost reopens at its last fsync with p
   expect(await fs.fsck()).toMatchObject({ ok: true });
   await fs.close();
 });
+
+test("a clean close records everything as synced: the next open checks nothing, and neither does the one after a recovery", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "objectfs-recover-"));
+  dirs.push(dir);
+  const j = await Journal.open(dir);
+  // Unsynced writes with data, then a clean close (its final sync carries data).
+  for (let i = 0; i < 20; i++) await j.append([{ type: "ExtentWritten", ino: 5 as never, offset: i * 100, length: 100, data: new Uint8Array(100).fill(i) } as never]);
+  await j.close();
+  const again = await Journal.open(dir);
+  expect(again.recovery).toBeUndefined();
+  expect(again.head as number).toBe(20);
+  await again.close();
+
+  // After an unclean stop the first open checks the tail; it then records it as synced.
+  const other = await mkdtemp(join(tmpdir(), "objectfs-recover-"));
+  dirs.push(other);
+  await runAndKill("journal", other);
+  const first = await Journal.open(other);
+  expect(first.recovery?.checked).toBeGreaterThan(0);
+  await first.close();
+  const second = await Journal.open(other);
+  expect(second.recovery).toBeUndefined();
+  await second.close();
+});
