@@ -74,10 +74,16 @@ export function packBody(event: JournalEvent): Uint8Array {
 
 /** Decode an event of any known schema version, upcasting older ones. */
 export function decodeEvent(bytes: Uint8Array): JournalEvent {
-  const version = bytes[0];
+  return decodeEventAt(bytes, 0, bytes.length);
+}
+
+/** Decode the event whose record is bytes [start, end) of `buf` (a row holding several), without copying or slicing it. */
+export function decodeEventAt(buf: Uint8Array, start: number, end: number): JournalEvent {
+  if (end <= start) throw new JournalError("corrupt", "Cannot decode event: empty record");
+  const version = buf[start];
   let value: unknown;
   try {
-    value = packr.unpack(bytes.subarray(1));
+    value = packr.unpack(buf as Buffer, { start: start + 1, end } as never);
   } catch (cause) {
     throw new JournalError("corrupt", `Cannot decode event: not valid MessagePack (${String(cause)})`, { cause });
   }
@@ -129,3 +135,88 @@ export function encodeEventV1(event: JournalEvent): Uint8Array {
 /** Plain MessagePack for projection rows and metadata (no version byte). */
 export const packValue = (value: unknown): Uint8Array => packr.pack(value);
 export const unpackValue = <T>(bytes: Uint8Array): T => packr.unpack(bytes) as T;
+
+/**
+ * The type of an encoded event without decoding it, where the record says it in its first
+ * bytes (version 2, a type code below 128); undefined means "decode to know". Lets long scans
+ * skip the events they do not need.
+ */
+export function peekEventType(record: Uint8Array, start = 0): EventType | undefined {
+  return record[start] === 2 && record[start + 1] === 0x95 && record[start + 2]! < 0x80 ? TYPE_CODES[record[start + 2]!] : undefined;
+}
+
+/** What the first bytes of a version-2 record say, read without decoding the record. */
+export interface RecordHead {
+  readonly type: EventType;
+  readonly seq: number;
+  readonly time: number;
+  /** The caller's uid and pid; undefined when the event has no caller. */
+  readonly uid: number | undefined;
+  readonly pid: number | undefined;
+}
+
+/**
+ * The head of an encoded event (type, seq, time, caller) without decoding its body, or
+ * undefined where the record does not have the usual version-2 shape (then decode it).
+ */
+export function peekRecordHead(record: Uint8Array, start = 0): RecordHead | undefined {
+  const type = peekEventType(record, start);
+  if (type === undefined) return undefined;
+  const seq = readNumber(record, start + 3);
+  if (!seq) return undefined;
+  const time = readNumber(record, seq[1]);
+  if (!time) return undefined;
+  let at = time[1];
+  const c = record[at];
+  if (c === 0xc0) return { type, seq: seq[0], time: time[0], uid: undefined, pid: undefined };
+  if (c !== 0x93 && c !== 0x94) return undefined;
+  const uid = readNumber(record, at + 1);
+  const gid = uid && readNumber(record, uid[1]);
+  const pid = gid && readNumber(record, gid[1]);
+  if (!pid) return undefined;
+  return { type, seq: seq[0], time: time[0], uid: uid[0], pid: pid[0] };
+}
+
+const f64 = new Float64Array(1);
+const f64Bytes = new Uint8Array(f64.buffer);
+const f32 = new Float32Array(1);
+const f32Bytes = new Uint8Array(f32.buffer);
+const u32 = (b: Uint8Array, at: number) => ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0;
+
+/** A MessagePack number at `at` and the offset after it, or undefined if there is none (or it is cut short). */
+function readNumber(b: Uint8Array, at: number): [number, number] | undefined {
+  const v = b[at];
+  if (v === undefined) return undefined;
+  if (v < 0x80) return [v, at + 1];
+  if (v >= 0xe0) return [v - 256, at + 1];
+  const size = NUMBER_SIZES[v - 0xca];
+  if (v < 0xca || v > 0xd3 || size === undefined || at + 1 + size > b.length) return undefined;
+  const x = at + 1;
+  switch (v) {
+    case 0xcc:
+      return [b[x]!, x + 1];
+    case 0xcd:
+      return [(b[x]! << 8) | b[x + 1]!, x + 2];
+    case 0xce:
+      return [u32(b, x), x + 4];
+    case 0xcf:
+      return [u32(b, x) * 2 ** 32 + u32(b, x + 4), x + 8];
+    case 0xd0:
+      return [(b[x]! << 24) >> 24, x + 1];
+    case 0xd1:
+      return [(((b[x]! << 8) | b[x + 1]!) << 16) >> 16, x + 2];
+    case 0xd2:
+      return [u32(b, x) | 0, x + 4];
+    case 0xcb:
+      for (let k = 0; k < 8; k++) f64Bytes[7 - k] = b[x + k]!;
+      return [f64[0]!, x + 8];
+    case 0xca:
+      for (let k = 0; k < 4; k++) f32Bytes[3 - k] = b[x + k]!;
+      return [f32[0]!, x + 4];
+    default:
+      return undefined; // int64 (0xd3): not a seq, time or id we write
+  }
+}
+
+/** Bytes after the marker of each number type from 0xca (float32) to 0xd3 (int64). */
+const NUMBER_SIZES = [4, 8, 1, 2, 4, 8, 1, 2, 4, 8];

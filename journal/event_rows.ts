@@ -158,3 +158,48 @@ export async function* scanRecords(
     if (first <= gte) return;
   }
 }
+
+/**
+ * The stored rows holding events in [gte, lte], in seq order, many per array: for scans that
+ * want no promise per event (or per row: a journal of single-event commits has a row each).
+ * Walk a row's records with {@link forEachRecord}.
+ */
+export async function* scanRows(events: Sublevel, options: { gte?: number; lte?: number }): AsyncGenerator<EventRow[]> {
+  const gte = options.gte ?? 0;
+  const lte = options.lte ?? Number.MAX_SAFE_INTEGER;
+  if (gte > lte) return;
+  const from = options.gte === undefined ? undefined : await scanStart(events, gte);
+  const range: Record<string, unknown> = { lte: u64Key(lte) };
+  if (from !== undefined) range.gte = u64Key(from);
+  const it = events.iterator(range as never) as unknown as { nextv(n: number): Promise<[Bytes, Bytes][]>; close(): Promise<void> };
+  try {
+    for (;;) {
+      const rows = await it.nextv(256);
+      if (rows.length === 0) return;
+      yield rows.map(([k, v]) => ({ first: readU64(k), value: v }));
+    }
+  } finally {
+    await it.close();
+  }
+}
+
+/** Call `fn` with the bounds in `row.value` of each record of seq in [gte, lte], in order (no copies, no views). */
+export function forEachRecord(row: EventRow, gte: number, lte: number, fn: (seq: number, start: number, end: number) => void): void {
+  const v = row.value;
+  if (v[0] !== GROUP_MARK) {
+    if (row.first >= gte && row.first <= lte) fn(row.first, 0, v.length);
+    return;
+  }
+  if (v.length < 5) throw new JournalError("corrupt", "Cannot read event group: truncated header");
+  const count = readU32(v, 1);
+  let at = 5 + 4 * count;
+  if (at > v.length) throw new JournalError("corrupt", `Cannot read event group of ${count} events: truncated length table`);
+  for (let i = 0; i < count; i++) {
+    const len = readU32(v, 5 + 4 * i);
+    if (at + len > v.length) throw new JournalError("corrupt", `Cannot read event ${i} of a group of ${count}: truncated record`);
+    const seq = row.first + i;
+    if (seq > lte) return;
+    if (seq >= gte) fn(seq, at, at + len);
+    at += len;
+  }
+}

@@ -7,6 +7,7 @@
  * the files that are at P at the end of the queried range, under whatever name they had: so
  * "who wrote bytes X–Y of report.txt" is answered across renames.
  */
+import type { RecordHead } from "../../journal/codec.ts";
 import { ROOT_INO, type JournalEvent } from "../../journal/mod.ts";
 
 export interface LogFilter {
@@ -48,7 +49,7 @@ export interface LogBase {
 
 /** Names of inodes as the journal goes: ino → its links (parent, name). */
 class Names {
-  private readonly links = new Map<number, [number, string][]>();
+  protected readonly links = new Map<number, [number, string][]>();
 
   constructor(base?: LogBase) {
     for (const [parent, name, ino] of base?.dirents ?? []) this.add(ino, parent, name);
@@ -77,13 +78,18 @@ class Names {
     }
   }
 
-  private add(ino: number, parent: number, name: string): void {
+  /** The links of an inode, or undefined if it never had one. */
+  linksOf(ino: number): readonly [number, string][] | undefined {
+    return this.links.get(ino);
+  }
+
+  protected add(ino: number, parent: number, name: string): void {
     const l = this.links.get(ino) ?? [];
     l.push([parent, name]);
     this.links.set(ino, l);
   }
 
-  private remove(ino: number, parent: number, name: string): void {
+  protected remove(ino: number, parent: number, name: string): void {
     const l = this.links.get(ino);
     if (!l) return;
     const i = l.findIndex(([p, n]) => p === parent && n === name);
@@ -230,48 +236,109 @@ export interface AuditIndex {
   getMany?(seqs: readonly number[]): Promise<JournalEvent[]>;
   /** Events in [from, to], in order. */
   range(from: number, to: number): AsyncIterable<JournalEvent>;
+  /** Events in [from, to], in order, many at a time; only those `select` accepts, when given. */
+  batches?(from: number, to: number, select?: (head: RecordHead) => boolean): AsyncIterable<readonly JournalEvent[]>;
   readonly head: number;
 }
 
+/** The events that change names. */
+const NAME_TYPES = new Set(["DirentLinked", "DirentUnlinked", "Renamed", "RemoteListed", "InodeDropped"]);
+
+/** Inodes whose links an event reads or changes. */
+function inodesNamed(e: JournalEvent): number[] {
+  const r = e as { ino?: number; parent?: number; fromParent?: number; toParent?: number; replaced?: number; dir?: number; entries?: readonly { ino: number }[] };
+  const out: number[] = [];
+  for (const x of [r.ino, r.parent, r.fromParent, r.toParent, r.replaced, r.dir]) if (x !== undefined) out.push(x);
+  if (e.type === "RemoteListed") for (const x of e.entries) out.push(x.ino);
+  return out;
+}
+
+/**
+ * Names during a window of the journal [from, ...], without replaying what came before it:
+ * an inode's links are learnt when the window first touches it, from its own history through
+ * the index (or, once that has been needed too often, from one scan of the name events
+ * before the window), and followed through the window's events from there. An inode created
+ * inside the window needs no lookup at all.
+ */
+class WindowNames extends Names {
+  private seeds = 0;
+  private start: Names | undefined;
+
+  constructor(
+    private readonly history: NameHistory,
+    private readonly from: number,
+    private readonly scanBefore: () => Promise<Names>,
+  ) {
+    super();
+  }
+
+  /** Whether the links of every inode `e` names, and of their ancestors, are known (then no {@link prepare} is needed). */
+  ready(e: JournalEvent): boolean {
+    if (e.type === "InodeCreated" && !this.links.has(e.ino)) this.links.set(e.ino, []);
+    for (const ino of inodesNamed(e)) {
+      let at = ino;
+      for (let depth = 0; at !== ROOT_INO && depth <= 4096; depth++) {
+        const l = this.links.get(at);
+        if (!l) return false;
+        if (l.length === 0) break;
+        at = l[0]![0];
+      }
+    }
+    return true;
+  }
+
+  /** Learn the links of every inode `e` names, and of their ancestors, as they are just before `e`. */
+  async prepare(e: JournalEvent): Promise<void> {
+    for (const ino of inodesNamed(e)) await this.learn(ino);
+  }
+
+  private async learn(ino: number, depth = 0): Promise<void> {
+    if (ino === ROOT_INO || depth > 4096) return;
+    let l = this.links.get(ino);
+    if (!l) {
+      if (!this.start && ++this.seeds > SEEDS_BEFORE_SCAN) this.start = await this.scanBefore();
+      if (this.start) l = (this.start.linksOf(ino) ?? []).map(([p, n]): [number, string] => [p, n]);
+      else l = await this.history.linksAt(ino, this.from);
+      this.links.set(ino, l);
+    }
+    if (l.length > 0) await this.learn(l[0]![0], depth + 1);
+  }
+}
+
+/** Inodes a window may learn one by one from their histories before one scan of what came before is cheaper. */
+const SEEDS_BEFORE_SCAN = 1000;
+
 /** Where inodes were named when, rebuilt per inode from its own events through the index. */
 class NameHistory {
-  private readonly timelines = new Map<number, Promise<[number, number | undefined, string | undefined][]>>();
-  private baseLinks: Map<number, [number, string]> | undefined;
+  /** Per inode: the name events among its own events, in order. */
+  private readonly timelines = new Map<number, Promise<JournalEvent[]>>();
+  private baseLinks: Map<number, [number, string][]> | undefined;
   constructor(
     private readonly index: AuditIndex,
     private readonly base?: LogBase,
   ) {}
 
-  /** Where an inode was named at the checkpoint, if there is one. */
-  private baseLink(ino: number): [number, string] | undefined {
-    if (!this.base) return undefined;
+  /** Where an inode was linked at the checkpoint, if there is one. */
+  private baseLinksOf(ino: number): readonly [number, string][] {
+    if (!this.base) return [];
     if (!this.baseLinks) {
       this.baseLinks = new Map();
-      for (const [parent, name, i] of this.base.dirents) if (!this.baseLinks.has(i)) this.baseLinks.set(i, [parent, name]);
+      for (const [parent, name, i] of this.base.dirents) {
+        const l = this.baseLinks.get(i) ?? [];
+        l.push([parent, name]);
+        this.baseLinks.set(i, l);
+      }
     }
-    return this.baseLinks.get(ino);
+    return this.baseLinks.get(ino) ?? [];
   }
 
-  private timeline(ino: number) {
+  private timeline(ino: number): Promise<JournalEvent[]> {
     let t = this.timelines.get(ino);
     if (!t) {
       t = (async () => {
-        const out: [number, number | undefined, string | undefined][] = [];
-        const at = this.baseLink(ino);
-        if (at) out.push([this.base!.seq, at[0], at[1]]);
         const seqs = (await this.index.eventsOf(ino)).filter((seq) => !this.base || seq > this.base.seq);
         const events = this.index.getMany ? await this.index.getMany(seqs) : (await Promise.all(seqs.map((seq) => this.index.get(seq)))).filter((e) => e !== undefined);
-        for (const e of events) {
-          const seq = e.seq;
-          if (e.type === "DirentLinked" && e.ino === ino) out.push([seq, e.parent, e.name]);
-          else if (e.type === "Renamed" && e.ino === ino) out.push([seq, e.toParent, e.toName]);
-          else if ((e.type === "Renamed" && e.replaced === ino) || (e.type === "DirentUnlinked" && e.ino === ino) || e.type === "InodeDropped") out.push([seq, undefined, undefined]);
-          else if (e.type === "RemoteListed") {
-            const x = e.entries.find((y) => y.ino === ino);
-            if (x) out.push([seq, e.dir, x.name]);
-          }
-        }
-        return out;
+        return events.filter((e) => NAME_TYPES.has(e.type));
       })();
       if (this.timelines.size > 100_000) this.timelines.clear();
       this.timelines.set(ino, t);
@@ -279,15 +346,24 @@ class NameHistory {
     return t;
   }
 
+  /** The links of `ino` just before event `seq`, as a replay of every name event would have them. */
+  async linksAt(ino: number, seq: number): Promise<[number, string][]> {
+    const names = new Names({ seq: 0, dirents: this.baseLinksOf(ino).map(([p, n]) => [p, n, ino] as const) });
+    for (const e of await this.timeline(ino)) {
+      if (e.seq >= seq) break;
+      names.apply(e);
+    }
+    return (names.linksOf(ino) ?? []).map(([p, n]): [number, string] => [p, n]);
+  }
+
   /** The path of `ino` just before event `seq`. */
   async pathAt(ino: number, seq: number, depth = 0): Promise<string | undefined> {
     if (ino === ROOT_INO) return "/";
     if (depth > 4096) return undefined;
-    let at: [number, number | undefined, string | undefined] | undefined;
-    for (const step of await this.timeline(ino)) if (step[0] < seq) at = step;
-    if (!at || at[1] === undefined) return undefined;
-    const p = await this.pathAt(at[1], seq, depth + 1);
-    return p === undefined ? undefined : p === "/" ? `/${at[2]}` : `${p}/${at[2]}`;
+    const at = (await this.linksAt(ino, seq))[0];
+    if (!at) return undefined;
+    const p = await this.pathAt(at[0], seq, depth + 1);
+    return p === undefined ? undefined : p === "/" ? `/${at[1]}` : `${p}/${at[1]}`;
   }
 
   /** Paths before event `e` of every inode it names, for `describe`. */
@@ -338,6 +414,31 @@ async function indexed(index: AuditIndex, filter: LogFilter, base?: LogBase): Pr
       for (const seq of seqs) {
         const e = await index.get(seq);
         if (e && keep(e)) yield describe(e, await history.namesFor(e));
+      }
+    })();
+  }
+  if (filter.path === undefined && index.batches) {
+    // Any time window (the whole journal without one): only its events are read.
+    const from = Math.max(after + 1, filter.since === undefined ? 1 : await seqAtTime(index, filter.since));
+    const to = filter.until === undefined ? index.head : (await seqAtTime(index, filter.until + 1)) - 1;
+    const batches = index.batches.bind(index);
+    const names = new WindowNames(history, from, async () => {
+      const before = new Names(base);
+      for await (const b of batches(after + 1, from - 1, (h) => NAME_TYPES.has(h.type))) for (const e of b) before.apply(e);
+      return before;
+    });
+    // Name events for the names; of the others only those that may be reported are decoded.
+    const select = (h: RecordHead) =>
+      NAME_TYPES.has(h.type) || ((filter.all || !FACTS.has(h.type)) && (filter.uid === undefined || h.uid === filter.uid) && (filter.pid === undefined || h.pid === filter.pid));
+    return (async function* () {
+      if (to < from) return;
+      for await (const b of batches(from, to, select)) {
+        for (const e of b) {
+          if (!names.ready(e)) await names.prepare(e);
+          const entry = keep(e) ? describe(e, names) : undefined;
+          names.apply(e);
+          if (entry) yield entry;
+        }
       }
     })();
   }

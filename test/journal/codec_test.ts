@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { decodeEvent, encodeEvent, EVENT_TYPES, JournalError, SCHEMA_VERSION } from "../../journal/mod.ts";
-import { encodeEventV1 } from "../../journal/codec.ts";
+import { decodeEventAt, encodeEventV1, peekRecordHead } from "../../journal/codec.ts";
 import { anyEvent, eventOf, normalize } from "../support/event_arbitraries.ts";
 
 
@@ -18,6 +18,28 @@ describe("codec", () => {
       );
     });
   }
+
+  test("a record's head (type, seq, time, caller) read without decoding equals the decoded event's", () => {
+    const timeOrSeq = fc.oneof(fc.nat(), fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }), fc.double({ min: 0, max: 4e12, noNaN: true }));
+    fc.assert(
+      fc.property(anyEvent, timeOrSeq, fc.nat({ max: 2 ** 32 - 1 }), (event, time, pid) => {
+        const e = { ...event, time, ...(event.caller ? { caller: { ...event.caller, pid } } : {}) } as typeof event;
+        const bytes = encodeEvent(e);
+        const head = peekRecordHead(bytes);
+        const decoded = decodeEvent(bytes);
+        expect(head).toEqual({ type: decoded.type, seq: decoded.seq, time: decoded.time, uid: decoded.caller?.uid, pid: decoded.caller?.pid });
+        // The same record inside a larger buffer decodes in place.
+        const row = new Uint8Array(bytes.length + 7);
+        row.set(bytes, 3);
+        expect(peekRecordHead(row, 3)).toEqual(head);
+        expect(normalize(decodeEventAt(row, 3, 3 + bytes.length))).toEqual(normalize(decoded));
+      }),
+      { numRuns: 1000 },
+    );
+    // Records of the first schema have no such head: the caller decodes them.
+    const [sample] = fc.sample(anyEvent, 1);
+    expect(peekRecordHead(encodeEventV1(sample!))).toBeUndefined();
+  });
 
   test("version 1 records are upcast to the current shape", () => {
     fc.assert(
