@@ -292,7 +292,7 @@ export class Journal {
     }
     const journal = new Journal(dir, db, events, data, head, clientId);
     journal.recovery = recovery;
-    if (recovery) await journal.recordSynced(); // what survived is now durable; mark it so
+    if (recovery) await journal.settle(); // what survived is now durable; mark it so
     return journal;
   }
 
@@ -451,8 +451,11 @@ export class Journal {
    * Make everything durable and say so in the head row, so the next open checks nothing:
    * a synced commit that carried data records the seq synced before it (its data is
    * fdatasynced beside it), so after one a second, empty synced commit records its own.
+   * Cheap when there is nothing to do; a mount calls it every few seconds, so what was
+   * written without fsync is on disk soon after anyway and a recovery has little to check.
    */
-  private async recordSynced(): Promise<void> {
+  async settle(): Promise<void> {
+    if (this.failed) throw this.failed;
     if (this.durableSeq < this.committedSeq || this.queue.length > 0 || this.writing) await this.append([], { sync: true });
     if (this.recordedSynced < this.committedSeq) await this.append([], { sync: true });
   }
@@ -882,7 +885,7 @@ export class Journal {
     if (this.closed) return;
     if (!this.failed) {
       await this.flushed();
-      if (!this.failed) await this.recordSynced().catch(() => {});
+      if (!this.failed) await this.settle().catch(() => {});
     }
     this.closed = true;
     await this.data.close();

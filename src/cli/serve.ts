@@ -98,6 +98,9 @@ async function claimDataDir(dataDir: string, url: string | undefined): Promise<v
   }
 }
 
+/** How often a mount makes everything written durable, fsync or not (ext4 commits every 5 s). */
+const SETTLE_INTERVAL_MS = 5000;
+
 /** Resolves with the reason the mount should end: a signal, or the mount disappearing. */
 const stopRequested = (mountpoint: string) =>
   Effect.callback<string>((resume) => {
@@ -184,6 +187,14 @@ export function serve(o: ServeOptions): Promise<void> {
       }),
       (fs) => Effect.promise(() => fs.close()),
     );
+    // Like a filesystem's commit interval: bytes written without fsync reach the disk within
+    // seconds, and after a crash the next mount has at most that much to check.
+    if (!o.readOnly) {
+      yield* Effect.acquireRelease(
+        Effect.sync(() => setInterval(() => void fs.journal.settle().catch(() => {}), SETTLE_INTERVAL_MS)),
+        (t) => Effect.sync(() => clearInterval(t)),
+      );
+    }
     let replication: Replication | undefined;
     const retention = o.readOnly || !o.retention
       ? undefined
