@@ -10,7 +10,12 @@
  * `maxAttempts: 1` so that the SDK does not retry on its own, out of sight (where it does, the
  * attempts it reports on a failure are counted as `sdkRetries`). An upload that cannot finish
  * is aborted so nothing is left behind.
+ *
+ * Downloads run the same loop with ranged GETs, each conditional on the version being read;
+ * where the ETag is the object's MD5 (a single PUT's), the bytes are hashed in order and
+ * checked against it.
  */
+import { createHash } from "node:crypto";
 import type { ObjectStore, PartRef, WriteCondition, WriteOutcome } from "../s3/mod.ts";
 import { isS3Error } from "../s3/mod.ts";
 import { md5Base64 } from "./hasher.ts";
@@ -30,6 +35,31 @@ export interface UploadSource {
   readonly metadata?: Readonly<Record<string, string>>;
   /** Complete only if this holds (where the server enforces it). */
   readonly condition?: WriteCondition;
+}
+
+/** Where a download goes: an object version, and what takes its bytes. */
+export interface DownloadTarget {
+  readonly key: string;
+  /** The object's size (from a listing or a HEAD). */
+  readonly size: number;
+  /**
+   * The version to read: every range is asked for with If-Match on it (or by version id), so an
+   * object changed meanwhile fails the download instead of mixing two versions.
+   */
+  readonly etag: string;
+  readonly versionId?: string;
+  /**
+   * Takes the bytes at `offset`. Parts come in any order, each once; the part's memory counts
+   * against the engine's cap until this resolves (a slow disk holds the download back).
+   */
+  write(offset: number, bytes: Uint8Array): Promise<void>;
+}
+
+export interface DownloadReport extends TransferStats {
+  readonly parts: number;
+  readonly bytes: number;
+  /** The bytes were checked against the object's MD5 (its ETag, when it is one: a single PUT's). */
+  readonly verified: boolean;
 }
 
 /** One object of a stream (a journal segment, say): sent in one PUT. */
@@ -83,7 +113,7 @@ const DEFAULT_MEMORY = 256 * 1024 * 1024;
 const SEGMENT_SIZE = 1024 * 1024;
 
 /** Faults the controller should hear about: the link or the server pushes back. */
-const pushback = (e: unknown) => isS3Error(e, "throttled") || isS3Error(e, "server") || isS3Error(e, "unreachable") || !isS3Error(e);
+const pushback = (e: unknown) => isS3Error(e, "throttled") || isS3Error(e, "server") || isS3Error(e, "unreachable") || (!isS3Error(e) && !(e instanceof DownloadChanged));
 
 /** Retries the SDK made inside one failed call, from the attempts its error reports. */
 function sdkRetriesOf(e: unknown): number {
@@ -148,9 +178,10 @@ class Pump {
 
   /**
    * Holds `bytes`, runs `prepare` once (not retried: reading the source), then `send` with
-   * retries, then `release` (whatever happened).
+   * retries, then `finish` (not timed for the controller: waiting its turn, say), then
+   * `release` (whatever happened).
    */
-  start<T>(bytes: number, prepare: () => Promise<T>, send: (prepared: T) => Promise<void>, release?: (prepared: T) => void): void {
+  start<T>(bytes: number, prepare: () => Promise<T>, send: (prepared: T) => Promise<void>, release?: (prepared: T) => void, finish?: () => Promise<void>): void {
     this.held += bytes;
     this.peakBytes = Math.max(this.peakBytes, this.held);
     this.peakPartSize = Math.max(this.peakPartSize, bytes);
@@ -158,6 +189,7 @@ class Pump {
       .then(async (prepared) => {
         try {
           await this.withRetries(bytes, () => send(prepared));
+          await finish?.();
         } finally {
           release?.(prepared);
         }
@@ -302,6 +334,83 @@ export class TransferEngine {
   }
 
   /**
+   * Downloads an object version as ranged GETs whose size and number in flight follow the
+   * link (parts in any order to `dst.write`). Fails, after the requests in flight have ended,
+   * if a range cannot be had after its retries or the object changed.
+   */
+  async download(dst: DownloadTarget): Promise<DownloadReport> {
+    const { store } = this;
+    const memory = this.options.memoryBytes ?? DEFAULT_MEMORY;
+    const key = `${store.endpoint} download`;
+    const warm = this.estimates.get(key);
+    const pump = new Pump(
+      initialState(clock(), { memoryBytes: memory, size: dst.size, ...(this.options.maxInflight ? { maxInflight: this.options.maxInflight } : {}), ...(warm ? { warm } : {}) }),
+      this.options.attempts ?? 6,
+    );
+    const md5 = /^"?([0-9a-f]{32})"?$/i.exec(dst.etag)?.[1]?.toLowerCase();
+    const hash = md5 !== undefined ? createHash("md5") : undefined;
+    // Parts are hashed in offset order: a part that arrives early waits (holding its memory) for those before it.
+    let hashedTo = 0;
+    const waiting = new Map<number, () => void>();
+    const hashInOrder = async (offset: number, bytes: Uint8Array) => {
+      if (!hash) return;
+      if (offset !== hashedTo) await new Promise<void>((resume) => waiting.set(offset, resume));
+      hash.update(bytes);
+      hashedTo = offset + bytes.length;
+      const next = waiting.get(hashedTo);
+      waiting.delete(hashedTo);
+      next?.();
+    };
+    let offset = 0;
+    let parts = 0;
+    let finished = 0;
+    let got = 0;
+    const version = dst.versionId !== undefined ? { versionId: dst.versionId } : { ifMatch: dst.etag };
+    try {
+      while ((offset < dst.size || pump.busy > 0) && pump.failure === undefined) {
+        for (;;) {
+          const length = nextPartLength(pump.state, dst.size, offset, parts, finished);
+          if (length === 0 || !pump.room(length)) break;
+          const at = offset;
+          parts++;
+          let bytes: Uint8Array | undefined;
+          pump.start(
+            length,
+            async () => undefined,
+            async () => {
+              const r = await store.get(dst.key, { range: { start: at, end: at + length - 1 }, ...version });
+              // Servers that ignore If-Match on GET answer with whatever is there now.
+              if (r.head.etag !== dst.etag) throw new DownloadChanged(dst.key, r.head.etag, dst.etag);
+              if (r.bytes.length !== length) throw new Error(`S3 returned ${r.bytes.length} bytes of ${dst.key} at ${at} for a range of ${length}`);
+              bytes = r.bytes;
+            },
+            undefined,
+            async () => {
+              await dst.write(at, bytes!);
+              await hashInOrder(at, bytes!);
+              bytes = undefined;
+              finished++;
+              got += length;
+              this.options.onProgress?.(got);
+            },
+          );
+          offset += length;
+        }
+        await pump.next();
+      }
+      if (pump.failure !== undefined) throw pump.failure;
+    } catch (e) {
+      for (const resume of waiting.values()) resume(); // nothing more comes in order: let them end
+      await pump.settle();
+      if (isS3Error(e, "precondition-failed")) throw new DownloadChanged(dst.key, undefined, dst.etag);
+      throw e;
+    }
+    if (hash && hash.digest("hex") !== md5) throw new Error(`the bytes of ${dst.key} do not match its ETag (MD5 ${md5}): the download is corrupt; download it again`);
+    this.estimates.set(key, estimate(pump.state));
+    return { parts, bytes: got, verified: hash !== undefined, ...pump.stats() };
+  }
+
+  /**
    * Sends a stream of small objects (journal segments, say), each in one PUT, as many in
    * flight as the controller finds the link wants. Items are pulled from `items` only when
    * there is room, so a producer is held back by the link. The first object that cannot be
@@ -372,5 +481,13 @@ export class TransferEngine {
     } finally {
       if (!ended) await (iterator as { return?: () => unknown }).return?.();
     }
+  }
+}
+
+/** The object changed in S3 while it was being downloaded. */
+export class DownloadChanged extends Error {
+  constructor(key: string, now: string | undefined, expected: string) {
+    super(`${key} changed in S3 during the download (ETag ${now ?? "now different"}, expected ${expected}); download it again`);
+    this.name = "DownloadChanged";
   }
 }
