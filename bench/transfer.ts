@@ -16,12 +16,17 @@
  * and measures from the bytes the host forwarder passes how long after each change the
  * transfer's rate over 3 s is within 10% of what the new rate leaves for TCP payload. The last line is one JSON object with the figures and "targets".
  *
- *   bun bench/transfer.ts [--profiles lan,home,far,slow,throttled,change] [--workloads 64mib,large,stream]
+ * `--workloads download` (not part of the default run, which fills the 15 minutes) downloads the
+ * 64 MiB and large objects instead: the engine's ranged GETs beside one plain SDK GetObject
+ * streamed (the `libstorage` column: lib-storage has no downloads) and 16 MiB ranges × 8.
+ *
+ *   bun bench/transfer.ts [--profiles lan,home,far,slow,throttled,change] [--workloads 64mib,large,stream,download]
  *                         [--configs engine,libstorage,fixed16x8,fixed:P:Q] [--copy-parts]   (root: it makes network namespaces)
  *
  * `--copy-parts` gives the engine a file-like source that copies each part into the engine's
  * buffers (`readInto`); by default it reads views of the body in memory, as lib-storage does.
  */
+import { GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { randomBytes } from "node:crypto";
 import { loadavg } from "node:os";
 import { makeObjectStore, type ObjectStoreConfig } from "../src/s3/mod.ts";
@@ -64,6 +69,14 @@ interface StreamJob {
   readonly count: number;
   readonly store: ObjectStoreConfig;
 }
+/** The object is put first (not timed), then downloaded into memory. */
+interface DownloadJob {
+  readonly kind: "download";
+  readonly config: Config;
+  readonly key: string;
+  readonly size: number;
+  readonly store: ObjectStoreConfig;
+}
 /** Raw TCP over the same link: `flows` connections to the lab's sink, `bytes` in all. */
 interface TcpJob {
   readonly kind: "tcp";
@@ -71,7 +84,7 @@ interface TcpJob {
   readonly flows: number;
   readonly bytes: number;
 }
-type Job = ObjectJob | StreamJob | TcpJob;
+type Job = ObjectJob | StreamJob | DownloadJob | TcpJob;
 
 interface JobResult {
   readonly seconds: number;
@@ -99,6 +112,12 @@ async function runJob(job: Job, body: Buffer): Promise<JobResult> {
   if (job.kind === "tcp") return rawTcp(job, body);
   // The engine retries itself, visibly; the fixed configurations keep the SDK's retries.
   const store = makeObjectStore(job.config === "engine" ? { ...job.store, maxAttempts: 1 } : job.store);
+  let etag = "";
+  if (job.kind === "download") {
+    const up = makeObjectStore(job.store);
+    etag = (await up.upload(job.key, body.subarray(0, job.size), FIXED.fixed16x8)).etag;
+    up.close();
+  }
   Bun.gc(true);
   const before = process.memoryUsage.rss();
   let peak = before;
@@ -122,6 +141,36 @@ async function runJob(job: Job, body: Buffer): Promise<JobResult> {
         stats = r;
       } else {
         await store.upload(job.key, body.subarray(0, job.size), fixedOf(job.config));
+      }
+    } else if (job.kind === "download") {
+      bytes = job.size;
+      const into = Buffer.allocUnsafe(job.size);
+      if (job.config === "engine") {
+        stats = await new TransferEngine(store).download({ key: job.key, size: job.size, etag, write: async (at, part) => void into.set(part, at) });
+      } else if (job.config === "libstorage") {
+        const c = job.store;
+        const client = new S3Client({ endpoint: c.endpoint, region: c.region, forcePathStyle: true, ...(c.credentials ? { credentials: c.credentials } : {}) });
+        const out = await client.send(new GetObjectCommand({ Bucket: c.bucket, Key: job.key }));
+        let at = 0;
+        for await (const chunk of out.Body as AsyncIterable<Uint8Array>) {
+          into.set(chunk, at);
+          at += chunk.length;
+        }
+        client.destroy();
+        if (at !== job.size) throw new Error(`got ${at} of ${job.size} bytes`);
+      } else {
+        const { partSize, queueSize } = fixedOf(job.config);
+        let next = 0;
+        await Promise.all(
+          Array.from({ length: queueSize }, async () => {
+            while (next < job.size) {
+              const at = next;
+              next += partSize;
+              const r = await store.get(job.key, { range: { start: at, end: Math.min(job.size, at + partSize) - 1 } });
+              into.set(r.bytes, at);
+            }
+          }),
+        );
       }
     } else {
       bytes = job.count * MiB;
@@ -151,7 +200,7 @@ async function runJob(job: Job, body: Buffer): Promise<JobResult> {
   const seconds = (performance.now() - t) / 1000;
   clearInterval(sampler);
   peak = Math.max(peak, process.memoryUsage.rss());
-  if (job.kind === "object") await store.delete(job.key).catch(() => {});
+  if (job.kind === "object" || job.kind === "download") await store.delete(job.key).catch(() => {});
   else await store.deleteMany(Array.from({ length: job.count }, (_, i) => `${job.prefix}/${i}`)).catch(() => {});
   store.close();
   const { final, ...engine } = stats ?? ({} as TransferStats);
@@ -332,7 +381,7 @@ function line(p: Profile, what: string, c: Config, r: JobResult, row: Record<str
   const link = linkMiBs(p.mbit);
   row[`${what}_${c}_mib_s`] = r.error ? NaN : round(mibs);
   row[`${what}_${c}_rss_growth_mib`] = round(r.rssGrowth / MiB, 1);
-  if (c !== "engine" && what !== "stream") {
+  if (c !== "engine" && what !== "stream" && !what.startsWith("get-")) {
     const f = fixedOf(c);
     row[`${what}_${c}_rss_per_byte_in_flight`] = round(r.rssGrowth / (f.partSize * Math.min(f.queueSize, Math.ceil(r.bytes / f.partSize))), 2);
   }
@@ -382,6 +431,13 @@ try {
             for (const [what, size] of sizes) {
               for (const c of configs) line(p, what, c, await w.run({ kind: "object", config: c, key: `${p.name}-${what}-${c}`, size, store }), row);
               compare(p, what, row);
+            }
+            if (workloads.includes("download")) {
+              const down = [["64mib", 64 * MiB] as const, ...(p.large ? [["large", p.large] as const] : [])];
+              for (const [what, size] of down) {
+                for (const c of configs) line(p, `get-${what}`, c, await w.run({ kind: "download", config: c, key: `${p.name}-get-${what}-${c}`, size, store }), row);
+                compare(p, `get-${what}`, row);
+              }
             }
             if (workloads.includes("stream")) {
               for (const c of configs) line(p, "stream", c, await w.run({ kind: "stream", config: c, prefix: `${p.name}-stream-${c}`, count: p.segments, store }), row);
