@@ -34,7 +34,7 @@ import { randomBytes } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
-import { checkEncodable, decodeEvent, decodeEventAt, encodeEvent, packBody, packValue, peekRecordHead, type RecordHead, SCHEMA_VERSION, unpackValue } from "./codec.ts";
+import { checkEncodable, decodeEvent, decodeEventAt, encodeEvent, packBody, packValue, peekEventType, peekRecordHead, type RecordHead, SCHEMA_VERSION, unpackValue } from "./codec.ts";
 import { GROUP_BYTES, GROUP_EVENTS, groupValue, rowAt, rowCount, rowRecord, rowRecords, forEachRecord, scanRecords, scanRows, writeGroupHeader } from "./event_rows.ts";
 import { DataLog } from "./data_log.ts";
 import { JournalError } from "./errors.ts";
@@ -305,18 +305,26 @@ export class Journal {
     const probe = DataLog.checker(join(dir, "data"));
     let checked = 0;
     let bad: { seq: number; ref: { file: number; pos: number } } | undefined;
+    // Checked a batch at a time, the reads of a batch in parallel; the first bad one in seq order counts.
+    let batch: { seq: number; ref: { file: number; pos: number }; check: Promise<boolean> }[] = [];
+    const firstBad = async () => {
+      for (const b of batch) if (!(await b.check)) return { seq: b.seq, ref: b.ref };
+      batch = [];
+      return undefined;
+    };
     try {
       for await (const { record } of scanRecords(events, { gte: (head.synced ?? 0) + 1 })) {
-        const e = decodeEvent(record);
         checked++;
+        const type = peekEventType(record);
+        if (type !== undefined && type !== "ExtentWritten") continue;
+        const e = decodeEvent(record);
         if (e.type !== "ExtentWritten" || !e.ref) continue;
-        const ok = await probe.check(e.ref, e.length, e.crc);
-        if (!ok) {
-          bad = { seq: e.seq, ref: e.ref };
-          break;
-        }
+        batch.push({ seq: e.seq, ref: e.ref, check: probe.check(e.ref, e.length, e.crc) });
+        if (batch.length >= 64 && (bad = await firstBad())) break;
       }
+      bad ??= await firstBad();
     } finally {
+      await Promise.allSettled(batch.map((b) => b.check));
       await probe.close();
     }
     if (!bad) {
