@@ -163,18 +163,17 @@ export function peekRecordHead(record: Uint8Array, start = 0): RecordHead | unde
   const type = peekEventType(record, start);
   if (type === undefined) return undefined;
   const seq = readNumber(record, start + 3);
-  if (!seq) return undefined;
-  const time = readNumber(record, seq[1]);
-  if (!time) return undefined;
-  let at = time[1];
+  const time = readNumber(record, numberEnd);
+  const at = numberEnd;
+  if (seq === undefined || time === undefined) return undefined;
   const c = record[at];
-  if (c === 0xc0) return { type, seq: seq[0], time: time[0], uid: undefined, pid: undefined };
+  if (c === 0xc0) return { type, seq, time, uid: undefined, pid: undefined };
   if (c !== 0x93 && c !== 0x94) return undefined;
   const uid = readNumber(record, at + 1);
-  const gid = uid && readNumber(record, uid[1]);
-  const pid = gid && readNumber(record, gid[1]);
-  if (!pid) return undefined;
-  return { type, seq: seq[0], time: time[0], uid: uid[0], pid: pid[0] };
+  if (uid === undefined || readNumber(record, numberEnd) === undefined) return undefined;
+  const pid = readNumber(record, numberEnd);
+  if (pid === undefined) return undefined;
+  return { type, seq, time, uid, pid };
 }
 
 const f64 = new Float64Array(1);
@@ -182,37 +181,46 @@ const f64Bytes = new Uint8Array(f64.buffer);
 const f32 = new Float32Array(1);
 const f32Bytes = new Uint8Array(f32.buffer);
 const u32 = (b: Uint8Array, at: number) => ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0;
+/** Where the number {@link readNumber} read last ends. */
+let numberEnd = 0;
 
-/** A MessagePack number at `at` and the offset after it, or undefined if there is none (or it is cut short). */
-function readNumber(b: Uint8Array, at: number): [number, number] | undefined {
+/** The MessagePack number at `at` (its end in {@link numberEnd}), or undefined if there is none or it is cut short. */
+function readNumber(b: Uint8Array, at: number): number | undefined {
   const v = b[at];
   if (v === undefined) return undefined;
-  if (v < 0x80) return [v, at + 1];
-  if (v >= 0xe0) return [v - 256, at + 1];
+  if (v < 0x80) {
+    numberEnd = at + 1;
+    return v;
+  }
+  if (v >= 0xe0) {
+    numberEnd = at + 1;
+    return v - 256;
+  }
   const size = NUMBER_SIZES[v - 0xca];
   if (v < 0xca || v > 0xd3 || size === undefined || at + 1 + size > b.length) return undefined;
   const x = at + 1;
+  numberEnd = x + size;
   switch (v) {
     case 0xcc:
-      return [b[x]!, x + 1];
+      return b[x]!;
     case 0xcd:
-      return [(b[x]! << 8) | b[x + 1]!, x + 2];
+      return (b[x]! << 8) | b[x + 1]!;
     case 0xce:
-      return [u32(b, x), x + 4];
+      return u32(b, x);
     case 0xcf:
-      return [u32(b, x) * 2 ** 32 + u32(b, x + 4), x + 8];
+      return u32(b, x) * 2 ** 32 + u32(b, x + 4);
     case 0xd0:
-      return [(b[x]! << 24) >> 24, x + 1];
+      return (b[x]! << 24) >> 24;
     case 0xd1:
-      return [(((b[x]! << 8) | b[x + 1]!) << 16) >> 16, x + 2];
+      return (((b[x]! << 8) | b[x + 1]!) << 16) >> 16;
     case 0xd2:
-      return [u32(b, x) | 0, x + 4];
+      return u32(b, x) | 0;
     case 0xcb:
       for (let k = 0; k < 8; k++) f64Bytes[7 - k] = b[x + k]!;
-      return [f64[0]!, x + 8];
+      return f64[0]!;
     case 0xca:
       for (let k = 0; k < 4; k++) f32Bytes[3 - k] = b[x + k]!;
-      return [f32[0]!, x + 4];
+      return f32[0]!;
     default:
       return undefined; // int64 (0xd3): not a seq, time or id we write
   }

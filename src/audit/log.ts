@@ -148,10 +148,25 @@ class Names {
 
 const normalize = (p: string) => `/${p.split("/").filter(Boolean).join("/")}`;
 
+/** `base` completed into an entry (no copy: it was made for this entry). */
+function entry(base: object, paths: readonly string[], rest?: Pick<LogEntry, "range" | "size" | "detail">): LogEntry {
+  const e = base as { paths?: readonly string[] } & Omit<LogEntry, "paths">;
+  e.paths = paths;
+  if (rest) Object.assign(e, rest);
+  return e as LogEntry;
+}
+
 /** One entry per event (what the event did, with paths as they were), before filtering. */
 function describe(e: JournalEvent, names: { path(ino: number): string | undefined }): LogEntry {
   const c = e.caller;
-  const base = { seq: e.seq, time: e.time, op: e.type, ...(c ? { uid: c.uid, gid: c.gid, pid: c.pid, ...(c.comm !== undefined ? { comm: c.comm } : {}) } : {}) };
+  // Built field by field (spreads cost more than the rest of an entry).
+  const base: { seq: number; time: number; op: string; uid?: number; gid?: number; pid?: number; comm?: string } = { seq: e.seq, time: e.time, op: e.type };
+  if (c) {
+    base.uid = c.uid;
+    base.gid = c.gid;
+    base.pid = c.pid;
+    if (c.comm !== undefined) base.comm = c.comm;
+  }
   const at = (ino: number) => names.path(ino) ?? `<inode ${ino}>`;
   const under = (parent: number, name: string) => {
     const p = at(parent);
@@ -159,13 +174,13 @@ function describe(e: JournalEvent, names: { path(ino: number): string | undefine
   };
   switch (e.type) {
     case "InodeCreated":
-      return { ...base, paths: [], detail: `${e.kind} inode ${e.ino} mode ${(e.mode & 0o7777).toString(8)}${e.target !== undefined ? ` -> ${e.target}` : ""}` };
+      return entry(base, [], { detail: `${e.kind} inode ${e.ino} mode ${(e.mode & 0o7777).toString(8)}${e.target !== undefined ? ` -> ${e.target}` : ""}` });
     case "DirentLinked":
-      return { ...base, paths: [under(e.parent, e.name)], detail: `inode ${e.ino}` };
+      return entry(base, [under(e.parent, e.name)], { detail: `inode ${e.ino}` });
     case "DirentUnlinked":
-      return { ...base, paths: [under(e.parent, e.name)], detail: `inode ${e.ino}` };
+      return entry(base, [under(e.parent, e.name)], { detail: `inode ${e.ino}` });
     case "Renamed":
-      return { ...base, paths: [under(e.fromParent, e.fromName), under(e.toParent, e.toName)], ...(e.replaced !== undefined ? { detail: `replaced inode ${e.replaced}` } : {}) };
+      return entry(base, [under(e.fromParent, e.fromName), under(e.toParent, e.toName)], { ...(e.replaced !== undefined ? { detail: `replaced inode ${e.replaced}` } : {}) });
     case "AttrsChanged": {
       const parts = [
         e.mode !== undefined ? `mode ${(e.mode & 0o7777).toString(8)}` : "",
@@ -174,33 +189,33 @@ function describe(e: JournalEvent, names: { path(ino: number): string | undefine
         e.mtime !== undefined ? `mtime ${new Date(e.mtime).toISOString()}` : "",
         e.atime !== undefined ? `atime ${new Date(e.atime).toISOString()}` : "",
       ].filter(Boolean);
-      return { ...base, paths: [at(e.ino)], detail: parts.join(", ") };
+      return entry(base, [at(e.ino)], { detail: parts.join(", ") });
     }
     case "ExtentWritten":
-      return { ...base, paths: [at(e.ino)], range: [e.offset, e.offset + e.length] };
+      return entry(base, [at(e.ino)], { range: [e.offset, e.offset + e.length] });
     case "Truncated":
-      return { ...base, paths: [at(e.ino)], size: e.size };
+      return entry(base, [at(e.ino)], { size: e.size });
     case "XattrSet":
     case "XattrRemoved":
-      return { ...base, paths: [at(e.ino)], detail: e.name };
+      return entry(base, [at(e.ino)], { detail: e.name });
     case "InodeDropped":
-      return { ...base, paths: [], detail: `inode ${e.ino}` };
+      return entry(base, [], { detail: `inode ${e.ino}` });
     case "RemoteListed":
-      return { ...base, paths: [at(e.dir)], detail: `${e.entries.length} entries from s3 prefix ${JSON.stringify(e.prefix)}` };
+      return entry(base, [at(e.dir)], { detail: `${e.entries.length} entries from s3 prefix ${JSON.stringify(e.prefix)}` });
     case "ConflictDetected":
-      return { ...base, paths: [at(e.ino)], detail: `${e.key} changed in S3; local version kept as ${e.conflictKey}` };
+      return entry(base, [at(e.ino)], { detail: `${e.key} changed in S3; local version kept as ${e.conflictKey}` });
     case "ObjectMaterialized":
-      return { ...base, paths: [at(e.ino)], detail: `object ${e.object.key} (${e.object.size} bytes)` };
+      return entry(base, [at(e.ino)], { detail: `object ${e.object.key} (${e.object.size} bytes)` });
     case "ObjectDeleted":
-      return { ...base, paths: [], detail: `object ${e.key}` };
+      return entry(base, [], { detail: `object ${e.key}` });
     case "SegmentReplicated":
-      return { ...base, paths: [], detail: `${e.key} (seq ${e.minSeq}-${e.maxSeq})` };
+      return entry(base, [], { detail: `${e.key} (seq ${e.minSeq}-${e.maxSeq})` });
     case "Mounted":
-      return { ...base, paths: [], detail: `client ${e.clientId} on ${e.host}, pid ${e.pid}` };
+      return entry(base, [], { detail: `client ${e.clientId} on ${e.host}, pid ${e.pid}` });
     case "Unmounted":
-      return { ...base, paths: [], detail: `client ${e.clientId}${e.clean ? "" : " (unclean)"}` };
+      return entry(base, [], { detail: `client ${e.clientId}${e.clean ? "" : " (unclean)"}` });
     default:
-      return { ...base, paths: [] };
+      return entry(base, []);
   }
 }
 
@@ -275,14 +290,21 @@ class WindowNames extends Names {
   /** Whether the links of every inode `e` names, and of their ancestors, are known (then no {@link prepare} is needed). */
   ready(e: JournalEvent): boolean {
     if (e.type === "InodeCreated" && !this.links.has(e.ino)) this.links.set(e.ino, []);
-    for (const ino of inodesNamed(e)) {
-      let at = ino;
-      for (let depth = 0; at !== ROOT_INO && depth <= 4096; depth++) {
-        const l = this.links.get(at);
-        if (!l) return false;
-        if (l.length === 0) break;
-        at = l[0]![0];
-      }
+    const r = e as { ino?: number; parent?: number; fromParent?: number; toParent?: number; replaced?: number; dir?: number };
+    if (!this.known(r.ino) || !this.known(r.parent) || !this.known(r.fromParent) || !this.known(r.toParent) || !this.known(r.replaced) || !this.known(r.dir)) return false;
+    if (e.type === "RemoteListed") for (const x of e.entries) if (!this.known(x.ino)) return false;
+    return true;
+  }
+
+  /** The links of `ino` and of its ancestors are known (or there is no inode). */
+  private known(ino: number | undefined): boolean {
+    if (ino === undefined) return true;
+    let at = ino;
+    for (let depth = 0; at !== ROOT_INO && depth <= 4096; depth++) {
+      const l = this.links.get(at);
+      if (!l) return false;
+      if (l.length === 0) break;
+      at = l[0]![0];
     }
     return true;
   }
@@ -427,9 +449,10 @@ async function indexed(index: AuditIndex, filter: LogFilter, base?: LogBase): Pr
       for await (const b of batches(after + 1, from - 1, (h) => NAME_TYPES.has(h.type))) for (const e of b) before.apply(e);
       return before;
     });
-    // Name events for the names; of the others only those that may be reported are decoded.
+    // Name events for the names (and creations: a new inode needs no lookup); of the others
+    // only those that may be reported are decoded.
     const select = (h: RecordHead) =>
-      NAME_TYPES.has(h.type) || ((filter.all || !FACTS.has(h.type)) && (filter.uid === undefined || h.uid === filter.uid) && (filter.pid === undefined || h.pid === filter.pid));
+      NAME_TYPES.has(h.type) || h.type === "InodeCreated" || ((filter.all || !FACTS.has(h.type)) && (filter.uid === undefined || h.uid === filter.uid) && (filter.pid === undefined || h.pid === filter.pid));
     return (async function* () {
       if (to < from) return;
       for await (const b of batches(from, to, select)) {
