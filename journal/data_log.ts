@@ -241,6 +241,11 @@ export class DataLog {
     return this.unsynced.size > 0;
   }
 
+  /** Whether a write started by {@link write} has not finished yet. */
+  get writing(): boolean {
+    return this.issued.length > 0;
+  }
+
   /** Bytes reserved and not yet handed to a write (see {@link write}). */
   get unissuedBytes(): number {
     return this.unissued;

@@ -211,6 +211,8 @@ export class Journal {
   private queue: Pending[] = [];
   /** A drain is due on the next turn of the event loop (see {@link schedule}). */
   private scheduled = false;
+  /** The commit being written: its last seq, whether it syncs, and its end. */
+  private running: { readonly last: number; readonly sync: boolean; readonly done: Promise<void> } | undefined;
   /** A drain is due in a microtask: bulk data is waiting. */
   private early = false;
   /** The drain loop is running. */
@@ -417,7 +419,7 @@ export class Journal {
       return Promise.reject(this.failed);
     }
     // Data is written behind the appends, so a commit finds most of it in the file already.
-    if (this.data.unissuedBytes >= WRITE_BEHIND_BYTES) void this.data.write().catch(() => {});
+    if (this.data.unissuedBytes >= WRITE_BEHIND_BYTES || (this.data.unissuedBytes > 0 && !this.data.writing)) void this.data.write().catch(() => {});
     return new Promise((resolve, reject) => {
       this.queue.push({ events, sync: options.sync ?? false, resolve, reject });
       this.schedule();
@@ -466,6 +468,22 @@ export class Journal {
     if (this.failed) throw this.failed;
     if (this.durableSeq < this.committedSeq || this.queue.length > 0 || this.writing) await this.append([], { sync: true });
     if (this.recordedSynced < this.committedSeq) await this.append([], { sync: true });
+  }
+
+  /**
+   * Make every event up to `seq` durable, and everything staged before it. A synced
+   * commit already under way that holds `seq` is waited for rather than a new one
+   * queued behind it (a close then costs one sync, not up to two); nothing is waited
+   * for if `seq` is durable already.
+   */
+  syncTo(seq: number): Promise<void> {
+    if (this.failed) return Promise.reject(this.failed);
+    if (this.durableSeq >= seq) return Promise.resolve();
+    const running = this.running;
+    const fresh = () => this.append([], { sync: true }).then(() => {});
+    // If that commit fails, a fresh append rejects with the journal's failure (full disk, I/O).
+    if (running && running.sync && running.last >= seq) return running.done.then(undefined, fresh);
+    return fresh();
   }
 
   /** Make everything appended so far durable. */
@@ -630,13 +648,21 @@ export class Journal {
     const head: Head = { seq: last, dataFile: pos.file, dataEnd: pos.end, synced: sync && !dataSync ? last : this.durableSeq };
     b.native.put(HEAD_KEY, Buffer.from(packValue(head)));
     // The data's fdatasync runs beside the LevelDB sync: one fsync's latency, not two.
-    await Promise.all([b.native.write({ sync } as never), dataSync ? written.then(() => this.data.sync()) : written]);
+    const done = Promise.all([b.native.write({ sync } as never), dataSync ? written.then(() => this.data.sync()) : written]).then(() => {
+      this.committedSeq = last;
+      if (sync) this.durableSeq = last;
+      this.recordedSynced = head.synced ?? 0;
+    });
+    done.catch(() => {}); // the drain loop handles a failure; syncTo callers see it too
+    this.running = { last, sync, done };
+    try {
+      await done;
+    } finally {
+      this.running = undefined;
+    }
     this.stats.commits++;
     if (sync) this.stats.syncedCommits++;
     this.stats.appends += batch.length;
-    this.committedSeq = last;
-    if (sync) this.durableSeq = last;
-    this.recordedSynced = head.synced ?? 0;
   }
 
   /** Read committed events in seq order (or reverse). */

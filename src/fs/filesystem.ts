@@ -128,6 +128,8 @@ interface Handle {
   readonly append: boolean;
   /** Something was staged through this handle since its last flush. */
   dirty: boolean;
+  /** The journal's staged seq after the last change through this handle: what a flush makes durable. */
+  upTo: number;
 }
 
 const { O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_APPEND } = fsConstants;
@@ -661,7 +663,7 @@ export class Filesystem {
   private addHandle(ino: Ino, flags: number, dirty: boolean): number {
     const acc = flags & O_ACCMODE;
     const fh = this.nextFh++;
-    this.handles.set(fh, { ino, readable: acc !== O_WRONLY, writable: acc === O_WRONLY || acc === O_RDWR, append: (flags & O_APPEND) !== 0, dirty });
+    this.handles.set(fh, { ino, readable: acc !== O_WRONLY, writable: acc === O_WRONLY || acc === O_RDWR, append: (flags & O_APPEND) !== 0, dirty, upTo: this.journal.staged });
     this.openCount.set(ino, (this.openCount.get(ino) ?? 0) + 1);
     return fh;
   }
@@ -758,7 +760,11 @@ export class Filesystem {
       }
       if (Object.keys(attrs).length > 0 || events.length === 0) events.push({ type: "AttrsChanged", ino, ...attrs, caller: ctx });
       return { events, result: undefined };
-    }).then(() => this.getattr(ctx, ino));
+    }).then(() => {
+      const h = fh !== undefined ? this.handles.get(fh) : undefined;
+      if (h?.dirty) h.upTo = this.journal.staged;
+      return this.getattr(ctx, ino);
+    });
   }
 
   async access(ctx: Ctx, ino: Ino, mask: number): Promise<void> {
@@ -921,22 +927,29 @@ export class Filesystem {
       h.dirty = true;
       return { events, result: undefined };
     });
+    // Seqs are assigned as the events are staged: everything up to here covers this write.
+    h.upTo = this.journal.staged;
     return data.length;
   }
 
-  /** Called on every close of a descriptor: in fsync mode, makes what was written through it durable. */
+  /**
+   * Called on every close of a descriptor: in fsync mode, makes what was written through
+   * it durable (and everything staged before it), waiting for no later operation's events.
+   */
   async flush(_ctx: Ctx, fh: number): Promise<void> {
     const h = this.handle(fh);
     if (h.dirty) {
-      await this.guard(this.journal.sync());
-      h.dirty = false;
+      const upTo = h.upTo;
+      await this.guard(this.journal.syncTo(upTo));
+      if (h.upTo === upTo) h.dirty = false;
     }
   }
 
   async fsync(_ctx: Ctx, fh: number, _datasync = false): Promise<void> {
     const h = this.handle(fh);
-    await this.guard(this.journal.sync());
-    h.dirty = false;
+    const upTo = this.journal.staged;
+    await this.guard(this.journal.syncTo(upTo));
+    if (h.upTo <= upTo) h.dirty = false;
   }
 
   /** Sync everything staged so far (fsync on a directory, syncfs). */

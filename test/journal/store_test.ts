@@ -105,6 +105,27 @@ describe("journal store", () => {
     await j.close();
   });
 
+  test("syncTo waits for a synced commit under way that holds the seq, and for nothing once it is durable", async () => {
+    const j = await Journal.open(await freshDir());
+    await j.append([dropped(1)]);
+    const before = j.stats.syncedCommits;
+    const first = j.append([written(2, new Uint8Array(4096).fill(2))], { sync: true });
+    await new Promise<void>((r) => setImmediate(r)); // the commit holding it is now being written
+    const seq = j.staged as number;
+    const waiting = j.syncTo(seq);
+    await Promise.all([first, waiting]);
+    expect(j.durable as number).toBeGreaterThanOrEqual(seq);
+    expect(j.stats.syncedCommits - before).toBe(1); // no second sync queued behind the first
+    await j.syncTo(seq);
+    expect(j.stats.syncedCommits - before).toBe(1);
+    // A later unsynced append needs a synced commit of its own.
+    await j.append([dropped(3)]);
+    await j.syncTo(j.staged);
+    expect(j.stats.syncedCommits - before).toBe(2);
+    expect(j.durable).toBe(j.staged);
+    await j.close();
+  });
+
   test("tail yields what is committed, then new events as they commit, until aborted", async () => {
     const j = await Journal.open(await freshDir());
     await j.append([dropped(1), dropped(2)]);
