@@ -17,6 +17,13 @@ import { s3Testbed } from "../support/testbed.ts";
 import { startFaultProxy, type FaultProxy } from "../support/fault_proxy.ts";
 import { s3Env } from "../support/s3_client.ts";
 
+/** `objectfs status --json` of a mount; a failure shows what the command said. */
+async function statusOf(mnt: string, env: Record<string, string>) {
+  const r = await sh(`${OBJECTFS} status ${mnt} --json`, { env });
+  expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: "" });
+  return JSON.parse(r.stdout);
+}
+
 const bed = s3Testbed();
 const serverFor = bed.server;
 
@@ -74,7 +81,7 @@ for (const kind of S3_SERVER_KINDS) {
       expect(blocked.code).toBe(1);
       expect(blocked.stderr).toContain("timed out");
       expect(blocked.stderr).toContain("last error");
-      const st = JSON.parse((await sh(`${OBJECTFS} status ${mnt} --json`, { env })).stdout);
+      const st = await statusOf(mnt, env);
       expect(st.online).toBe(false);
       expect(st.pendingEvents).toBeGreaterThan(0);
       expect(st.lastError.message.length).toBeGreaterThan(0);
@@ -132,7 +139,7 @@ for (const kind of S3_SERVER_KINDS) {
       for (let i = 1; i <= 40; i++) if (i !== 11) want.set(i <= 10 ? `w/g${i}` : `w/f${i}`, String(i % 10).repeat(i * 1000));
       expect([...got.keys()].sort()).toEqual([...want.keys()].sort());
       for (const [k, v] of want) expect(got.get(k)).toBe(v);
-      const st = JSON.parse((await sh(`${OBJECTFS} status ${mnt} --json`, { env })).stdout);
+      const st = await statusOf(mnt, env);
       expect(st.conflicts).toBe(0);
       expect(await journalEvents(store, st.clientId)).toBeGreaterThan(40);
       expect(await m.stop()).toBe(0);
