@@ -684,8 +684,13 @@ export class Journal {
     const gte = options.gte ?? 0;
     const lte = options.lte ?? Number.MAX_SAFE_INTEGER;
     for await (const rows of scanRows(this.events, { gte, lte })) {
-      const batch: JournalEvent[] = [];
+      let batch: JournalEvent[] = [];
       for (const row of rows) {
+        // A row holds up to GROUP_EVENTS events: batches stay a few thousand events long.
+        if (batch.length >= 4096) {
+          yield batch;
+          batch = [];
+        }
         const v = row.value;
         forEachRecord(row, gte, lte, (_, start, end) => {
           if (!select) {
