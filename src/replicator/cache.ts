@@ -100,10 +100,13 @@ export class ChunkCache {
 
   private readahead(base: RemoteBase, id: string, first: number, last: number): void {
     const s = this.streams.get(id) ?? { last: -2, window: 0 };
-    // A reader that moves on to the next chunk is sequential: widen its window.
-    if (first === s.last + 1 || (first === s.last && last > s.last)) s.window = Math.min(this.maxReadahead, Math.max(2, s.window * 2));
-    else if (first !== s.last) s.window = 0;
-    s.last = Math.max(last, first === s.last ? s.last : last);
+    // A reader that moves on past the furthest chunk read so far is sequential: widen its
+    // window. Reads a little behind it are the kernel's own readahead arriving out of order
+    // (several requests in flight); only a jump elsewhere starts over.
+    const near = first <= s.last + 1 && first >= s.last - Math.max(2, s.window);
+    if (near && last > s.last) s.window = Math.min(this.maxReadahead, Math.max(2, s.window * 2));
+    else if (!near) s.window = 0;
+    s.last = near ? Math.max(s.last, last) : last;
     this.streams.delete(id);
     this.streams.set(id, s);
     if (this.streams.size > 1024) this.streams.delete(this.streams.keys().next().value!);
