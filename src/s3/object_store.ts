@@ -467,6 +467,27 @@ function headOf(
   };
 }
 
+/**
+ * A response body as one array. With its length known, the pieces are copied into one array of
+ * that size as they arrive (the SDK's collector keeps every piece, then copies them all at the
+ * end: twice the memory, and a burst of work after the last byte).
+ */
+async function collect(body: { transformToByteArray(): Promise<Uint8Array> }, length: number | undefined): Promise<Uint8Array> {
+  const pieces = body as unknown as AsyncIterable<Uint8Array> & { destroy?: () => void };
+  if (length === undefined || typeof pieces[Symbol.asyncIterator] !== "function") return body.transformToByteArray();
+  const out = new Uint8Array(length);
+  let at = 0;
+  let extra: Uint8Array[] | undefined; // more than announced: kept, so the length check reports it
+  for await (const piece of pieces) {
+    const n = Math.min(piece.byteLength, length - at);
+    if (n > 0) out.set(n === piece.byteLength ? piece : piece.subarray(0, n), at);
+    at += n;
+    if (n < piece.byteLength) (extra ??= []).push(piece.subarray(n));
+  }
+  if (extra) return new Uint8Array(Buffer.concat([out, ...extra]));
+  return at === length ? out : out.subarray(0, at);
+}
+
 /** A collected GET as a stream of one piece. */
 function oneChunk(r: GetResult): GetStreamResult {
   const body = (async function* () {
@@ -749,7 +770,7 @@ class SdkObjectStore implements ObjectStore {
   async #getOnce(key: string, options: GetOptions, range: ByteRange | undefined) {
     const out = await this.#call("get", key, async () => {
       const response = await this.#client.send(this.#getCommand(key, options, range), { abortSignal: options.signal });
-      const bytes = response.Body === undefined ? new Uint8Array(0) : await response.Body.transformToByteArray();
+      const bytes = response.Body === undefined ? new Uint8Array(0) : await collect(response.Body, response.ContentLength);
       return { response, bytes };
     });
     const { response, bytes } = out;
