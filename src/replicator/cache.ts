@@ -234,8 +234,10 @@ export class ChunkCache {
         let index = next;
         let chunk = new Uint8Array(chunkEnd(index) - index * this.chunk);
         let fill = 0;
+        // Read to the body's own end (not `break`: that would close a connection that can be reused).
         for await (const piece of got.body) {
-          for (let p = 0; p < piece.length; ) {
+          if (index >= end && piece.length > 0) throw new Error(`S3 sent more than the ${stop - start} bytes asked of ${base.key}`);
+          for (let p = 0; p < piece.length && index < end; ) {
             const n = Math.min(piece.length - p, chunk.length - fill);
             chunk.set(n === piece.length ? piece : piece.subarray(p, p + n), fill);
             fill += n;

@@ -748,7 +748,7 @@ class SdkObjectStore implements ObjectStore {
       } catch (error) {
         throw isS3Error(error) ? error : wrapBodyError(error, context);
       } finally {
-        body.destroy?.();
+        if (got !== length) body.destroy?.(); // stopped early or broken: the connection goes
       }
       if (got !== length) throw makeS3Error(context, "server", `the body was truncated: got ${got} of ${length} bytes`, { retriable: true });
     }
