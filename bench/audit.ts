@@ -6,7 +6,8 @@
  * 2. Restore from S3 (Ceph RGW started here) of a tree of large files into a directory, beside
  *    a plain SDK download of the same bytes (the materialized objects, 4 in parallel) into files
  *    of a directory on the same disk, in the same run: what one would do without objectfs.
- *    Target: restore throughput ≥ 80% of the plain download.
+ *    Each is run twice, alternately, and the best of each counts. Target: restore throughput
+ *    ≥ 80% of the plain download.
  *
  *   bun bench/audit.ts [--events N] [--restore-mib N]
  */
@@ -88,39 +89,58 @@ async function restoreVsDownload() {
   await c.replication.sync({ timeoutMs: 600_000 });
   const client = new S3Client({ endpoint: server.endpoint, region: server.region, forcePathStyle: true, credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey } });
   cleanups.push(async () => client.destroy());
-  const plain = join(await mkdtemp(join(tmpdir(), "objectfs-bench-download-")), "t");
-  cleanups.push(() => rm(join(plain, ".."), { recursive: true, force: true }));
-  await mkdir(plain);
-  const t1 = performance.now();
-  let got = 0;
-  const next = { f: 0 };
-  await Promise.all(
-    Array.from({ length: 4 }, async () => {
-      while (next.f < files) {
-        const name = `f${next.f++}`;
-        const out = await client.send(new GetObjectCommand({ Bucket: bucket, Key: name }));
-        const fh = await open(join(plain, name), "w");
-        try {
-          for await (const chunk of out.Body as AsyncIterable<Uint8Array>) {
-            await fh.write(chunk);
-            got += chunk.length;
+  const download = async () => {
+    const plain = join(await mkdtemp(join(tmpdir(), "objectfs-bench-download-")), "t");
+    cleanups.push(() => rm(join(plain, ".."), { recursive: true, force: true }));
+    await mkdir(plain);
+    const t1 = performance.now();
+    let got = 0;
+    const next = { f: 0 };
+    await Promise.all(
+      Array.from({ length: 4 }, async () => {
+        while (next.f < files) {
+          const name = `f${next.f++}`;
+          const out = await client.send(new GetObjectCommand({ Bucket: bucket, Key: name }));
+          const fh = await open(join(plain, name), "w");
+          try {
+            for await (const chunk of out.Body as AsyncIterable<Uint8Array>) {
+              await fh.write(chunk);
+              got += chunk.length;
+            }
+          } finally {
+            await fh.close();
           }
-        } finally {
-          await fh.close();
         }
-      }
-    }),
-  );
-  const download = got / MiB / ((performance.now() - t1) / 1000);
-  const into = join(await mkdtemp(join(tmpdir(), "objectfs-bench-restore-")), "t");
-  cleanups.push(() => rm(join(into, ".."), { recursive: true, force: true }));
-  const t2 = performance.now();
-  const h = await openHistory({ kind: "s3", bucket, prefix: "", store: { endpoint: server.endpoint, region: server.region, forcePathStyle: true, credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey } } }, log);
-  const done = await restoreHistory(h.history, undefined, into, h.remote ? { remote: h.remote } : {});
-  await h.close();
-  const restore = done.bytes / MiB / ((performance.now() - t2) / 1000);
+      }),
+    );
+    return got / MiB / ((performance.now() - t1) / 1000);
+  };
+  const restore = async () => {
+    const into = join(await mkdtemp(join(tmpdir(), "objectfs-bench-restore-")), "t");
+    cleanups.push(() => rm(join(into, ".."), { recursive: true, force: true }));
+    const t2 = performance.now();
+    const h = await openHistory({ kind: "s3", bucket, prefix: "", store: { endpoint: server.endpoint, region: server.region, forcePathStyle: true, credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey } } }, log);
+    const done = await restoreHistory(h.history, undefined, into, h.remote ? { remote: h.remote } : {});
+    await h.close();
+    return { bytes: done.bytes, mibs: done.bytes / MiB / ((performance.now() - t2) / 1000) };
+  };
+  // Alternately, twice each; the best of each counts (the first reads of a fresh server are slower).
+  let best = 0;
+  let restored = { bytes: 0, mibs: 0 };
+  const rounds: string[] = [];
+  for (let round = 0; round < 2; round++) {
+    const d = await download();
+    const r = await restore();
+    rounds.push(`download ${d.toFixed(1)}, restore ${r.mibs.toFixed(1)}`);
+    best = Math.max(best, d);
+    if (r.mibs > restored.mibs) restored = r;
+  }
+  log(`   rounds (MiB/s): ${rounds.join("; ")}`);
+  const downloadMiBs = best;
+  const restoreMiBs = restored.mibs;
+  const done = restored;
   void storeConfig;
-  return { restore_mib: round(done.bytes / MiB), download_mib_s: round(download, 1), restore_mib_s: round(restore, 1), restore_vs_download: round(restore / download, 3) };
+  return { restore_mib: round(done.bytes / MiB), download_mib_s: round(downloadMiBs, 1), restore_mib_s: round(restoreMiBs, 1), restore_vs_download: round(restoreMiBs / downloadMiBs, 3) };
 }
 
 try {

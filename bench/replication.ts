@@ -13,7 +13,8 @@
  *    (dd), and 2,000 × 4 KiB files. Target (large files, where part copy exists) ≤ 1.1.
  * 3. Sequential read of a 256 MiB object put with the SDK: cold (fresh mount, empty cache) and
  *    cached (again) through the mount with dd, beside a plain SDK GetObject of it streamed and
- *    discarded. Target: cold ≥ 80% of the SDK download.
+ *    discarded. Cold and SDK are measured twice each and the best of each counts. Target: cold
+ *    ≥ 80% of the SDK download.
  *
  *   bun bench/replication.ts [--seconds N] [--large-mib N] [--read-mib N] [--only 1|2|3]
  */
@@ -198,10 +199,15 @@ async function reads(server: S3Server, bucket: string) {
     return size / MiB / ((performance.now() - t) / 1000);
   };
   const sdkMBs = Math.max(await sdk(), await sdk());
-  const m = await mountVia(server, bucket, server.endpoint);
-  const cold = READ_MIB / (await timed(`dd if=${m.mnt}/read/big.bin of=/dev/null bs=1M status=none`, env, "cold read"));
-  const cached = READ_MIB / (await timed(`dd if=${m.mnt}/read/big.bin of=/dev/null bs=1M status=none`, env, "cached read"));
-  await m.stop();
+  // Cold twice, each on a fresh mount with an empty cache (the best counts, as for the SDK).
+  let cold = 0;
+  let cached = 0;
+  for (let round = 0; round < 2; round++) {
+    const m = await mountVia(server, bucket, server.endpoint);
+    cold = Math.max(cold, READ_MIB / (await timed(`dd if=${m.mnt}/read/big.bin of=/dev/null bs=1M status=none`, env, "cold read")));
+    if (round === 0) cached = READ_MIB / (await timed(`dd if=${m.mnt}/read/big.bin of=/dev/null bs=1M status=none`, env, "cached read"));
+    await m.stop();
+  }
   return { sdk_download_mib_s: round(sdkMBs, 1), cold_read_mib_s: round(cold, 1), cached_read_mib_s: round(cached, 1), cold_read_vs_sdk: round(cold / sdkMBs, 3) };
 }
 

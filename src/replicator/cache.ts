@@ -17,7 +17,7 @@ import type { RemoteBase } from "../projection/state.ts";
 import { isS3Error, type ObjectStore } from "../s3/mod.ts";
 
 /** Chunks fetched by one ranged GET at most (readahead). */
-const SPAN_CHUNKS = 8;
+const SPAN_CHUNKS = 16;
 
 export interface ChunkCacheOptions {
   readonly dir: string;
@@ -100,10 +100,13 @@ export class ChunkCache {
 
   private readahead(base: RemoteBase, id: string, first: number, last: number): void {
     const s = this.streams.get(id) ?? { last: -2, window: 0 };
-    // A reader that moves on to the next chunk is sequential: widen its window.
-    if (first === s.last + 1 || (first === s.last && last > s.last)) s.window = Math.min(this.maxReadahead, Math.max(2, s.window * 2));
-    else if (first !== s.last) s.window = 0;
-    s.last = Math.max(last, first === s.last ? s.last : last);
+    // A reader that moves on past the furthest chunk read so far is sequential: widen its
+    // window. Reads a little behind it are the kernel's own readahead arriving out of order
+    // (several requests in flight); only a jump elsewhere starts over.
+    const near = first <= s.last + 1 && first >= s.last - Math.max(2, s.window);
+    if (near && last > s.last) s.window = Math.min(this.maxReadahead, Math.max(2, s.window * 2));
+    else if (!near) s.window = 0;
+    s.last = near ? Math.max(s.last, last) : last;
     this.streams.delete(id);
     this.streams.set(id, s);
     if (this.streams.size > 1024) this.streams.delete(this.streams.keys().next().value!);
@@ -111,23 +114,27 @@ export class ChunkCache {
     this.fetchMissing(base, id, last + 1, Math.min(chunks, last + 1 + s.window));
   }
 
-  /** Start fetching chunks [from, to) that are nowhere yet, in spans of up to SPAN_CHUNKS per GET. */
+  /**
+   * Fetch ahead into chunks [from, to) that are nowhere yet, in whole spans: only once a
+   * span of SPAN_CHUNKS (or what is left of the window or object) is missing, so that a
+   * reader moving one chunk at a time does not send one small GET per chunk.
+   */
   private fetchMissing(base: RemoteBase, id: string, from: number, to: number): void {
-    let spanStart = -1;
-    const flush = (end: number) => {
-      if (spanStart >= 0) this.fetchSpan(base, id, spanStart, end).catch(() => {});
-      spanStart = -1;
-    };
-    for (let i = from; i < to; i++) {
+    const present = (i: number) => {
       const name = `${id}-${i}`;
-      const present = this.memory.has(name) || this.inflight.has(name) || this.files.has(name);
-      if (present) flush(i);
-      else {
-        if (spanStart < 0) spanStart = i;
-        if (i + 1 - spanStart >= SPAN_CHUNKS) flush(i + 1);
-      }
+      return this.memory.has(name) || this.inflight.has(name) || this.files.has(name);
+    };
+    let i = from;
+    while (i < to && present(i)) i++;
+    const chunks = Math.ceil(base.size / this.chunk);
+    if (to - i < Math.min(SPAN_CHUNKS, to - from, chunks - i)) return;
+    while (i < to) {
+      const start = i;
+      const limit = Math.min(chunks, start + SPAN_CHUNKS);
+      while (i < limit && !present(i)) i++;
+      this.fetchSpan(base, id, start, i);
+      while (i < to && present(i)) i++;
     }
-    flush(to);
   }
 
   private chunkOf(base: RemoteBase, id: string, index: number): Promise<Uint8Array> {
@@ -143,11 +150,11 @@ export class ChunkCache {
     const pending = this.inflight.get(name);
     if (pending) return pending;
     if (this.files.has(name)) {
-      const p = this.fromDisk(base, id, index).finally(() => this.inflight.delete(name));
+      const p = this.fromDisk(base, id, index).finally(() => this.inflight.get(name) === p && this.inflight.delete(name));
       this.inflight.set(name, p);
       return p;
     }
-    return this.fetchSpan(base, id, index, index + 1).then((chunks) => chunks[0]!);
+    return this.fetchSpan(base, id, index, index + 1)[0]!;
   }
 
   private async fromDisk(base: RemoteBase, id: string, index: number): Promise<Uint8Array> {
@@ -156,7 +163,7 @@ export class ChunkCache {
     const bytes = await readWhole(path);
     if (!bytes) {
       this.files.delete(name); // gone or damaged: S3 has it
-      return (await this.fetchSpan(base, id, index, index + 1))[0]!;
+      return this.fetchSpan(base, id, index, index + 1)[0]!;
     }
     this.stats.hits++;
     this.touch(name);
@@ -165,50 +172,89 @@ export class ChunkCache {
     return bytes;
   }
 
-  /** One ranged GET for chunks [first, end); each chunk is served as soon as the GET ends and written to disk after. */
-  private fetchSpan(base: RemoteBase, id: string, first: number, end: number): Promise<Uint8Array[]> {
-    const start = first * this.chunk;
-    const stop = Math.min(base.size, end * this.chunk);
-    const span = (async () => {
-      this.stats.misses += end - first;
-      const got = await this.getRetrying(base, start, stop);
-      // Servers that ignore If-Match on GET (s3rver) answer with whatever is there now.
-      if (got.head.etag !== base.etag) throw new Error(`${base.key} changed in S3 (ETag ${got.head.etag}, expected ${base.etag})`);
-      this.stats.downloadedBytes += got.bytes.length;
-      const chunks: Uint8Array[] = [];
-      for (let i = first; i < end; i++) {
-        const bytes = got.bytes.subarray((i - first) * this.chunk, Math.min(got.bytes.length, (i + 1 - first) * this.chunk));
-        chunks.push(bytes);
-        this.keepInMemory(`${id}-${i}`, bytes);
-        void this.persist(`${id}-${i}`, bytes);
-      }
-      return chunks;
-    })();
+  /**
+   * One ranged GET for chunks [first, end), read as it arrives: each chunk is served the
+   * moment its last byte is in (a sequential reader does not wait for the rest of the span),
+   * then kept in memory and written to disk behind the reader.
+   */
+  private fetchSpan(base: RemoteBase, id: string, first: number, end: number): Promise<Uint8Array>[] {
+    this.stats.misses += end - first;
+    const waiting: { resolve: (b: Uint8Array) => void; reject: (e: unknown) => void }[] = [];
+    const promises: Promise<Uint8Array>[] = [];
     for (let i = first; i < end; i++) {
       const name = `${id}-${i}`;
-      const p = span.then((chunks) => chunks[i - first]!);
+      const p = new Promise<Uint8Array>((resolve, reject) => waiting.push({ resolve, reject }));
       p.catch(() => {});
+      promises.push(p);
       this.inflight.set(name, p);
       void p.finally(() => this.inflight.get(name) === p && this.inflight.delete(name)).catch(() => {});
     }
-    return span;
+    let next = first; // the first chunk not served yet
+    const done = (bytes: Uint8Array) => {
+      const name = `${id}-${next}`;
+      this.stats.downloadedBytes += bytes.length;
+      this.keepInMemory(name, bytes);
+      this.persist(name, bytes);
+      waiting[next - first]!.resolve(bytes);
+      next++;
+    };
+    this.streamRetrying(base, first, end, () => next, done).catch((e) => {
+      for (let i = next; i < end; i++) waiting[i - first]!.reject(e);
+    });
+    return promises;
   }
 
   /**
-   * A ranged GET, tried again (up to 5 times in about 6 s) after errors that another attempt
-   * can cure: a reader gets EIO only when S3 stays unreachable or the object changed.
+   * The chunks from `from()` to `end` of one ranged GET, each handed to `done` whole, in order.
+   * A GET that fails or breaks off is tried again (up to 5 times in about 6 s) from the first
+   * chunk not done yet, after errors that another attempt can cure: a reader gets EIO only when
+   * S3 stays unreachable or the object changed.
    */
-  private async getRetrying(base: RemoteBase, start: number, stop: number) {
+  private async streamRetrying(base: RemoteBase, first: number, end: number, from: () => number, done: (bytes: Uint8Array) => void): Promise<void> {
+    const chunkEnd = (i: number) => Math.min(base.size, (i + 1) * this.chunk);
     for (let attempt = 1; ; attempt++) {
+      const next = from();
+      const start = next * this.chunk;
+      const stop = chunkEnd(end - 1);
       try {
-        const got = await this.options.store.get(base.key, {
+        const got = await this.options.store.getStream(base.key, {
           range: { start, end: stop - 1 },
           ...(base.versionId !== undefined ? { versionId: base.versionId } : { ifMatch: base.etag }),
         });
-        if (got.head.etag === base.etag && got.bytes.length !== stop - start) throw new Error(`S3 returned ${got.bytes.length} bytes of ${base.key} for a range of ${stop - start}`);
-        return got;
+        // Servers that ignore If-Match on GET (s3rver) answer with whatever is there now.
+        if (got.head.etag !== base.etag) {
+          got.cancel();
+          throw new ObjectChanged(`${base.key} changed in S3 (ETag ${got.head.etag}, expected ${base.etag})`);
+        }
+        const sent = got.range === undefined ? base.size : got.range.end - got.range.start + 1;
+        if (sent !== stop - start) {
+          got.cancel();
+          throw new Error(`S3 returned ${sent} bytes of ${base.key} for a range of ${stop - start}`);
+        }
+        let index = next;
+        let chunk = new Uint8Array(chunkEnd(index) - index * this.chunk);
+        let fill = 0;
+        // Read to the body's own end (not `break`: that would close a connection that can be reused).
+        for await (const piece of got.body) {
+          if (index >= end && piece.length > 0) throw new Error(`S3 sent more than the ${stop - start} bytes asked of ${base.key}`);
+          for (let p = 0; p < piece.length && index < end; ) {
+            const n = Math.min(piece.length - p, chunk.length - fill);
+            chunk.set(n === piece.length ? piece : piece.subarray(p, p + n), fill);
+            fill += n;
+            p += n;
+            if (fill === chunk.length) {
+              done(chunk);
+              index++;
+              if (index >= end) break;
+              chunk = new Uint8Array(chunkEnd(index) - index * this.chunk);
+              fill = 0;
+            }
+          }
+        }
+        if (index < end) throw new Error(`S3 ended the body of ${base.key} after chunk ${index - 1} of a span to ${end - 1}`);
+        return;
       } catch (e) {
-        const final = isS3Error(e, "not-found") || isS3Error(e, "precondition-failed") || isS3Error(e, "auth") || attempt >= 5;
+        const final = e instanceof ObjectChanged || isS3Error(e, "not-found") || isS3Error(e, "precondition-failed") || isS3Error(e, "auth") || attempt >= 5;
         if (final) throw e;
         await Bun.sleep(200 * 2 ** (attempt - 1));
       }
@@ -221,7 +267,12 @@ export class ChunkCache {
     while (this.memory.size > this.memoryChunks) this.memory.delete(this.memory.keys().next().value!);
   }
 
-  private async persist(name: string, bytes: Uint8Array): Promise<void> {
+  /** Written behind the reader; a write that fails only costs another GET later. */
+  private persist(name: string, bytes: Uint8Array): void {
+    void this.write(name, bytes);
+  }
+
+  private async write(name: string, bytes: Uint8Array): Promise<void> {
     const path = join(this.options.dir, name);
     try {
       await writeFile(`${path}.tmp`, bytes);
@@ -260,6 +311,9 @@ export class ChunkCache {
     this.stats.bytes = this.bytes;
   }
 }
+
+/** The object is not the version the reader asked for: no retry helps. */
+class ObjectChanged extends Error {}
 
 const versionId = (base: RemoteBase) => createHash("sha256").update(`${base.key}\0${base.versionId ?? ""}\0${base.etag}`).digest("hex").slice(0, 40);
 

@@ -181,6 +181,22 @@ export interface GetResult {
   readonly range?: { readonly start: number; readonly end: number };
 }
 
+/** A GET whose body is read as it arrives (see {@linkcode ObjectStore.getStream}). */
+export interface GetStreamResult {
+  /** `size` is the whole object's size, not the range's. */
+  readonly head: ObjectHead;
+  /** The range the body holds, inclusive; absent for a whole-object GET. */
+  readonly range?: { readonly start: number; readonly end: number };
+  /**
+   * The bytes, in the pieces they arrive in (valid until the next piece is asked for: copy what
+   * is kept). Iterating fails with an S3Error if the body ends short or the connection breaks;
+   * stopping early (`break`, `return()`) releases the connection.
+   */
+  readonly body: AsyncIterable<Uint8Array>;
+  /** Release the connection without reading (the rest of) the body. */
+  cancel(): void;
+}
+
 export type Body = Uint8Array | string;
 
 export interface PutOptions {
@@ -329,6 +345,12 @@ export interface ObjectStore {
    * starts at or past the end gives no bytes). A missing object fails with reason `not-found`.
    */
   get(key: string, options?: GetOptions): Promise<GetResult>;
+  /**
+   * Like {@linkcode ObjectStore.get}, with the same checks, but the body is read as it
+   * arrives instead of being collected first: a reader can copy it where it goes (a cache
+   * chunk, a file) without the bytes passing through one more fresh buffer.
+   */
+  getStream(key: string, options?: GetOptions): Promise<GetStreamResult>;
   put(key: string, body: Body, options?: PutOptions): Promise<Written>;
   /**
    * A put that happens only if `condition` holds; otherwise the outcome is
@@ -426,6 +448,60 @@ function parseContentRange(header: string | undefined): { start: number; end: nu
   const m = header === undefined ? null : /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header.trim());
   if (m === null) return undefined;
   return { start: Number(m[1]), end: Number(m[2]), size: m[3] === "*" ? undefined : Number(m[3]) };
+}
+
+/** What a GetObject response says of the object. */
+function headOf(
+  key: string,
+  response: { ETag?: string; LastModified?: Date; Metadata?: Record<string, string>; ContentType?: string; VersionId?: string },
+  size: number,
+): ObjectHead {
+  return {
+    key,
+    size,
+    etag: unquoteEtag(response.ETag ?? ""),
+    lastModified: response.LastModified ?? new Date(0),
+    metadata: { ...response.Metadata },
+    ...(response.ContentType === undefined ? {} : { contentType: response.ContentType }),
+    ...(response.VersionId === undefined ? {} : { versionId: response.VersionId }),
+  };
+}
+
+/**
+ * A response body as one array. With its length known, the pieces are copied into one array of
+ * that size as they arrive (the SDK's collector keeps every piece, then copies them all at the
+ * end: twice the memory, and a burst of work after the last byte).
+ */
+async function collect(body: { transformToByteArray(): Promise<Uint8Array> }, length: number | undefined): Promise<Uint8Array> {
+  const pieces = body as unknown as AsyncIterable<Uint8Array> & { destroy?: () => void };
+  if (length === undefined || typeof pieces[Symbol.asyncIterator] !== "function") return body.transformToByteArray();
+  const out = new Uint8Array(length);
+  let at = 0;
+  let extra: Uint8Array[] | undefined; // more than announced: kept, so the length check reports it
+  for await (const piece of pieces) {
+    const n = Math.min(piece.byteLength, length - at);
+    if (n > 0) out.set(n === piece.byteLength ? piece : piece.subarray(0, n), at);
+    at += n;
+    if (n < piece.byteLength) (extra ??= []).push(piece.subarray(n));
+  }
+  if (extra) return new Uint8Array(Buffer.concat([out, ...extra]));
+  return at === length ? out : out.subarray(0, at);
+}
+
+/** A collected GET as a stream of one piece. */
+function oneChunk(r: GetResult): GetStreamResult {
+  const body = (async function* () {
+    if (r.bytes.byteLength > 0) yield r.bytes;
+  })();
+  const cancel = () => {};
+  return r.range === undefined ? { head: r.head, body, cancel } : { head: r.head, range: r.range, body, cancel };
+}
+
+/** A body that broke off (reset, timeout): retriable, like the request itself failing. */
+function wrapBodyError(error: unknown, context: RequestContext): unknown {
+  const mapped = toS3Error(error, context);
+  if (isS3Error(mapped)) return mapped;
+  return makeS3Error(context, "server", `the body broke off (${(error as Error)?.message ?? String(error)})`, { retriable: true, cause: error });
 }
 
 const bodyLength = (body: Body) => (typeof body === "string" ? Buffer.byteLength(body) : body.byteLength);
@@ -629,20 +705,72 @@ class SdkObjectStore implements ObjectStore {
     });
   }
 
+  async getStream(key: string, options: GetOptions = {}): Promise<GetStreamResult> {
+    const range = options.range;
+    let response;
+    try {
+      response = await this.#call("get", key, () => this.#client.send(this.#getCommand(key, options, range), { abortSignal: options.signal }));
+    } catch (error) {
+      if (isS3Error(error) && error.status === 416 && range !== undefined) return oneChunk(await this.get(key, options));
+      throw error;
+    }
+    const contentRange = parseContentRange(response.ContentRange);
+    const length = response.ContentLength;
+    const body = response.Body as (AsyncIterable<Uint8Array> & { destroy?: () => void }) | undefined;
+    const head = headOf(key, response, contentRange?.size ?? length ?? 0);
+    const sent = contentRange === undefined ? undefined : { start: contentRange.start, end: contentRange.end };
+    const size = head.size;
+    const want =
+      range === undefined || size === 0
+        ? undefined
+        : "suffix" in range
+          ? { start: Math.max(0, size - range.suffix), end: size - 1 }
+          : { start: range.start, end: Math.min(range.end ?? size - 1, size - 1) };
+    const exact = want === undefined ? range === undefined || sent === undefined || size === 0 : sent !== undefined && sent.start === want.start && sent.end === want.end;
+    if (!exact || length === undefined || (sent !== undefined && sent.end - sent.start + 1 !== length)) {
+      // Not the range asked for, or no length to check the body against: the collecting path sorts it out.
+      body?.destroy?.();
+      return oneChunk(await this.get(key, options));
+    }
+    const context = this.#context("get", key);
+    async function* pieces(): AsyncGenerator<Uint8Array> {
+      if (body === undefined || length === 0) {
+        body?.destroy?.();
+        return;
+      }
+      let got = 0;
+      try {
+        for await (const piece of body) {
+          got += piece.byteLength;
+          if (got > length!) throw makeS3Error(context, "server", `the body is longer than its ${length} bytes`);
+          yield piece;
+        }
+      } catch (error) {
+        throw isS3Error(error) ? error : wrapBodyError(error, context);
+      } finally {
+        if (got !== length) body.destroy?.(); // stopped early or broken: the connection goes
+      }
+      if (got !== length) throw makeS3Error(context, "server", `the body was truncated: got ${got} of ${length} bytes`, { retriable: true });
+    }
+    const cancel = () => body?.destroy?.();
+    return sent === undefined || range === undefined ? { head, body: pieces(), cancel } : { head, range: sent, body: pieces(), cancel };
+  }
+
+  #getCommand(key: string, options: GetOptions, range: ByteRange | undefined): GetObjectCommand {
+    return new GetObjectCommand({
+      Bucket: this.bucket,
+      Key: key,
+      VersionId: options.versionId,
+      Range: range === undefined ? undefined : rangeHeader(range),
+      IfMatch: options.ifMatch === undefined ? undefined : quoteEtag(options.ifMatch),
+    });
+  }
+
   /** One GetObject; `range` in the result is what the server says it sent. */
   async #getOnce(key: string, options: GetOptions, range: ByteRange | undefined) {
     const out = await this.#call("get", key, async () => {
-      const response = await this.#client.send(
-        new GetObjectCommand({
-          Bucket: this.bucket,
-          Key: key,
-          VersionId: options.versionId,
-          Range: range === undefined ? undefined : rangeHeader(range),
-          IfMatch: options.ifMatch === undefined ? undefined : quoteEtag(options.ifMatch),
-        }),
-        { abortSignal: options.signal },
-      );
-      const bytes = response.Body === undefined ? new Uint8Array(0) : await response.Body.transformToByteArray();
+      const response = await this.#client.send(this.#getCommand(key, options, range), { abortSignal: options.signal });
+      const bytes = response.Body === undefined ? new Uint8Array(0) : await collect(response.Body, response.ContentLength);
       return { response, bytes };
     });
     const { response, bytes } = out;
@@ -654,15 +782,7 @@ class SdkObjectStore implements ObjectStore {
     if (sent !== undefined && sent.end - sent.start + 1 !== bytes.byteLength && bytes.byteLength > 0) {
       throw makeS3Error(this.#context("get", key), "server", `Content-Range ${response.ContentRange} does not match the ${bytes.byteLength} bytes received`);
     }
-    const head: ObjectHead = {
-      key,
-      size: contentRange?.size ?? bytes.byteLength,
-      etag: unquoteEtag(response.ETag ?? ""),
-      lastModified: response.LastModified ?? new Date(0),
-      metadata: { ...response.Metadata },
-      ...(response.ContentType === undefined ? {} : { contentType: response.ContentType }),
-      ...(response.VersionId === undefined ? {} : { versionId: response.VersionId }),
-    };
+    const head = headOf(key, response, contentRange?.size ?? bytes.byteLength);
     const rangeSent = sent === undefined ? undefined : { start: sent.start, end: sent.end };
     return {
       head,

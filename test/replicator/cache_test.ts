@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { ChunkCache } from "../../src/replicator/mod.ts";
 import { makeObjectStore, type ObjectStore } from "../../src/s3/mod.ts";
 import type { RemoteBase } from "../../src/projection/state.ts";
+import { startFaultProxy } from "../support/fault_proxy.ts";
 import { closedPort, createBucket, S3_SERVER_KINDS, serverPool, storeConfig } from "../support/s3_servers.ts";
 
 const servers = serverPool();
@@ -81,6 +82,38 @@ for (const kind of S3_SERVER_KINDS) {
       expect((await read(cache, bb, 0, 1000)).equals(b.subarray(0, 1000))).toBe(true);
       // And the old version is refused rather than mixed with new bytes.
       await expect(read(cache, ba, 2 * MIB + 5, 10)).rejects.toThrow();
+    }, 60_000);
+
+    test("bodies cut off or reset mid-span are fetched again from where they broke: every byte right", async () => {
+      const server = await serverFor(kind);
+      const bucket = await createBucket(server);
+      const store = makeObjectStore(storeConfig(server, bucket));
+      cleanups.push(() => store.close());
+      const proxy = await startFaultProxy(server.endpoint, { seed: 7 });
+      cleanups.push(() => proxy.close());
+      const through = makeObjectStore({ ...storeConfig(server, bucket), endpoint: proxy.endpoint, maxAttempts: 1 });
+      cleanups.push(() => through.close());
+      const dir = await mkdtemp(join(tmpdir(), "objectfs-cache-"));
+      cleanups.push(() => rm(dir, { recursive: true, force: true }));
+      const a = randomBytes(6 * MIB + 4321);
+      await store.put("f.bin", a);
+      const ba = await base(store, "f.bin");
+      // Spans of 16 chunks of 64 KiB: a cut lands inside a span, after some chunks were served.
+      const cache = await ChunkCache.open({ dir, store: through, chunkBytes: 64 * 1024, memoryChunks: 8 });
+      proxy.setRules([
+        { method: "GET", pathIncludes: "/f.bin", fault: { kind: "truncate", bytes: 300_000 }, probability: 0.5, times: 4 },
+        { method: "GET", pathIncludes: "/f.bin", fault: { kind: "reset" }, probability: 0.3, times: 2 },
+      ]);
+      const got: Buffer[] = [];
+      for (let off = 0; off < a.length; off += 200_000) got.push(await read(cache, ba, off, Math.min(200_000, a.length - off)));
+      expect(Buffer.concat(got).equals(a)).toBe(true);
+      expect(proxy.stats().injected.truncate ?? 0).toBeGreaterThan(0);
+      // Again, from memory and disk, and at odd offsets across chunk edges.
+      for (const [off, len] of [[0, a.length], [64 * 1024 - 3, 7], [5 * MIB + 1, 70_000], [a.length - 10, 10]] as const) {
+        expect((await read(cache, ba, off, len)).equals(a.subarray(off, off + len))).toBe(true);
+      }
+      await Bun.sleep(100); // chunk files are written behind the reader
+      expect(cache.stats.bytes).toBe(a.length);
     }, 60_000);
   });
 }
