@@ -465,8 +465,7 @@ export class Journal {
    * written without fsync is on disk soon after anyway and a recovery has little to check.
    */
   async settle(): Promise<void> {
-    if (this.failed) throw this.failed;
-    if (this.durableSeq < this.committedSeq || this.queue.length > 0 || this.writing) await this.append([], { sync: true });
+    await this.sync();
     if (this.recordedSynced < this.committedSeq) await this.append([], { sync: true });
   }
 

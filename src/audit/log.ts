@@ -249,10 +249,8 @@ export interface AuditIndex {
   get(seq: number): Promise<JournalEvent | undefined>;
   /** Several events by seq (ascending); seqs not held are left out. */
   getMany?(seqs: readonly number[]): Promise<JournalEvent[]>;
-  /** Events in [from, to], in order. */
-  range(from: number, to: number): AsyncIterable<JournalEvent>;
   /** Events in [from, to], in order, many at a time; only those `select` accepts, when given. */
-  batches?(from: number, to: number, select?: (head: RecordHead) => boolean): AsyncIterable<readonly JournalEvent[]>;
+  batches(from: number, to: number, select?: (head: RecordHead) => boolean): AsyncIterable<readonly JournalEvent[]>;
   readonly head: number;
 }
 
@@ -411,13 +409,10 @@ async function seqAtTime(index: AuditIndex, t: number): Promise<number> {
   return lo;
 }
 
-/** Window queries touching at most this many events go through the index; larger ones scan. */
-const INDEXED_WINDOW = 100_000;
-
 /**
  * The audit log through the projections, where they can answer without reading the whole
- * journal: a file (not a directory) named by --path, or a time window of bounded size.
- * Undefined when the query needs the scan.
+ * journal: a file (not a directory) named by --path, or any query without a path (its time
+ * window only). Undefined when the query needs the scan.
  */
 async function indexed(index: AuditIndex, filter: LogFilter, base?: LogBase): Promise<AsyncGenerator<LogEntry> | undefined> {
   const history = new NameHistory(index, base);
@@ -439,7 +434,7 @@ async function indexed(index: AuditIndex, filter: LogFilter, base?: LogBase): Pr
       }
     })();
   }
-  if (filter.path === undefined && index.batches) {
+  if (filter.path === undefined) {
     // Any time window (the whole journal without one): only its events are read.
     const from = Math.max(after + 1, filter.since === undefined ? 1 : await seqAtTime(index, filter.since));
     const to = filter.until === undefined ? index.head : (await seqAtTime(index, filter.until + 1)) - 1;
@@ -463,15 +458,6 @@ async function indexed(index: AuditIndex, filter: LogFilter, base?: LogBase): Pr
           if (entry) yield entry;
         }
       }
-    })();
-  }
-  if (filter.path === undefined && (filter.since !== undefined || filter.until !== undefined)) {
-    const from = Math.max(after + 1, filter.since === undefined ? 1 : await seqAtTime(index, filter.since));
-    const to = filter.until === undefined ? index.head : (await seqAtTime(index, filter.until + 1)) - 1;
-    if (to - from + 1 > INDEXED_WINDOW) return undefined;
-    return (async function* () {
-      if (to < from) return;
-      for await (const e of index.range(from, to)) if (keep(e)) yield describe(e, await history.namesFor(e));
     })();
   }
   return undefined;

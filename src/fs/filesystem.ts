@@ -513,7 +513,6 @@ export class Filesystem {
       eventsOf: (ino) => this.eventsOf(ino),
       get: (seq) => this.journal.get(seq),
       getMany: (seqs) => this.journal.getMany(seqs),
-      range: (from, to) => this.journal.read({ gte: from, lte: to }),
       batches: (from, to, select) => this.journal.readBatches({ gte: from, lte: to, ...(select ? { select } : {}) }),
       head: this.journal.head,
     };
