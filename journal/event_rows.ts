@@ -172,13 +172,19 @@ export async function* scanRows(events: Sublevel, options: { gte?: number; lte?:
   const range: Record<string, unknown> = { lte: u64Key(lte) };
   if (from !== undefined) range.gte = u64Key(from);
   const it = events.iterator(range as never) as unknown as { nextv(n: number): Promise<[Bytes, Bytes][]>; close(): Promise<void> };
+  // The next rows are read while the caller works on these ones.
+  let next: Promise<[Bytes, Bytes][]> | undefined;
   try {
+    next = it.nextv(256);
     for (;;) {
-      const rows = await it.nextv(256);
+      const rows = await next;
+      next = undefined;
       if (rows.length === 0) return;
+      next = it.nextv(256);
       yield rows.map(([k, v]) => ({ first: readU64(k), value: v }));
     }
   } finally {
+    await next?.catch(() => undefined);
     await it.close();
   }
 }

@@ -34,7 +34,7 @@ import { randomBytes } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
-import { checkEncodable, decodeEvent, decodeEventAt, encodeEvent, packBody, packValue, peekEventType, peekRecordHead, type RecordHead, SCHEMA_VERSION, unpackValue } from "./codec.ts";
+import { checkEncodable, decodeEvent, decodeEventAt, encodeEvent, packBody, packValue, peekEventType, peekRecordHead, type MutableRecordHead, type RecordHead, SCHEMA_VERSION, unpackValue } from "./codec.ts";
 import { GROUP_BYTES, GROUP_EVENTS, groupValue, rowAt, rowCount, rowRecord, rowRecords, forEachRecord, scanRecords, scanRows, writeGroupHeader } from "./event_rows.ts";
 import { DataLog } from "./data_log.ts";
 import { JournalError } from "./errors.ts";
@@ -676,12 +676,14 @@ export class Journal {
    * Committed events in [gte, lte] in seq order, many at a time: for long scans, where a
    * promise per event costs more than decoding it. With `select`, only the events it accepts
    * are decoded and returned; it sees each event's type and caller (read from the record's
-   * first bytes, or from the decoded event for records of older shapes).
+   * first bytes, or from the decoded event for records of older shapes); the head it is given
+   * is only valid during the call.
    */
   async *readBatches(options: { readonly gte?: number; readonly lte?: number; readonly select?: (head: RecordHead) => boolean } = {}): AsyncGenerator<JournalEvent[]> {
     const select = options.select;
     const gte = options.gte ?? 0;
     const lte = options.lte ?? Number.MAX_SAFE_INTEGER;
+    const into = { type: "Mounted", seq: 0, time: 0, uid: undefined, pid: undefined } as MutableRecordHead;
     for await (const rows of scanRows(this.events, { gte, lte })) {
       let batch: JournalEvent[] = [];
       for (const row of rows) {
@@ -696,7 +698,7 @@ export class Journal {
             batch.push(decodeEventAt(v, start, end));
             return;
           }
-          const head = peekRecordHead(v, start);
+          const head = peekRecordHead(v, start, into);
           if (head && !select(head)) return;
           const event = decodeEventAt(v, start, end);
           if (!head && !select({ type: event.type, seq: event.seq, time: event.time, uid: event.caller?.uid, pid: event.caller?.pid })) return;

@@ -61,10 +61,15 @@ class Names {
         this.add(e.ino, e.parent, e.name);
         return;
       case "DirentUnlinked":
+        this.moved(e.ino);
         this.remove(e.ino, e.parent, e.name);
         return;
       case "Renamed":
-        if (e.replaced !== undefined) this.remove(e.replaced, e.toParent, e.toName);
+        this.moved(e.ino);
+        if (e.replaced !== undefined) {
+          this.moved(e.replaced);
+          this.remove(e.replaced, e.toParent, e.toName);
+        }
         this.remove(e.ino, e.fromParent, e.fromName);
         this.add(e.ino, e.toParent, e.toName);
         return;
@@ -72,10 +77,24 @@ class Names {
         for (const x of e.entries) this.add(x.ino, e.dir, x.name);
         return;
       case "InodeDropped":
+        this.moved(e.ino);
         this.links.delete(e.ino);
         return;
       default:
     }
+  }
+
+  /**
+   * Paths of directories, as {@link path} found them: most entries are in a directory whose
+   * path was already worked out. A directory's path changes only when it or an ancestor is
+   * renamed, unlinked or dropped ({@link moved}); a new link never changes a path (a path
+   * follows an inode's first link, and a directory has one).
+   */
+  private readonly dirPaths = new Map<number, string>();
+
+  /** `ino`'s name is about to change: forget cached paths that may go through it. */
+  private moved(ino: number): void {
+    if (this.dirPaths.has(ino)) this.dirPaths.clear();
   }
 
   /** The links of an inode, or undefined if it never had one. */
@@ -102,8 +121,16 @@ class Names {
     const l = this.links.get(ino);
     if (!l || l.length === 0 || depth > 4096) return undefined;
     const [parent, name] = l[0]!;
-    const p = this.path(parent, depth + 1);
+    const p = this.dirPath(parent, depth + 1);
     return p === undefined ? undefined : p === "/" ? `/${name}` : `${p}/${name}`;
+  }
+
+  private dirPath(ino: number, depth: number): string | undefined {
+    const known = this.dirPaths.get(ino);
+    if (known !== undefined) return known;
+    const p = this.path(ino, depth);
+    if (p !== undefined) this.dirPaths.set(ino, p);
+    return p;
   }
 
   /**
@@ -148,75 +175,104 @@ class Names {
 
 const normalize = (p: string) => `/${p.split("/").filter(Boolean).join("/")}`;
 
-/** `base` completed into an entry (no copy: it was made for this entry). */
-function entry(base: object, paths: readonly string[], rest?: Pick<LogEntry, "range" | "size" | "detail">): LogEntry {
-  const e = base as { paths?: readonly string[] } & Omit<LogEntry, "paths">;
-  e.paths = paths;
-  if (rest) Object.assign(e, rest);
-  return e as LogEntry;
+type Draft = { seq: number; time: number; op: string; uid?: number; gid?: number; pid?: number; comm?: string; paths?: readonly string[]; range?: readonly [number, number]; size?: number; detail?: string };
+
+/** The path of `ino` for an entry. */
+function pathFor(names: { path(ino: number): string | undefined }, ino: number): string {
+  return names.path(ino) ?? `<inode ${ino}>`;
+}
+
+function pathUnder(names: { path(ino: number): string | undefined }, parent: number, name: string): string {
+  const p = pathFor(names, parent);
+  return p === "/" ? `/${name}` : `${p}/${name}`;
 }
 
 /** One entry per event (what the event did, with paths as they were), before filtering. */
 function describe(e: JournalEvent, names: { path(ino: number): string | undefined }): LogEntry {
   const c = e.caller;
-  // Built field by field (spreads cost more than the rest of an entry).
-  const base: { seq: number; time: number; op: string; uid?: number; gid?: number; pid?: number; comm?: string } = { seq: e.seq, time: e.time, op: e.type };
+  // Built field by field, in the order entries print in (spreads and closures cost more
+  // than the rest of an entry on long queries).
+  const d: Draft = { seq: e.seq, time: e.time, op: e.type };
   if (c) {
-    base.uid = c.uid;
-    base.gid = c.gid;
-    base.pid = c.pid;
-    if (c.comm !== undefined) base.comm = c.comm;
+    d.uid = c.uid;
+    d.gid = c.gid;
+    d.pid = c.pid;
+    if (c.comm !== undefined) d.comm = c.comm;
   }
-  const at = (ino: number) => names.path(ino) ?? `<inode ${ino}>`;
-  const under = (parent: number, name: string) => {
-    const p = at(parent);
-    return p === "/" ? `/${name}` : `${p}/${name}`;
-  };
   switch (e.type) {
     case "InodeCreated":
-      return entry(base, [], { detail: `${e.kind} inode ${e.ino} mode ${(e.mode & 0o7777).toString(8)}${e.target !== undefined ? ` -> ${e.target}` : ""}` });
+      d.paths = [];
+      d.detail = `${e.kind} inode ${e.ino} mode ${(e.mode & 0o7777).toString(8)}${e.target !== undefined ? ` -> ${e.target}` : ""}`;
+      break;
     case "DirentLinked":
-      return entry(base, [under(e.parent, e.name)], { detail: `inode ${e.ino}` });
     case "DirentUnlinked":
-      return entry(base, [under(e.parent, e.name)], { detail: `inode ${e.ino}` });
+      d.paths = [pathUnder(names, e.parent, e.name)];
+      d.detail = `inode ${e.ino}`;
+      break;
     case "Renamed":
-      return entry(base, [under(e.fromParent, e.fromName), under(e.toParent, e.toName)], { ...(e.replaced !== undefined ? { detail: `replaced inode ${e.replaced}` } : {}) });
+      d.paths = [pathUnder(names, e.fromParent, e.fromName), pathUnder(names, e.toParent, e.toName)];
+      if (e.replaced !== undefined) d.detail = `replaced inode ${e.replaced}`;
+      break;
     case "AttrsChanged": {
-      const parts = [
-        e.mode !== undefined ? `mode ${(e.mode & 0o7777).toString(8)}` : "",
-        e.uid !== undefined ? `uid ${e.uid}` : "",
-        e.gid !== undefined ? `gid ${e.gid}` : "",
-        e.mtime !== undefined ? `mtime ${new Date(e.mtime).toISOString()}` : "",
-        e.atime !== undefined ? `atime ${new Date(e.atime).toISOString()}` : "",
-      ].filter(Boolean);
-      return entry(base, [at(e.ino)], { detail: parts.join(", ") });
+      d.paths = [pathFor(names, e.ino)];
+      const parts: string[] = [];
+      if (e.mode !== undefined) parts.push(`mode ${(e.mode & 0o7777).toString(8)}`);
+      if (e.uid !== undefined) parts.push(`uid ${e.uid}`);
+      if (e.gid !== undefined) parts.push(`gid ${e.gid}`);
+      if (e.mtime !== undefined) parts.push(`mtime ${new Date(e.mtime).toISOString()}`);
+      if (e.atime !== undefined) parts.push(`atime ${new Date(e.atime).toISOString()}`);
+      d.detail = parts.join(", ");
+      break;
     }
     case "ExtentWritten":
-      return entry(base, [at(e.ino)], { range: [e.offset, e.offset + e.length] });
+      d.paths = [pathFor(names, e.ino)];
+      d.range = [e.offset, e.offset + e.length];
+      break;
     case "Truncated":
-      return entry(base, [at(e.ino)], { size: e.size });
+      d.paths = [pathFor(names, e.ino)];
+      d.size = e.size;
+      break;
     case "XattrSet":
     case "XattrRemoved":
-      return entry(base, [at(e.ino)], { detail: e.name });
+      d.paths = [pathFor(names, e.ino)];
+      d.detail = e.name;
+      break;
     case "InodeDropped":
-      return entry(base, [], { detail: `inode ${e.ino}` });
+      d.paths = [];
+      d.detail = `inode ${e.ino}`;
+      break;
     case "RemoteListed":
-      return entry(base, [at(e.dir)], { detail: `${e.entries.length} entries from s3 prefix ${JSON.stringify(e.prefix)}` });
+      d.paths = [pathFor(names, e.dir)];
+      d.detail = `${e.entries.length} entries from s3 prefix ${JSON.stringify(e.prefix)}`;
+      break;
     case "ConflictDetected":
-      return entry(base, [at(e.ino)], { detail: `${e.key} changed in S3; local version kept as ${e.conflictKey}` });
+      d.paths = [pathFor(names, e.ino)];
+      d.detail = `${e.key} changed in S3; local version kept as ${e.conflictKey}`;
+      break;
     case "ObjectMaterialized":
-      return entry(base, [at(e.ino)], { detail: `object ${e.object.key} (${e.object.size} bytes)` });
+      d.paths = [pathFor(names, e.ino)];
+      d.detail = `object ${e.object.key} (${e.object.size} bytes)`;
+      break;
     case "ObjectDeleted":
-      return entry(base, [], { detail: `object ${e.key}` });
+      d.paths = [];
+      d.detail = `object ${e.key}`;
+      break;
     case "SegmentReplicated":
-      return entry(base, [], { detail: `${e.key} (seq ${e.minSeq}-${e.maxSeq})` });
+      d.paths = [];
+      d.detail = `${e.key} (seq ${e.minSeq}-${e.maxSeq})`;
+      break;
     case "Mounted":
-      return entry(base, [], { detail: `client ${e.clientId} on ${e.host}, pid ${e.pid}` });
+      d.paths = [];
+      d.detail = `client ${e.clientId} on ${e.host}, pid ${e.pid}`;
+      break;
     case "Unmounted":
-      return entry(base, [], { detail: `client ${e.clientId}${e.clean ? "" : " (unclean)"}` });
+      d.paths = [];
+      d.detail = `client ${e.clientId}${e.clean ? "" : " (unclean)"}`;
+      break;
     default:
-      return entry(base, []);
+      d.paths = [];
   }
+  return d as LogEntry;
 }
 
 /** The inodes an entry's event is about (for following a file through renames). */

@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { decodeEvent, encodeEvent, EVENT_TYPES, JournalError, SCHEMA_VERSION } from "../../journal/mod.ts";
-import { decodeEventAt, encodeEventV1, peekRecordHead } from "../../journal/codec.ts";
+import { decodeEventAt, encodeEventV1, type MutableRecordHead, peekRecordHead } from "../../journal/codec.ts";
 import { anyEvent, eventOf, normalize } from "../support/event_arbitraries.ts";
 
 
@@ -32,6 +32,10 @@ describe("codec", () => {
         const row = new Uint8Array(bytes.length + 7);
         row.set(bytes, 3);
         expect(peekRecordHead(row, 3)).toEqual(head);
+        // Filled in place: every field is overwritten (a stale head from another record never shows through).
+        const into: MutableRecordHead = { type: "Mounted", seq: -1, time: -1, uid: -1, pid: -1 };
+        expect(peekRecordHead(row, 3, into)).toBe(into);
+        expect({ ...into }).toEqual({ ...head! });
         expect(normalize(decodeEventAt(row, 3, 3 + bytes.length))).toEqual(normalize(decoded));
       }),
       { numRuns: 1000 },
