@@ -97,3 +97,54 @@ test("indexed log queries equal a full replay, across renames, hard links and ma
     await ro.close();
   }
 }, 120_000);
+
+test("paths are the ones at the time, through directory renames, replacing renames and a directory removed and made again", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "objectfs-logpaths-"));
+  dirs.push(dir);
+  const fs = await Filesystem.open(dir);
+  const put = async (ino: Ino, offset: number) => {
+    const fh = await fs.open(user, ino, 0o2);
+    await fs.write(user, fh, offset, new Uint8Array(1));
+    await fs.release(user, fh);
+  };
+  const a = (await fs.mkdir(root, ROOT_INO, "a", 0o777)).ino as Ino;
+  const b = (await fs.mkdir(root, a, "b", 0o777)).ino as Ino;
+  const { fh, attr } = await fs.create(user, b, "f", 0o666, RDWR_CREAT);
+  await fs.release(user, fh);
+  const f = attr.ino as Ino;
+  await put(f, 0); // /a/b/f
+  await fs.rename(root, ROOT_INO, "a", ROOT_INO, "x");
+  await put(f, 1); // /x/b/f
+  await fs.rename(root, a, "b", ROOT_INO, "y");
+  await Bun.sleep(20);
+  const from = Date.now();
+  await put(f, 2); // /y/f
+  const empty = (await fs.mkdir(root, ROOT_INO, "z", 0o777)).ino as Ino;
+  await fs.rename(root, ROOT_INO, "y", ROOT_INO, "z"); // replaces the empty directory z
+  await put(f, 3); // /z/f
+  await fs.rename(user, b, "f", a, "g");
+  await put(f, 4); // /x/g
+  await fs.rmdir(root, ROOT_INO, "z");
+  const z2 = (await fs.mkdir(root, ROOT_INO, "z", 0o777)).ino as Ino;
+  await fs.rename(user, a, "g", z2, "h");
+  await put(f, 5); // /z/h (another directory of the same name)
+  await fs.rename(root, ROOT_INO, "x", z2, "x");
+  const { fh: fh2, attr: a2 } = await fs.create(user, a, "k", 0o666, RDWR_CREAT);
+  await fs.release(user, fh2);
+  await put(a2.ino as Ino, 6); // /z/x/k
+  const want = ["/a/b/f", "/x/b/f", "/y/f", "/z/f", "/x/g", "/z/h", "/z/x/k"];
+  expect(empty).not.toBe(z2);
+  const writes = (entries: LogEntry[]) => entries.filter((e) => e.op === "ExtentWritten").map((e) => `${e.paths.join(",")}@${e.range![0]}`);
+  const expected = want.map((p, i) => `${p}@${i}`);
+  await fs.journal.settle();
+  const index = fs.auditIndex();
+  const filters: LogFilter[] = [{}, { uid: 1000 }, { since: 0 }];
+  for (const filter of filters) {
+    expect(writes(await collect(auditLog(() => fs.journal.read(), filter, { index })))).toEqual(expected);
+    expect(writes(await collect(auditLog(() => fs.journal.read(), filter)))).toEqual(expected);
+  }
+  // Starting inside the history (names before the window learnt from the index): the same paths.
+  expect(writes(await collect(auditLog(() => fs.journal.read(), { since: from }, { index })))).toEqual(expected.slice(2));
+  expect(writes(await collect(auditLog(() => fs.journal.read(), { since: from })))).toEqual(expected.slice(2));
+  await fs.close();
+});
