@@ -252,10 +252,12 @@ export class DataLog {
   }
 
   /**
-   * Start writing every reservation made so far (not synced: see {@link sync}).
-   * Writes may be started while earlier ones are in flight (they go to other bytes
-   * of the file); the promise resolves once this one and every earlier one are in
-   * the file, and rejects if any of them failed.
+   * Start writing every reservation made so far (not synced: see {@link sync}): after the
+   * writes started before it, one at a time. (Two writes to one file at once gain nothing,
+   * the kernel takes them in turn under the inode's lock, and cost CPU: `perf` showed a
+   * fifth of a mount's CPU during a sequential write spent by the second thread spinning on
+   * that lock.) The promise resolves once this one and every earlier one are in the file,
+   * and rejects if any of them failed.
    */
   write(): Promise<void> {
     if (this.writeError !== undefined) return Promise.reject(this.writeError);
@@ -283,20 +285,22 @@ export class DataLog {
     const last = runs[runs.length - 1]!;
     const issued = { end: { file: last.file, end: last.pos + last.bytes }, bytes: total, done: false };
     this.issued.push(issued);
-    const mine = this.writeRuns(runs).then(
-      () => {
-        issued.done = true;
-        this.advance();
-      },
-      (e: unknown) => {
-        this.writeError ??= e;
-        throw e;
-      },
-    );
-    const all = Promise.all([this.lastWrite, mine]).then(() => {});
-    all.catch(() => {}); // a write started ahead of a commit may have no one waiting on it
-    this.lastWrite = all;
-    return all;
+    // After the earlier writes (which it then also waits for); after a failed one, not at all.
+    const mine = this.lastWrite
+      .then(() => this.writeRuns(runs))
+      .then(
+        () => {
+          issued.done = true;
+          this.advance();
+        },
+        (e: unknown) => {
+          this.writeError ??= e;
+          throw e;
+        },
+      );
+    mine.catch(() => {}); // a write started ahead of a commit may have no one waiting on it
+    this.lastWrite = mine;
+    return mine;
   }
 
   private async writeRuns(runs: readonly { file: number; pos: number; parts: Uint8Array[]; bytes: number }[]): Promise<void> {
