@@ -175,12 +175,18 @@ export async function* scanRows(events: Sublevel, options: { gte?: number; lte?:
   // The next rows are read while the caller works on these ones.
   let next: Promise<[Bytes, Bytes][]> | undefined;
   try {
-    next = it.nextv(256);
+    // A failed read is thrown where it is awaited, not reported as unhandled before that.
+    const read = () => {
+      const p = it.nextv(256);
+      p.catch(() => {});
+      return p;
+    };
+    next = read();
     for (;;) {
       const rows = await next;
       next = undefined;
       if (rows.length === 0) return;
-      next = it.nextv(256);
+      next = read();
       yield rows.map(([k, v]) => ({ first: readU64(k), value: v }));
     }
   } finally {
