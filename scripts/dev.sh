@@ -83,12 +83,14 @@ MSG
     bun x tsc --noEmit -p .
     set +e
     # bunfig.toml cannot set the per-test timeout; real mounts and servers need more than 5 s.
-    bun test --timeout 120000 "$@" 2>&1 | tee /tmp/objectfs-test.log
+    # A log of this run only (two runs at once on one machine must not count each other's).
+    log_file=$(mktemp /tmp/objectfs-test.XXXXXX.log)
+    bun test --timeout 120000 "$@" 2>&1 | tee "$log_file"
     rc=${PIPESTATUS[0]}
     set -e
-    pass=$(grep -Eo '^ *[0-9]+ pass$' /tmp/objectfs-test.log | tail -1 | grep -Eo '[0-9]+' || echo 0)
-    fail=$(grep -Eo '^ *[0-9]+ fail$' /tmp/objectfs-test.log | tail -1 | grep -Eo '[0-9]+' || echo 0)
-    echo "bun test: $pass passed, $fail failed"
+    pass=$(grep -Eo '^ *[0-9]+ pass$' "$log_file" | tail -1 | grep -Eo '[0-9]+' || echo 0)
+    fail=$(grep -Eo '^ *[0-9]+ fail$' "$log_file" | tail -1 | grep -Eo '[0-9]+' || echo 0)
+    echo "bun test: $pass passed, $fail failed (log: $log_file)"
     exit "$rc"
     ;;
   *) echo "usage: bash scripts/dev.sh start|test|setup" >&2; exit 2 ;;
