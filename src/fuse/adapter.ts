@@ -298,8 +298,15 @@ export function makeAdapter(fs: Filesystem, session: () => Session, options: Ada
         const back = () => {
           if (into.length <= MAX_WRITE && pool.length < (small ? 64 : 16)) pool.push(into);
         };
-        return run("read", slot, call(() => fs.read(ctx, fh, off, size, into)), (bytes) => {
-          s.buf(slot, bytes); // fuse_reply_buf has written the bytes to /dev/fuse when it returns
+        // Bytes the core holds in memory may come back as they are (no copy): released after the reply.
+        let release: (() => void) | undefined;
+        const lease = (r: () => void) => (release = r);
+        return run("read", slot, call(() => fs.read(ctx, fh, off, size, into, lease)), (bytes) => {
+          try {
+            s.buf(slot, bytes); // fuse_reply_buf has written the bytes to /dev/fuse when it returns
+          } finally {
+            release?.();
+          }
           back();
         }, (b) => b.length); // not after a failure: a copy still under way may land in `into` later
       }

@@ -20,6 +20,7 @@ import { createHash } from "node:crypto";
 import { constants } from "node:fs";
 import { mkdir, open, readdir, rename, stat, unlink, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import type { RemoteView } from "../fs/remote.ts";
 import type { RemoteBase } from "../projection/state.ts";
 import { isS3Error, type ObjectStore } from "../s3/mod.ts";
 
@@ -53,9 +54,10 @@ interface Chunk {
   bytes: Uint8Array | undefined;
   /** Whole chunk size, from the pool. */
   readonly buffer: Uint8Array;
-  /** Kept in `memory`; being written to disk. The buffer goes back when neither holds. */
+  /** Kept in `memory`; being written to disk; views given out. The buffer goes back when none holds. */
   held: boolean;
   writing: boolean;
+  pins: number;
 }
 
 export class ChunkCache {
@@ -125,6 +127,37 @@ export class ChunkCache {
         }
       }),
     );
+  }
+
+  /**
+   * Bytes [offset, offset+length) without a copy when they lie in one chunk (a FUSE read of a
+   * whole chunk is answered from the bytes as they came from S3), else undefined. The chunk's
+   * buffer stays out of the pool until `release()`.
+   */
+  async view(base: RemoteBase, offset: number, length: number): Promise<RemoteView | undefined> {
+    const index = Math.floor(offset / this.chunk);
+    if (length <= 0 || Math.floor((offset + length - 1) / this.chunk) !== index || offset + length > base.size) return undefined;
+    const id = versionId(base);
+    this.readahead(base, id, index, index);
+    for (let tries = 0; tries < 100; tries++) {
+      const c = await this.chunkOf(base, id, index);
+      const bytes = c.bytes;
+      if (bytes === undefined) continue; // its buffer went back to the pool: ask again
+      const from = offset - index * this.chunk;
+      if (from + length > bytes.length) throw new Error(`cached chunk ${index} of ${base.key} is short`);
+      c.pins++;
+      let released = false;
+      return {
+        bytes: bytes.subarray(from, from + length),
+        release: () => {
+          if (released) return;
+          released = true;
+          c.pins--;
+          this.release(c);
+        },
+      };
+    }
+    throw new Error(`chunk ${index} of ${base.key} left memory 100 times before it could be read`);
   }
 
   private readahead(base: RemoteBase, id: string, first: number, last: number): void {
@@ -205,12 +238,12 @@ export class ChunkCache {
   /** A chunk of `length` bytes in a buffer from the pool, held by nothing yet. */
   private newChunk(length: number): Chunk {
     const buffer = this.pool.pop() ?? new Uint8Array(this.chunk);
-    return { buffer, bytes: buffer.subarray(0, length), held: false, writing: false };
+    return { buffer, bytes: buffer.subarray(0, length), held: false, writing: false, pins: 0 };
   }
 
   /** Back to the pool if nothing holds it; readers still holding the chunk see `bytes` cleared. */
   private release(c: Chunk): void {
-    if (c.held || c.writing || c.bytes === undefined) return;
+    if (c.held || c.writing || c.pins > 0 || c.bytes === undefined) return;
     c.bytes = undefined;
     if (this.pool.length < 2 * SPAN_CHUNKS) this.pool.push(c.buffer);
   }

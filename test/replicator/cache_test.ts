@@ -117,6 +117,42 @@ for (const kind of S3_SERVER_KINDS) {
       expect(cache.stats.bytes).toBe(a.length);
     }, 60_000);
 
+    test("a view of a chunk is its bytes without a copy, and stays right while held however many chunks pass through", async () => {
+      const server = await serverFor(kind);
+      const bucket = await createBucket(server);
+      const store = makeObjectStore(storeConfig(server, bucket));
+      cleanups.push(() => store.close());
+      const dir = await mkdtemp(join(tmpdir(), "objectfs-cache-"));
+      cleanups.push(() => rm(dir, { recursive: true, force: true }));
+      const a = randomBytes(2 * MIB + 99);
+      await store.put("v.bin", a);
+      const ba = await base(store, "v.bin");
+      const cache = await ChunkCache.open({ dir, store, chunkBytes: 64 * 1024, memoryChunks: 2, maxBytes: MIB });
+      // Not within one chunk, or past the end: no view (the caller copies with read()).
+      expect(await cache.view(ba, 64 * 1024 - 1, 2)).toBeUndefined();
+      expect(await cache.view(ba, a.length - 10, 20)).toBeUndefined();
+      const whole = (await cache.view(ba, 5 * 64 * 1024, 64 * 1024))!;
+      const part = (await cache.view(ba, a.length - 99, 99))!;
+      expect(Buffer.from(whole.bytes).equals(a.subarray(5 * 64 * 1024, 6 * 64 * 1024))).toBe(true);
+      expect(Buffer.from(part.bytes).equals(a.subarray(a.length - 99))).toBe(true);
+      // Every other chunk passes through memory (two chunks) while the views are held.
+      for (let off = 0; off < a.length; off += 100_000) {
+        const len = Math.min(100_000, a.length - off);
+        expect((await read(cache, ba, off, len)).equals(a.subarray(off, off + len))).toBe(true);
+      }
+      await cache.flush();
+      expect(Buffer.from(whole.bytes).equals(a.subarray(5 * 64 * 1024, 6 * 64 * 1024))).toBe(true);
+      expect(Buffer.from(part.bytes).equals(a.subarray(a.length - 99))).toBe(true);
+      whole.release();
+      part.release();
+      whole.release(); // a second release changes nothing
+      for (let off = 0; off < a.length; off += 64 * 1024) {
+        const v = (await cache.view(ba, off, Math.min(64 * 1024, a.length - off)))!;
+        expect(Buffer.from(v.bytes).equals(a.subarray(off, off + 64 * 1024))).toBe(true);
+        v.release();
+      }
+    }, 60_000);
+
     test("many readers at once, with chunk buffers reused and chunks leaving memory and disk, get every byte right", async () => {
       const server = await serverFor(kind);
       const bucket = await createBucket(server);
