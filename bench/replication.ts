@@ -14,14 +14,17 @@
  * 3. Sequential read of a 256 MiB object put with the SDK: cold (fresh mount, empty cache) and
  *    cached (again) through the mount with dd, beside a plain SDK GetObject of it streamed and
  *    discarded. Cold and SDK are measured twice each and the best of each counts. Target: cold
- *    ≥ 80% of the SDK download.
+ *    ≥ 80% of the SDK download. Beside it, CPU seconds per GiB of the SDK client (this process)
+ *    and of the mount's serving process (the least of the two runs each): steadier than MiB/s
+ *    on a busy machine, and what the mount costs on top of the download.
  *
  *   bun bench/replication.ts [--seconds N] [--large-mib N] [--read-mib N] [--only 1|2|3]
  */
 import { GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { request as control, type Status } from "../src/cli/control.ts";
@@ -190,13 +193,21 @@ async function reads(server: S3Server, bucket: string) {
   await store.upload("read/big.bin", randomBytes(size), { partSize: 16 * MiB });
   const client = new S3Client({ endpoint: server.endpoint, region: server.region, forcePathStyle: true, credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey } });
   cleanups.push(() => client.destroy());
+  // CPU seconds (user + system) per GiB beside the figures: on a shared 2-core machine they
+  // vary less than MiB/s. The SDK's is this process's; the mount's is its serving process's.
+  let sdkCpu = Infinity;
+  let coldCpu = Infinity;
   const sdk = async () => {
+    const c0 = process.cpuUsage();
     const t = performance.now();
     const out = await client.send(new GetObjectCommand({ Bucket: bucket, Key: "read/big.bin" }));
     let n = 0;
     for await (const c of out.Body as AsyncIterable<Uint8Array>) n += c.length;
     if (n !== size) throw new Error(`SDK read ${n} bytes of ${size}`);
-    return size / MiB / ((performance.now() - t) / 1000);
+    const mibs = size / MiB / ((performance.now() - t) / 1000);
+    const c = process.cpuUsage(c0);
+    sdkCpu = Math.min(sdkCpu, (c.user + c.system) / 1e6 / (size / 1024 / MiB));
+    return mibs;
   };
   const sdkMBs = Math.max(await sdk(), await sdk());
   // Cold twice, each on a fresh mount with an empty cache (the best counts, as for the SDK).
@@ -204,11 +215,27 @@ async function reads(server: S3Server, bucket: string) {
   let cached = 0;
   for (let round = 0; round < 2; round++) {
     const m = await mountVia(server, bucket, server.endpoint);
+    const c0 = cpuSeconds(m.pid);
     cold = Math.max(cold, READ_MIB / (await timed(`dd if=${m.mnt}/read/big.bin of=/dev/null bs=1M status=none`, env, "cold read")));
+    coldCpu = Math.min(coldCpu, (cpuSeconds(m.pid) - c0) / (READ_MIB / 1024));
     if (round === 0) cached = READ_MIB / (await timed(`dd if=${m.mnt}/read/big.bin of=/dev/null bs=1M status=none`, env, "cached read"));
     await m.stop();
   }
-  return { sdk_download_mib_s: round(sdkMBs, 1), cold_read_mib_s: round(cold, 1), cached_read_mib_s: round(cached, 1), cold_read_vs_sdk: round(cold / sdkMBs, 3) };
+  return {
+    sdk_download_mib_s: round(sdkMBs, 1),
+    cold_read_mib_s: round(cold, 1),
+    cached_read_mib_s: round(cached, 1),
+    cold_read_vs_sdk: round(cold / sdkMBs, 3),
+    sdk_cpu_s_per_gib: round(sdkCpu),
+    cold_read_cpu_s_per_gib: round(coldCpu),
+  };
+}
+
+/** User + system CPU seconds a process has used (from /proc: not a file of any mount). */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
 }
 
 // ---- main --------------------------------------------------------------------------------------
@@ -246,6 +273,7 @@ try {
     log(`3. sequential read of ${READ_MIB} MiB`);
     r = await reads(server, await createBucket(server));
     log(`   SDK download ${r.sdk_download_mib_s} MiB/s; through the mount cold ${r.cold_read_mib_s} MiB/s (${r.cold_read_vs_sdk} of the SDK), cached ${r.cached_read_mib_s} MiB/s`);
+    log(`   CPU per GiB: SDK client ${r.sdk_cpu_s_per_gib} s, mount process cold ${r.cold_read_cpu_s_per_gib} s; load average ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
   }
   const targets = {
     lag_p50_s: { value: l?.segment_lag_p50_s ?? null, goal: "segment lag p50 <= 2 s", met: l !== undefined && l.segment_lag_p50_s <= 2 },

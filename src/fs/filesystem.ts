@@ -865,7 +865,12 @@ export class Filesystem {
    * Read up to `length` bytes at `offset`. With `into`, the bytes land there
    * (no allocation, no copy: FUSE's own buffer) and a view of them is returned.
    */
-  async read(_ctx: Ctx, fh: number, offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
+  /**
+   * Bytes of an open file. With `lease`, bytes of a remote object that lie in one piece in
+   * memory may be returned as they are, without a copy: `lease` is then given the function
+   * to call once they are used (until then they stay valid).
+   */
+  async read(_ctx: Ctx, fh: number, offset: number, length: number, into?: Uint8Array, lease?: (release: () => void) => void): Promise<Uint8Array> {
     const h = this.handle(fh);
     if (!h.readable) fail("EBADF");
     if (offset < 0 || length < 0) fail("EINVAL");
@@ -875,6 +880,13 @@ export class Filesystem {
       return { events: [], result: { extents: extentsIn(this.state.extents(h.ino), offset, n), size: n, kind: inode.kind, remote: inode.remote } };
     });
     if (kind === "dir") fail("EISDIR");
+    if (lease && extents.length === 0 && remote && this.remote?.view && size > 0 && offset + size <= remote.valid) {
+      const v = await this.remote.view(remote, offset, size).catch((e) => fail("EIO", `cannot read ${remote.key} from S3: ${(e as Error).message}`));
+      if (v) {
+        lease(v.release);
+        return v.bytes;
+      }
+    }
     const reuse = into !== undefined && into.length >= size;
     const out = reuse ? into.subarray(0, size) : new Uint8Array(size); // a new buffer is all zeros
     await this.fill(out, offset, extents, remote, reuse);

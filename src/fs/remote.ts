@@ -19,4 +19,15 @@ export interface RemoteSource {
   list(prefix: string): Promise<RemoteListing>;
   /** Bytes [offset, offset+length) of the object, into `into` at `at`. */
   read(base: RemoteBase, offset: number, length: number, into: Uint8Array, at: number): Promise<void>;
+  /**
+   * Bytes [offset, offset+length) of the object as they are held in memory, without a copy,
+   * or undefined where they are not in one piece (then `read`). The bytes stay valid until
+   * `release()`, which must be called once they are used.
+   */
+  view?(base: RemoteBase, offset: number, length: number): Promise<RemoteView | undefined>;
+}
+
+export interface RemoteView {
+  readonly bytes: Uint8Array;
+  release(): void;
 }

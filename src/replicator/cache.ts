@@ -9,13 +9,22 @@
  *
  * Sequential reads fetch ahead: each chunk read right after the one before widens the
  * window of chunks fetched in parallel, up to `maxReadahead`.
+ *
+ * Chunk memory is reused: a buffer goes back to a pool once its chunk is out of memory and
+ * written to disk (fresh memory costs a page fault per 4 KiB, more than the copy into it).
+ * A reader holds a {@linkcode Chunk}, not its buffer, and copies out of it synchronously only
+ * while `bytes` is set: a chunk whose buffer went back has `bytes` cleared first, and the
+ * reader asks again.
  */
 import { createHash } from "node:crypto";
+import { constants } from "node:fs";
 import { mkdir, open, readdir, rename, stat, unlink, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import type { RemoteView } from "../fs/remote.ts";
 import type { RemoteBase } from "../projection/state.ts";
 import { isS3Error, type ObjectStore } from "../s3/mod.ts";
 
+const PAGE = 4096;
 /** Chunks fetched by one ranged GET at most (readahead). */
 const SPAN_CHUNKS = 16;
 
@@ -39,10 +48,27 @@ export interface CacheStats {
   downloadedBytes: number;
 }
 
+/** A chunk's bytes in memory. */
+interface Chunk {
+  /** The chunk's bytes (a view of `buffer`); undefined once the buffer went back to the pool. */
+  bytes: Uint8Array | undefined;
+  /** Whole chunk size, from the pool. */
+  readonly buffer: Uint8Array;
+  /** Kept in `memory`; being written to disk; views given out. The buffer goes back when none holds. */
+  held: boolean;
+  writing: boolean;
+  pins: number;
+}
+
 export class ChunkCache {
   private readonly files = new Map<string, number>(); // name → bytes, least recently used first
-  private readonly memory = new Map<string, Uint8Array>();
-  private readonly inflight = new Map<string, Promise<Uint8Array>>();
+  private readonly memory = new Map<string, Chunk>();
+  private readonly inflight = new Map<string, Promise<Chunk>>();
+  /** Buffers of `chunk` bytes to reuse. */
+  private readonly pool: Uint8Array[] = [];
+  private readonly writes = new Set<Promise<void>>();
+  /** Chunk files are written with O_DIRECT until the filesystem refuses it. */
+  private direct = constants.O_DIRECT !== undefined;
   /** Per object version: the last chunk read and the readahead window. */
   private readonly streams = new Map<string, { last: number; window: number }>();
   private bytes = 0;
@@ -86,7 +112,12 @@ export class ChunkCache {
     await Promise.all(
       Array.from({ length: last - first + 1 }, async (_, i) => {
         const index = first + i;
-        const bytes = await this.chunkOf(base, id, index);
+        let bytes: Uint8Array | undefined;
+        // Its buffer may have gone back to the pool between the answer and now: ask again.
+        for (let tries = 0; bytes === undefined; tries++) {
+          if (tries === 100) throw new Error(`chunk ${index} of ${base.key} left memory 100 times before it could be read`);
+          bytes = (await this.chunkOf(base, id, index)).bytes;
+        }
         const start = index * this.chunk;
         const from = Math.max(offset, start);
         const to = Math.min(offset + length, start + bytes.length);
@@ -96,6 +127,37 @@ export class ChunkCache {
         }
       }),
     );
+  }
+
+  /**
+   * Bytes [offset, offset+length) without a copy when they lie in one chunk (a FUSE read of a
+   * whole chunk is answered from the bytes as they came from S3), else undefined. The chunk's
+   * buffer stays out of the pool until `release()`.
+   */
+  async view(base: RemoteBase, offset: number, length: number): Promise<RemoteView | undefined> {
+    const index = Math.floor(offset / this.chunk);
+    if (length <= 0 || Math.floor((offset + length - 1) / this.chunk) !== index || offset + length > base.size) return undefined;
+    const id = versionId(base);
+    this.readahead(base, id, index, index);
+    for (let tries = 0; tries < 100; tries++) {
+      const c = await this.chunkOf(base, id, index);
+      const bytes = c.bytes;
+      if (bytes === undefined) continue; // its buffer went back to the pool: ask again
+      const from = offset - index * this.chunk;
+      if (from + length > bytes.length) throw new Error(`cached chunk ${index} of ${base.key} is short`);
+      c.pins++;
+      let released = false;
+      return {
+        bytes: bytes.subarray(from, from + length),
+        release: () => {
+          if (released) return;
+          released = true;
+          c.pins--;
+          this.release(c);
+        },
+      };
+    }
+    throw new Error(`chunk ${index} of ${base.key} left memory 100 times before it could be read`);
   }
 
   private readahead(base: RemoteBase, id: string, first: number, last: number): void {
@@ -137,7 +199,7 @@ export class ChunkCache {
     }
   }
 
-  private chunkOf(base: RemoteBase, id: string, index: number): Promise<Uint8Array> {
+  private chunkOf(base: RemoteBase, id: string, index: number): Promise<Chunk> {
     const name = `${id}-${index}`;
     const mem = this.memory.get(name);
     if (mem) {
@@ -157,19 +219,33 @@ export class ChunkCache {
     return this.fetchSpan(base, id, index, index + 1)[0]!;
   }
 
-  private async fromDisk(base: RemoteBase, id: string, index: number): Promise<Uint8Array> {
+  private async fromDisk(base: RemoteBase, id: string, index: number): Promise<Chunk> {
     const name = `${id}-${index}`;
     const path = join(this.options.dir, name);
-    const bytes = await readWhole(path);
-    if (!bytes) {
+    const c = this.newChunk(Math.min(this.chunk, base.size - index * this.chunk));
+    if (!(await readWhole(path, c.buffer, c.bytes!.length))) {
       this.files.delete(name); // gone or damaged: S3 has it
+      this.release(c);
       return this.fetchSpan(base, id, index, index + 1)[0]!;
     }
     this.stats.hits++;
     this.touch(name);
     void utimes(path, new Date(), new Date()).catch(() => {});
-    this.keepInMemory(name, bytes);
-    return bytes;
+    this.keepInMemory(name, c);
+    return c;
+  }
+
+  /** A chunk of `length` bytes in a buffer from the pool, held by nothing yet. */
+  private newChunk(length: number): Chunk {
+    const buffer = this.pool.pop() ?? new Uint8Array(this.chunk);
+    return { buffer, bytes: buffer.subarray(0, length), held: false, writing: false, pins: 0 };
+  }
+
+  /** Back to the pool if nothing holds it; readers still holding the chunk see `bytes` cleared. */
+  private release(c: Chunk): void {
+    if (c.held || c.writing || c.pins > 0 || c.bytes === undefined) return;
+    c.bytes = undefined;
+    if (this.pool.length < 2 * SPAN_CHUNKS) this.pool.push(c.buffer);
   }
 
   /**
@@ -177,25 +253,25 @@ export class ChunkCache {
    * moment its last byte is in (a sequential reader does not wait for the rest of the span),
    * then kept in memory and written to disk behind the reader.
    */
-  private fetchSpan(base: RemoteBase, id: string, first: number, end: number): Promise<Uint8Array>[] {
+  private fetchSpan(base: RemoteBase, id: string, first: number, end: number): Promise<Chunk>[] {
     this.stats.misses += end - first;
-    const waiting: { resolve: (b: Uint8Array) => void; reject: (e: unknown) => void }[] = [];
-    const promises: Promise<Uint8Array>[] = [];
+    const waiting: { resolve: (c: Chunk) => void; reject: (e: unknown) => void }[] = [];
+    const promises: Promise<Chunk>[] = [];
     for (let i = first; i < end; i++) {
       const name = `${id}-${i}`;
-      const p = new Promise<Uint8Array>((resolve, reject) => waiting.push({ resolve, reject }));
+      const p = new Promise<Chunk>((resolve, reject) => waiting.push({ resolve, reject }));
       p.catch(() => {});
       promises.push(p);
       this.inflight.set(name, p);
       void p.finally(() => this.inflight.get(name) === p && this.inflight.delete(name)).catch(() => {});
     }
     let next = first; // the first chunk not served yet
-    const done = (bytes: Uint8Array) => {
+    const done = (c: Chunk) => {
       const name = `${id}-${next}`;
-      this.stats.downloadedBytes += bytes.length;
-      this.keepInMemory(name, bytes);
-      this.persist(name, bytes);
-      waiting[next - first]!.resolve(bytes);
+      this.stats.downloadedBytes += c.bytes!.length;
+      this.keepInMemory(name, c);
+      this.persist(name, c);
+      waiting[next - first]!.resolve(c);
       next++;
     };
     this.streamRetrying(base, first, end, () => next, done).catch((e) => {
@@ -210,12 +286,13 @@ export class ChunkCache {
    * chunk not done yet, after errors that another attempt can cure: a reader gets EIO only when
    * S3 stays unreachable or the object changed.
    */
-  private async streamRetrying(base: RemoteBase, first: number, end: number, from: () => number, done: (bytes: Uint8Array) => void): Promise<void> {
+  private async streamRetrying(base: RemoteBase, first: number, end: number, from: () => number, done: (c: Chunk) => void): Promise<void> {
     const chunkEnd = (i: number) => Math.min(base.size, (i + 1) * this.chunk);
     for (let attempt = 1; ; attempt++) {
       const next = from();
       const start = next * this.chunk;
       const stop = chunkEnd(end - 1);
+      let c: Chunk | undefined; // the chunk being filled
       try {
         const got = await this.options.store.getStream(base.key, {
           range: { start, end: stop - 1 },
@@ -232,28 +309,32 @@ export class ChunkCache {
           throw new Error(`S3 returned ${sent} bytes of ${base.key} for a range of ${stop - start}`);
         }
         let index = next;
-        let chunk = new Uint8Array(chunkEnd(index) - index * this.chunk);
+        let chunk: Uint8Array = new Uint8Array(0);
         let fill = 0;
         // Read to the body's own end (not `break`: that would close a connection that can be reused).
         for await (const piece of got.body) {
           if (index >= end && piece.length > 0) throw new Error(`S3 sent more than the ${stop - start} bytes asked of ${base.key}`);
           for (let p = 0; p < piece.length && index < end; ) {
+            if (c === undefined) {
+              c = this.newChunk(chunkEnd(index) - index * this.chunk);
+              chunk = c.bytes!;
+              fill = 0;
+            }
             const n = Math.min(piece.length - p, chunk.length - fill);
             chunk.set(n === piece.length ? piece : piece.subarray(p, p + n), fill);
             fill += n;
             p += n;
             if (fill === chunk.length) {
-              done(chunk);
+              done(c);
+              c = undefined;
               index++;
-              if (index >= end) break;
-              chunk = new Uint8Array(chunkEnd(index) - index * this.chunk);
-              fill = 0;
             }
           }
         }
         if (index < end) throw new Error(`S3 ended the body of ${base.key} after chunk ${index - 1} of a span to ${end - 1}`);
         return;
       } catch (e) {
+        if (c !== undefined) this.release(c); // a part-filled chunk nobody saw
         const final = e instanceof ObjectChanged || isS3Error(e, "not-found") || isS3Error(e, "precondition-failed") || isS3Error(e, "auth") || attempt >= 5;
         if (final) throw e;
         await Bun.sleep(200 * 2 ** (attempt - 1));
@@ -261,26 +342,68 @@ export class ChunkCache {
     }
   }
 
-  private keepInMemory(name: string, bytes: Uint8Array): void {
+  private keepInMemory(name: string, c: Chunk): void {
+    this.forget(name);
+    c.held = true;
+    this.memory.set(name, c);
+    while (this.memory.size > this.memoryChunks) this.forget(this.memory.keys().next().value!);
+  }
+
+  /** Out of memory (its buffer back to the pool once written). */
+  private forget(name: string): void {
+    const c = this.memory.get(name);
+    if (c === undefined) return;
     this.memory.delete(name);
-    this.memory.set(name, bytes);
-    while (this.memory.size > this.memoryChunks) this.memory.delete(this.memory.keys().next().value!);
+    c.held = false;
+    this.release(c);
   }
 
   /** Written behind the reader; a write that fails only costs another GET later. */
-  private persist(name: string, bytes: Uint8Array): void {
-    void this.write(name, bytes);
+  private persist(name: string, c: Chunk): void {
+    c.writing = true;
+    const p: Promise<void> = this.write(name, c.bytes!).finally(() => {
+      c.writing = false;
+      this.release(c);
+      this.writes.delete(p);
+    });
+    this.writes.add(p);
+  }
+
+  /** Once every chunk fetched so far is written to disk (or failed to be). */
+  async flush(): Promise<void> {
+    while (this.writes.size > 0) await Promise.all(this.writes);
   }
 
   private async write(name: string, bytes: Uint8Array): Promise<void> {
     const path = join(this.options.dir, name);
     try {
-      await writeFile(`${path}.tmp`, bytes);
+      if (!(this.direct && (await this.writeDirect(`${path}.tmp`, bytes)))) await writeFile(`${path}.tmp`, bytes);
       await rename(`${path}.tmp`, path);
       this.remember(name, bytes.length);
       await this.evict();
     } catch {
       // A cache that cannot write (full disk) only costs another GET later.
+    }
+  }
+
+  /**
+   * Write a whole chunk with O_DIRECT, past the page cache: a buffered write of 1 MiB costs the
+   * reader's machine a copy and page cache upkeep, often more than the download itself. Only
+   * for whole pages of page-aligned memory (pool buffers are); false (and a buffered write
+   * then) where the filesystem refuses it, e.g. tmpfs, and from then on.
+   */
+  private async writeDirect(path: string, bytes: Uint8Array): Promise<boolean> {
+    if (bytes.length % PAGE !== 0 || bytes.byteOffset % PAGE !== 0) return false;
+    let fh;
+    try {
+      fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_DIRECT);
+      for (let at = 0; at < bytes.length; ) at += (await fh.write(bytes, at, bytes.length - at, at)).bytesWritten;
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "EINVAL") this.direct = false;
+      return false;
+    } finally {
+      await fh?.close().catch(() => {});
     }
   }
 
@@ -304,7 +427,7 @@ export class ChunkCache {
     while (this.bytes > this.maxBytes && this.files.size > 0) {
       const [name, size] = this.files.entries().next().value!;
       this.files.delete(name);
-      this.memory.delete(name);
+      this.forget(name);
       this.bytes -= size;
       await unlink(join(this.options.dir, name)).catch(() => {});
     }
@@ -317,19 +440,21 @@ class ObjectChanged extends Error {}
 
 const versionId = (base: RemoteBase) => createHash("sha256").update(`${base.key}\0${base.versionId ?? ""}\0${base.etag}`).digest("hex").slice(0, 40);
 
-async function readWhole(path: string): Promise<Uint8Array | undefined> {
+/** The file's bytes into `buf`: true if it holds exactly `size`. */
+async function readWhole(path: string, buf: Uint8Array, size: number): Promise<boolean> {
   const fh = await open(path, "r").catch(() => undefined);
-  if (!fh) return undefined;
+  if (!fh) return false;
   try {
-    const { size } = await fh.stat();
-    const buf = new Uint8Array(size);
+    if ((await fh.stat()).size !== size) return false;
     let at = 0;
     while (at < size) {
       const { bytesRead } = await fh.read(buf, at, size - at, at);
       if (bytesRead === 0) break;
       at += bytesRead;
     }
-    return at === size ? buf : undefined;
+    return at === size;
+  } catch {
+    return false;
   } finally {
     await fh.close();
   }

@@ -123,6 +123,7 @@ export function makeRemoteSource(options: RemoteSourceOptions): RemoteSource & {
     counts,
     list,
     read: (base: RemoteBase, offset: number, length: number, into: Uint8Array, at: number) => cache.read(base, offset, length, into, at),
+    view: (base: RemoteBase, offset: number, length: number) => cache.view(base, offset, length),
   };
 }
 

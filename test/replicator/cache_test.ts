@@ -58,12 +58,13 @@ for (const kind of S3_SERVER_KINDS) {
       const got: Buffer[] = [];
       for (let off = 0; off < a.length; off += 128 * 1024) got.push(await read(cache, ba, off, Math.min(128 * 1024, a.length - off)));
       expect(Buffer.concat(got).equals(a)).toBe(true);
-      await Bun.sleep(50); // eviction runs after the fill
+      await cache.flush(); // eviction runs after each chunk file is written
       expect(cache.stats.bytes).toBeLessThanOrEqual(3 * MIB);
       expect((await readdir(dir)).length).toBeLessThanOrEqual(3);
       expect(cache.stats.downloadedBytes).toBe(a.length);
       // Chunk 1 is used again: chunk 2 is now the least recently used and goes first.
       await read(cache, ba, 0, 10); // chunk 0: evicted, fetched again
+      await cache.flush(); // chunk files are written behind the reader
       const names = await readdir(dir);
       expect(names.some((n) => n.endsWith("-1"))).toBe(false);
 
@@ -112,8 +113,90 @@ for (const kind of S3_SERVER_KINDS) {
       for (const [off, len] of [[0, a.length], [64 * 1024 - 3, 7], [5 * MIB + 1, 70_000], [a.length - 10, 10]] as const) {
         expect((await read(cache, ba, off, len)).equals(a.subarray(off, off + len))).toBe(true);
       }
-      await Bun.sleep(100); // chunk files are written behind the reader
+      await cache.flush(); // chunk files are written behind the reader
       expect(cache.stats.bytes).toBe(a.length);
+    }, 60_000);
+
+    test("a view of a chunk is its bytes without a copy, and stays right while held however many chunks pass through", async () => {
+      const server = await serverFor(kind);
+      const bucket = await createBucket(server);
+      const store = makeObjectStore(storeConfig(server, bucket));
+      cleanups.push(() => store.close());
+      const dir = await mkdtemp(join(tmpdir(), "objectfs-cache-"));
+      cleanups.push(() => rm(dir, { recursive: true, force: true }));
+      const a = randomBytes(2 * MIB + 99);
+      await store.put("v.bin", a);
+      const ba = await base(store, "v.bin");
+      const cache = await ChunkCache.open({ dir, store, chunkBytes: 64 * 1024, memoryChunks: 2, maxBytes: MIB });
+      // Not within one chunk, or past the end: no view (the caller copies with read()).
+      expect(await cache.view(ba, 64 * 1024 - 1, 2)).toBeUndefined();
+      expect(await cache.view(ba, a.length - 10, 20)).toBeUndefined();
+      const whole = (await cache.view(ba, 5 * 64 * 1024, 64 * 1024))!;
+      const part = (await cache.view(ba, a.length - 99, 99))!;
+      expect(Buffer.from(whole.bytes).equals(a.subarray(5 * 64 * 1024, 6 * 64 * 1024))).toBe(true);
+      expect(Buffer.from(part.bytes).equals(a.subarray(a.length - 99))).toBe(true);
+      // Every other chunk passes through memory (two chunks) while the views are held.
+      for (let off = 0; off < a.length; off += 100_000) {
+        const len = Math.min(100_000, a.length - off);
+        expect((await read(cache, ba, off, len)).equals(a.subarray(off, off + len))).toBe(true);
+      }
+      await cache.flush();
+      expect(Buffer.from(whole.bytes).equals(a.subarray(5 * 64 * 1024, 6 * 64 * 1024))).toBe(true);
+      expect(Buffer.from(part.bytes).equals(a.subarray(a.length - 99))).toBe(true);
+      whole.release();
+      part.release();
+      whole.release(); // a second release changes nothing
+      for (let off = 0; off < a.length; off += 64 * 1024) {
+        const v = (await cache.view(ba, off, Math.min(64 * 1024, a.length - off)))!;
+        expect(Buffer.from(v.bytes).equals(a.subarray(off, off + 64 * 1024))).toBe(true);
+        v.release();
+      }
+    }, 60_000);
+
+    test("many readers at once, with chunk buffers reused and chunks leaving memory and disk, get every byte right", async () => {
+      const server = await serverFor(kind);
+      const bucket = await createBucket(server);
+      const store = makeObjectStore(storeConfig(server, bucket));
+      cleanups.push(() => store.close());
+      const dir = await mkdtemp(join(tmpdir(), "objectfs-cache-"));
+      cleanups.push(() => rm(dir, { recursive: true, force: true }));
+      const a = randomBytes(3 * MIB + 777);
+      await store.put("m.bin", a);
+      const ba = await base(store, "m.bin");
+      // Two chunks in memory and 1 MiB on disk: buffers go back to the pool all the time.
+      const cache = await ChunkCache.open({ dir, store, chunkBytes: 64 * 1024, memoryChunks: 2, maxBytes: MIB });
+      let seed = 12345;
+      const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % n);
+      const random = async () => {
+        for (let i = 0; i < 40; i++) {
+          const off = rand(a.length);
+          const len = 1 + rand(Math.min(300_000, a.length - off));
+          const got = await read(cache, ba, off, len);
+          if (!got.equals(a.subarray(off, off + len))) throw new Error(`wrong bytes at ${off} (+${len})`);
+        }
+      };
+      const sequential = async () => {
+        for (let off = 0; off < a.length; off += 128 * 1024) {
+          const len = Math.min(128 * 1024, a.length - off);
+          if (!(await read(cache, ba, off, len)).equals(a.subarray(off, off + len))) throw new Error(`wrong bytes at ${off}`);
+        }
+      };
+      await Promise.all([random(), random(), random(), random(), sequential(), sequential()]);
+      await cache.flush();
+      expect(cache.stats.bytes).toBeLessThanOrEqual(MIB);
+      // Each chunk file on disk holds its chunk's bytes (read after a restart, nothing fetched).
+      const names = (await readdir(dir)).filter((n) => !n.endsWith(".tmp"));
+      expect(names.length).toBeGreaterThan(0);
+      const again = await ChunkCache.open({ dir, store, chunkBytes: 64 * 1024, memoryChunks: 2, maxBytes: MIB, maxReadahead: 0 });
+      await Promise.all(
+        names.map(async (n) => {
+          const off = Number(n.slice(n.lastIndexOf("-") + 1)) * 64 * 1024;
+          const len = Math.min(64 * 1024, a.length - off);
+          if (!(await read(again, ba, off, len)).equals(a.subarray(off, off + len))) throw new Error(`wrong bytes in ${n}`);
+        }),
+      );
+      expect(again.stats.hits).toBe(names.length);
+      expect(again.stats.downloadedBytes).toBe(0);
     }, 60_000);
   });
 }
