@@ -40,6 +40,7 @@
  */
 import { crc32 } from "node:zlib";
 import { decodeEvent, encodeEvent } from "./codec.ts";
+import { crc32Combine } from "./crc32_combine.ts";
 import { JournalError, SegmentCorruptError } from "./errors.ts";
 import { asSeq, type JournalEvent, type Seq } from "./events.ts";
 import { readU64, writeU64 } from "./keys.ts";
@@ -197,8 +198,24 @@ export interface DecodeOptions {
   readonly after?: { readonly maxSeq: number; readonly checksum: number };
 }
 
-/** Verify and decode a segment; throws {@link SegmentCorruptError} or a `discontinuous` JournalError. */
+/**
+ * Verify and decode a segment; throws {@link SegmentCorruptError} or a `discontinuous` JournalError.
+ *
+ * Every byte is read once: the segment checksum is put together from the CRCs that the checks
+ * of the events and their data compute anyway ({@link crc32Combine}). Only a segment that fails
+ * some check is read again the plain way, checksum first, so that the error names the first
+ * thing wrong in the order the checks have always been made (a damaged segment is reported as
+ * such, not as whatever the damage made its contents look like).
+ */
 export function decodeSegment(bytes: Uint8Array, options: DecodeOptions = {}): Segment {
+  try {
+    return decode(bytes, options, false);
+  } catch {
+    return decode(bytes, options, true);
+  }
+}
+
+function decode(bytes: Uint8Array, options: DecodeOptions, checksumFirst: boolean): Segment {
   const name = options.name ?? "(unnamed)";
   const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const corrupt = (offset: number, detail: string) => new SegmentCorruptError(name, offset, detail);
@@ -215,22 +232,26 @@ export function decodeSegment(bytes: Uint8Array, options: DecodeOptions = {}): S
   const prevChecksum = b.readUInt32BE(32);
   if (maxSeq < minSeq || (compacted ? count > maxSeq - minSeq + 1 : maxSeq - minSeq + 1 !== count)) throw corrupt(12, `range ${minSeq}-${maxSeq} does not hold ${count} events`);
   const sumAt = b.length - 4;
-  const checksum = crc32(b.subarray(0, sumAt), prevChecksum);
-  if (b.readUInt32BE(sumAt) !== checksum) throw corrupt(sumAt, `segment checksum expected ${b.readUInt32BE(sumAt)}, computed ${checksum}`);
-  if (options.after) {
+  const follows = () => {
+    if (!options.after) return;
     if (minSeq !== options.after.maxSeq + 1) {
       throw new JournalError("discontinuous", `Segment ${name} starts at seq ${minSeq} but the previous segment ended at seq ${options.after.maxSeq}`);
     }
     if (prevChecksum !== options.after.checksum >>> 0) {
       throw new JournalError("discontinuous", `Segment ${name} follows checksum ${prevChecksum} but the previous segment's checksum is ${options.after.checksum >>> 0}`);
     }
+  };
+  if (checksumFirst) {
+    const checksum = crc32(b.subarray(0, sumAt), prevChecksum);
+    if (b.readUInt32BE(sumAt) !== checksum) throw corrupt(sumAt, `segment checksum expected ${b.readUInt32BE(sumAt)}, computed ${checksum}`);
+    follows();
   }
   const trailerAt = b.length - SEGMENT_TRAILER_BYTES;
   if (!b.subarray(trailerAt, trailerAt + 8).equals(TRAILER_MAGIC)) throw corrupt(trailerAt, "trailer magic is wrong");
   const events: JournalEvent[] = [];
   let at = SEGMENT_HEADER_BYTES;
   let level = 0;
-  let tailChecksum = checksum;
+  let tailChecksum = -1;
   if (compacted) {
     if (at + COMPACTED_EXTRA_BYTES > trailerAt) throw corrupt(at, "the compaction fields run past the trailer");
     level = b.readUInt16BE(at);
@@ -259,11 +280,14 @@ export function decodeSegment(bytes: Uint8Array, options: DecodeOptions = {}): S
     events.push(event);
     at += 8 + len;
   }
+  // The checksum of everything before the data area (header and events: small beside the data).
+  let sum = 0;
   if (version >= 2) {
     if (at + 8 > trailerAt) throw corrupt(at, "the data area's length runs past the trailer");
     const dataBytes = readU64(b, at);
     at += 8;
     if (at + dataBytes !== trailerAt) throw corrupt(at - 8, `data area of ${dataBytes} bytes does not end at the trailer (${trailerAt - at} bytes are there)`);
+    if (!checksumFirst) sum = crc32(b.subarray(0, at), prevChecksum);
     for (let i = 0; i < events.length; i++) {
       const e = events[i]!;
       if (e.type !== "ExtentWritten" || e.dataDropped) continue;
@@ -272,11 +296,21 @@ export function decodeSegment(bytes: Uint8Array, options: DecodeOptions = {}): S
       const data = b.subarray(at, at + e.length);
       const crc = crc32(data);
       if (crc !== e.crc) throw corrupt(at, `the data of event ${e.seq} has CRC ${crc}, its event says ${e.crc}`);
+      if (!checksumFirst) sum = crc32Combine(sum, crc, e.length);
       events[i] = { ...e, data };
       at += e.length;
     }
-  }
+  } else if (!checksumFirst) sum = crc32(b.subarray(0, at), prevChecksum);
   if (at !== trailerAt) throw corrupt(at, `${trailerAt - at} unexpected bytes before the trailer`);
+  let checksum = b.readUInt32BE(sumAt);
+  if (!checksumFirst) {
+    // Every byte before the checksum is covered: header, events, data area, trailer.
+    sum = crc32(b.subarray(trailerAt, sumAt), sum);
+    if (sum !== checksum) throw corrupt(sumAt, `segment checksum expected ${checksum}, computed ${sum}`);
+    follows();
+  }
+  checksum >>>= 0;
+  if (!compacted) tailChecksum = checksum;
   const stateChecksum = new Uint8Array(b.subarray(trailerAt + 8, trailerAt + 8 + STATE_CHECKSUM_BYTES));
   return { minSeq: asSeq(minSeq), maxSeq: asSeq(maxSeq), prevChecksum, checksum, tailChecksum, level, stateChecksum, events };
 }

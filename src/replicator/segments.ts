@@ -173,36 +173,107 @@ export function coveringChain(segments: readonly RemoteSegment[]): RemoteSegment
  * chain, continuity). A corrupt or discontinuous segment throws a JournalError naming it;
  * nothing from it or after it is yielded. Compacted segments may leave out events retention
  * removed (see src/replicator/compaction.ts); readers replay from the checkpoint then.
+ *
+ * The bytes of each ExtentWritten are a view into its segment's buffer. A reader that is done
+ * with every view into a segment may hand the buffer back with {@link releaseSegmentBytes},
+ * and a later segment is then read into it instead of into fresh memory; a reader that never
+ * does may keep the events as long as it likes.
  */
 export async function* readRemoteJournal(store: ObjectStore, prefix: string, clientId: string): AsyncGenerator<JournalEvent> {
   const names = coveringChain(await listSegments(store, prefix, clientId));
-  let after: { maxSeq: number; checksum: number } | undefined;
-  // Up to 8 segments fetched ahead of the one being decoded.
-  const fetches: Promise<Uint8Array>[] = [];
-  const fetch = (i: number) => {
-    const p = store.get(names[i]!.key).then((r) => r.bytes);
-    p.catch(() => {});
-    fetches[i] = p;
-  };
-  const AHEAD = 8;
-  for (let i = 0; i < Math.min(AHEAD, names.length); i++) fetch(i);
-  for (let i = 0; i < names.length; i++) {
-    const n = names[i]!;
-    let bytes: Uint8Array;
-    try {
-      bytes = await fetches[i]!;
-    } catch (e) {
-      if ((e as { reason?: string }).reason === "not-found") {
-        throw new JournalError("discontinuous", `Segment ${n.key} was removed while the journal was read (compaction replaced it); try again`);
+  const pool = new SegmentBuffers();
+  try {
+    let after: { maxSeq: number; checksum: number } | undefined;
+    // Up to AHEAD segments fetched ahead of the one being decoded.
+    const fetches: Promise<Uint8Array>[] = [];
+    const fetch = (i: number) => {
+      const p = fetchSegment(store, names[i]!, pool);
+      p.catch(() => {});
+      fetches[i] = p;
+    };
+    for (let i = 0; i < Math.min(AHEAD, names.length); i++) fetch(i);
+    for (let i = 0; i < names.length; i++) {
+      const n = names[i]!;
+      let bytes: Uint8Array;
+      try {
+        bytes = await fetches[i]!;
+      } catch (e) {
+        if ((e as { reason?: string }).reason === "not-found") {
+          throw new JournalError("discontinuous", `Segment ${n.key} was removed while the journal was read (compaction replaced it); try again`);
+        }
+        throw e;
       }
-      throw e;
+      delete fetches[i];
+      if (i + AHEAD < names.length) fetch(i + AHEAD);
+      const seg = decodeSegment(bytes, { name: n.key, after: after ?? { maxSeq: 0, checksum: 0 } });
+      yield* seg.events;
+      after = { maxSeq: seg.maxSeq, checksum: seg.tailChecksum };
     }
-    delete fetches[i];
-    if (i + AHEAD < names.length) fetch(i + AHEAD);
-    const seg = decodeSegment(bytes, { name: n.key, after: after ?? { maxSeq: 0, checksum: 0 } });
-    yield* seg.events;
-    after = { maxSeq: seg.maxSeq, checksum: seg.tailChecksum };
+  } finally {
+    pool.close();
   }
+}
+
+/** Segments fetched ahead of the one being decoded. */
+const AHEAD = 4;
+
+/** The pool that lent each buffer still out, by buffer. */
+const lentBy = new WeakMap<ArrayBufferLike, SegmentBuffers>();
+
+/**
+ * Hand back the buffer of the segment that `view` (an event's data from
+ * {@link readRemoteJournal}) is a view into: the caller holds no view into that segment any
+ * more, and will not read one. A later segment of the same read may be read into it. Views
+ * of anything else are ignored.
+ */
+export function releaseSegmentBytes(view: Uint8Array): void {
+  lentBy.get(view.buffer)?.release(view.buffer);
+}
+
+/**
+ * Buffers that segments are read into, reused once their reader hands them back: fresh memory
+ * costs a page fault per 4 KiB here, several times the copy itself.
+ */
+class SegmentBuffers {
+  private free: ArrayBuffer[] = [];
+  private closed = false;
+
+  take(size: number): Uint8Array {
+    const i = this.free.findIndex((b) => b.byteLength >= size);
+    // Not zero-filled: every byte of it is written before it is read, or the read fails.
+    const buffer = i >= 0 ? this.free.splice(i, 1)[0]! : Buffer.allocUnsafeSlow(Math.max(size, 1)).buffer as ArrayBuffer;
+    lentBy.set(buffer, this);
+    return new Uint8Array(buffer, 0, size);
+  }
+
+  release(buffer: ArrayBufferLike): void {
+    if (lentBy.get(buffer) !== this) return;
+    lentBy.delete(buffer);
+    if (!this.closed && this.free.length < AHEAD) this.free.push(buffer as ArrayBuffer);
+  }
+
+  close(): void {
+    this.closed = true;
+    this.free = [];
+  }
+}
+
+/** One segment's bytes, read as they arrive into a buffer of the pool. */
+async function fetchSegment(store: ObjectStore, n: RemoteSegment, pool: SegmentBuffers): Promise<Uint8Array> {
+  const got = await store.getStream(n.key);
+  let out = pool.take(got.head.size);
+  let at = 0;
+  for await (const piece of got.body) {
+    if (at + piece.byteLength > out.length) {
+      // Longer than its size said (the store checks bodies against their length, so only if the object changed): keep it all, decodeSegment judges.
+      const grown = new Uint8Array(Math.max(at + piece.byteLength, out.length * 2));
+      grown.set(out.subarray(0, at));
+      out = grown;
+    }
+    out.set(piece, at);
+    at += piece.byteLength;
+  }
+  return at === out.length ? out : out.subarray(0, at);
 }
 
 /** Client ids with a journal under the prefix. */

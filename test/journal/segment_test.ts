@@ -2,6 +2,7 @@ import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { decodeSegment, JournalError, parseSegmentName, sealSegment, SegmentCorruptError, segmentName, type JournalEvent } from "../../journal/mod.ts";
 import { crc32 } from "node:zlib";
+import { crc32Combine } from "../../journal/crc32_combine.ts";
 import { anyEvent, eventOf, normalize } from "../support/event_arbitraries.ts";
 
 
@@ -55,6 +56,41 @@ describe("segments", () => {
         expect(threw.message).toContain("s.seg");
       }
     }
+  });
+
+  test("crc32Combine gives the CRC-32 of a concatenation from the CRCs of its parts", () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 3000 }), fc.uint8Array({ maxLength: 3000 }), fc.integer({ min: 0, max: 2 ** 32 - 1 }), (a, b, seed) => {
+        const ab = Buffer.concat([a, b]);
+        expect(crc32Combine(crc32(a), crc32(b), b.length)).toBe(crc32(ab));
+        expect(crc32Combine(crc32(a, seed), crc32(b), b.length)).toBe(crc32(ab, seed));
+      }),
+      { numRuns: 300 },
+    );
+    const big = Buffer.alloc(5 << 20, 7);
+    expect(crc32Combine(crc32(big.subarray(0, 1 << 20)), crc32(big.subarray(1 << 20)), 4 << 20)).toBe(crc32(big));
+  });
+
+  test("a flipped byte after the header is reported as a segment checksum mismatch, wherever it is", () => {
+    // Data-bearing events too: their bytes are checked once, their CRCs make up the segment checksum.
+    const data = (seq: number, n: number) => {
+      const bytes = Buffer.alloc(n, seq);
+      return { type: "ExtentWritten", seq, time: 1, ino: 2, offset: 0, length: n, crc: crc32(bytes), data: bytes } as unknown as JournalEvent;
+    };
+    const sealed = sealSegment([data(1, 300), { type: "InodeDropped", seq: 2, time: 1, ino: 3 } as JournalEvent, data(3, 0), data(4, 77)], { prevChecksum: 5 });
+    expect(normalize(decodeSegment(sealed.bytes).events)).toHaveLength(4);
+    for (let i = 40; i < sealed.bytes.length; i++) {
+      const copy = new Uint8Array(sealed.bytes);
+      copy[i]! ^= 0x10;
+      expect(() => decodeSegment(copy, { name: "s.seg" })).toThrow(/^Segment s\.seg is corrupt at byte \d+: segment checksum expected \d+, computed \d+$/);
+    }
+  });
+
+  test("an event whose bytes do not match its CRC is refused even when the segment checksum matches them", () => {
+    const bytes = Buffer.alloc(100, 1);
+    const wrong = { type: "ExtentWritten", seq: 1, time: 1, ino: 2, offset: 0, length: 100, crc: (crc32(bytes) ^ 1) >>> 0, data: bytes } as unknown as JournalEvent;
+    const sealed = sealSegment([wrong], { prevChecksum: 0 });
+    expect(() => decodeSegment(sealed.bytes, { name: "w.seg" })).toThrow(/^Segment w\.seg is corrupt at byte \d+: the data of event 1 has CRC \d+, its event says \d+$/);
   });
 
   test("the error names the segment, the offset and what was expected", () => {
