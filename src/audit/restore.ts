@@ -17,7 +17,7 @@ import { join } from "node:path";
 import { DROPPED_DATA_REF, ROOT_INO, type Ino, type JournalEvent } from "../../journal/mod.ts";
 import { packValue, unpackValue } from "../../journal/codec.ts";
 import type { RemoteSource } from "../fs/remote.ts";
-import { releaseSegmentBytes } from "../replicator/segments.ts";
+import { holdSegmentBytes } from "../replicator/segments.ts";
 import { evolve } from "../projection/evolve.ts";
 import { extentsIn, TreeState, type Dirent, type Inode } from "../projection/state.ts";
 import { DataIndex } from "../retention/checkpoint.ts";
@@ -150,33 +150,6 @@ class InodeFiles {
   }
 }
 
-/**
- * Hands each segment's buffer back to the journal reader ({@link releaseSegmentBytes}) once the
- * reader has moved on to a later segment and no queued write reads from it any more, so the
- * segments after it are read into memory that is already mapped.
- */
-class SegmentLeases {
-  private readonly writes = new Map<ArrayBufferLike, number>();
-  private current: Uint8Array | undefined;
-
-  /** `data` (an event's bytes) is about to be written; `written()` when it has been. */
-  hold(data: Uint8Array): () => void {
-    const b = data.buffer;
-    if (this.current?.buffer !== b) {
-      const before = this.current;
-      this.current = data;
-      if (before && !this.writes.has(before.buffer)) releaseSegmentBytes(before);
-    }
-    this.writes.set(b, (this.writes.get(b) ?? 0) + 1);
-    return () => {
-      const left = this.writes.get(b)! - 1;
-      if (left > 0) return void this.writes.set(b, left);
-      this.writes.delete(b);
-      if (this.current?.buffer !== b) releaseSegmentBytes(data);
-    };
-  }
-}
-
 /** Restore the state of `history` at `at` (default: the latest) into `dir`, which must be empty or absent. */
 export async function restoreHistory(history: History, at: Point | undefined, dir: string, options: RestoreOptions = {}): Promise<RestoreProgress> {
   checkRetained(history, at);
@@ -185,7 +158,6 @@ export async function restoreHistory(history: History, at: Point | undefined, di
   const work = join(dir, `.objectfs-restore-${randomBytes(6).toString("hex")}`);
   await mkdir(work, { mode: 0o700 });
   const files = new InodeFiles(work);
-  const leases = new SegmentLeases();
   const progress: RestoreProgress = { files: 0, bytes: 0, seq: 0 };
   try {
     const c = history.checkpoint;
@@ -217,7 +189,7 @@ export async function restoreHistory(history: History, at: Point | undefined, di
       if (c && e.seq <= c.seq) {
         if (e.type !== "ExtentWritten" || !e.data) continue;
         for (const [ino, offset, at, length] of placements.get(e.seq) ?? []) {
-          files.write(ino, e.data.subarray(at, at + length), offset, leases.hold(e.data));
+          files.write(ino, e.data.subarray(at, at + length), offset, holdSegmentBytes(e.data));
           progress.bytes += length;
         }
         await files.room();
@@ -225,7 +197,7 @@ export async function restoreHistory(history: History, at: Point | undefined, di
         continue;
       }
       if (pastPoint(e, at)) break;
-      apply(state, files, leases, e, progress);
+      apply(state, files, e, progress);
       await files.room();
       last = e.seq;
       progress.seq = last;
@@ -243,12 +215,12 @@ export async function restoreHistory(history: History, at: Point | undefined, di
 }
 
 /** One event: the tree in memory, its bytes queued for the disk. */
-function apply(state: TreeState, files: InodeFiles, leases: SegmentLeases, e: JournalEvent, progress: RestoreProgress): void {
+function apply(state: TreeState, files: InodeFiles, e: JournalEvent, progress: RestoreProgress): void {
   switch (e.type) {
     case "ExtentWritten":
       evolve(state, { ...e, data: undefined, ref: e.dataDropped ? DROPPED_DATA_REF : FAKE_REF });
       if (e.data && e.length > 0) {
-        files.write(e.ino, e.data, e.offset, leases.hold(e.data));
+        files.write(e.ino, e.data, e.offset, holdSegmentBytes(e.data));
         progress.bytes += e.length;
       }
       return;

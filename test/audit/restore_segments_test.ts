@@ -3,7 +3,8 @@
  * and written at once), so that segment buffers are handed back and reused while the
  * restore runs: every file comes out with exactly the bytes the filesystem shows, after
  * writes interleaved across files, overwrites, truncations and deletions; a reader that
- * hands buffers back sees them reused, and one that does not keeps every event's bytes.
+ * says how long it holds segment bytes sees buffers reused (never one it holds), and one
+ * that does not keeps every event's bytes.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
@@ -14,7 +15,7 @@ import { crc32 } from "node:zlib";
 import { ROOT_INO, type Ino, type JournalEvent } from "../../journal/mod.ts";
 import { restoreHistory } from "../../src/audit/restore.ts";
 import { Filesystem } from "../../src/fs/filesystem.ts";
-import { readRemoteJournal, releaseSegmentBytes, SegmentShipper } from "../../src/replicator/segments.ts";
+import { holdSegmentBytes, readRemoteJournal, SegmentShipper } from "../../src/replicator/segments.ts";
 import { makeObjectStore, probeCapabilities, type ObjectStore } from "../../src/s3/mod.ts";
 import { createBucket, serverPool, storeConfig } from "../support/s3_servers.ts";
 import { readPath, ROOT } from "../support/s3_client.ts";
@@ -44,7 +45,7 @@ beforeAll(async () => {
   // Writes of 5-40 KiB, round robin over the files, some over earlier bytes; some truncations.
   let seed = 7;
   const rand = (n: number) => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n;
-  for (let i = 0; i < 240; i++) {
+  for (let i = 0; i < 400; i++) {
     const h = handles[i % handles.length]!;
     const size = (await fs.getattr(ROOT, h.ino)).size;
     const offset = rand(4) === 0 ? rand(size + 1) : size;
@@ -55,9 +56,9 @@ beforeAll(async () => {
   await fs.unlink(ROOT, ROOT_INO as Ino, "f3");
   names.splice(names.indexOf("f3"), 1);
   await fs.journal.sync();
-  const shipper = new SegmentShipper({ fs, store, prefix: "", capabilities: () => probeCapabilities(store), maxSegmentBytes: 64 << 10, log: () => {} });
+  const shipper = new SegmentShipper({ fs, store, prefix: "", capabilities: () => probeCapabilities(store), maxSegmentBytes: 256 << 10, log: () => {} });
   while (await shipper.shipOne(fs.journal.head));
-  expect(shipper.totals.segments).toBeGreaterThan(40);
+  expect(shipper.totals.segments).toBeGreaterThan(25);
 }, 120_000);
 
 afterAll(async () => {
@@ -68,30 +69,42 @@ afterAll(async () => {
 }, 60_000);
 
 describe("restore over many segments", () => {
-  test("a reader that hands segment buffers back gets them reused, and every event's bytes are right when it reads them", async () => {
+  test("a reader that says how long it holds segment bytes gets buffers reused, and never while it holds them", async () => {
     const seen = new Set<ArrayBufferLike>();
+    const checks: Promise<void>[] = [];
     let reused = 0;
     let checked = 0;
-    let current: Uint8Array | undefined;
+    let n = 0;
     for await (const e of readRemoteJournal(store, "", clientId)) {
       if (e.type !== "ExtentWritten" || !e.data) continue;
       expect(crc32(e.data)).toBe(e.crc);
       checked++;
-      if (current && current.buffer !== e.data.buffer) {
-        releaseSegmentBytes(current);
-        if (seen.has(e.data.buffer)) reused++;
-      }
+      if (seen.has(e.data.buffer) && e.data.buffer.byteLength >= 256 << 10) reused++;
       seen.add(e.data.buffer);
-      current = e.data;
+      const done = holdSegmentBytes(e.data);
+      if (n++ % 3 !== 0) {
+        done();
+        continue;
+      }
+      // Every third event's bytes are held for a while (as a write would), then checked unchanged.
+      const copy = Buffer.from(e.data);
+      checks.push(
+        Bun.sleep(n % 5).then(() => {
+          const same = Buffer.from(e.data!).equals(copy);
+          done();
+          if (!same) throw new Error(`the bytes of event ${e.seq} changed while they were held`);
+        }),
+      );
     }
-    expect(checked).toBeGreaterThanOrEqual(240);
+    await Promise.all(checks);
+    expect(checked).toBeGreaterThanOrEqual(400);
     expect(reused).toBeGreaterThan(10);
   }, 60_000);
 
-  test("a reader that does not hand buffers back keeps every event's bytes to the end", async () => {
+  test("a reader that never says how long it holds segment bytes keeps every event's bytes to the end", async () => {
     const kept: JournalEvent[] = [];
     for await (const e of readRemoteJournal(store, "", clientId)) if (e.type === "ExtentWritten" && e.data) kept.push(e);
-    expect(kept.length).toBeGreaterThanOrEqual(240);
+    expect(kept.length).toBeGreaterThanOrEqual(400);
     for (const e of kept) if (e.type === "ExtentWritten") expect(crc32(e.data!)).toBe(e.crc);
   }, 60_000);
 
@@ -99,7 +112,7 @@ describe("restore over many segments", () => {
     const into = join(await mkdtemp(join(tmpdir(), "objectfs-restore-segments-into-")), "t");
     cleanups.push(() => rm(join(into, ".."), { recursive: true, force: true }));
     const done = await restoreHistory({ events: () => readRemoteJournal(store, "", clientId) }, undefined, into);
-    expect(done.bytes).toBeGreaterThan(240 * 5_000);
+    expect(done.bytes).toBeGreaterThan(400 * 5_000);
     expect((await readdir(into)).sort()).toEqual([...names].sort());
     for (const name of names) {
       const want = Buffer.from(await readPath(fs, name));
