@@ -265,8 +265,9 @@ const POOLED_BYTES = 128 << 10;
  * {@link holdSegmentBytes}): fresh memory costs a page fault per 4 KiB here, ten times the copy
  * into memory already mapped. Once buffers are reused, at most {@link LIMIT} are out at a
  * time: a segment waits for one to come back rather than take fresh memory. That is no
- * deadlock: beyond the segments fetched ahead and the one being read, a buffer out is only
- * held for writes of its bytes, which finish on their own.
+ * deadlock: beyond the AHEAD segments being fetched and the one being read, which need none
+ * of the others to finish, a buffer out is only held for work on its bytes that finishes on
+ * its own (see {@link holdSegmentBytes}).
  */
 class SegmentBuffers {
   /** Whether the reader has said how long it holds views (buffers are reused then). */
@@ -275,7 +276,7 @@ class SegmentBuffers {
   private out = 0;
   private closed = false;
   private waiters: (() => void)[] = [];
-  static readonly LIMIT = AHEAD + 2;
+  static readonly LIMIT = AHEAD + 1;
 
   /** A buffer of `size` bytes for a segment, and its lease (none for a small one). */
   async take(size: number): Promise<{ bytes: Uint8Array; lease?: Lease }> {
