@@ -40,6 +40,7 @@
  */
 import { crc32 } from "node:zlib";
 import { decodeEvent, encodeEvent } from "./codec.ts";
+import { crc32Combine } from "./crc32_combine.ts";
 import { JournalError, SegmentCorruptError } from "./errors.ts";
 import { asSeq, type JournalEvent, type Seq } from "./events.ts";
 import { readU64, writeU64 } from "./keys.ts";
@@ -195,13 +196,144 @@ export interface DecodeOptions {
   readonly name?: string;
   /** The segment this one must follow: its maxSeq and its tail (level-0 chain) checksum. */
   readonly after?: { readonly maxSeq: number; readonly checksum: number };
+  /** Work done on these bytes while they arrived, which decoding reuses (see {@link SegmentIntake}). */
+  readonly intake?: SegmentIntake;
 }
 
-/** Verify and decode a segment; throws {@link SegmentCorruptError} or a `discontinuous` JournalError. */
+/**
+ * Work on a segment's bytes done while they arrive, each piece while it is still in the
+ * processor's cache: the CRCs of its events' payloads and data and of everything before its
+ * data area, and its decoded events. {@link decodeSegment} then takes these instead of
+ * reading the bytes again. They are pure functions of byte ranges, kept by where the range
+ * is, and only a range it asks for exactly is taken: whatever the intake guessed about a
+ * damaged segment, the checks and their verdicts are decodeSegment's own.
+ */
+export class SegmentIntake {
+  private readonly crcs = new Map<number, readonly [end: number, crc: number]>();
+  private readonly events = new Map<number, readonly [end: number, event: JournalEvent]>();
+  private prefixSum: readonly [end: number, seed: number, crc: number] | undefined;
+  private next = SEGMENT_HEADER_BYTES;
+  private left = -1;
+  private dataAt = -1;
+  /** Lengths of the data of the events read so far that have bytes in the data area. */
+  private readonly lengths: number[] = [];
+  private running: { start: number; end: number; upTo: number; crc: number } | undefined;
+  private lengthIndex = 0;
+  private stopped = false;
+  private end = 0;
+
+  /** `bytes` is the buffer the segment is being read into. */
+  constructor(private readonly bytes: Uint8Array) {}
+
+  /** Whether this intake's work is about `bytes` (the same buffer, from the same byte). */
+  for(bytes: Uint8Array): boolean {
+    return bytes.buffer === this.bytes.buffer && bytes.byteOffset === this.bytes.byteOffset && bytes.byteLength <= this.bytes.byteLength;
+  }
+
+  /** Bytes [0, end) of the buffer are in place. */
+  advance(end: number): void {
+    if (this.stopped || end <= this.end) return;
+    this.end = end;
+    try {
+      this.work();
+    } catch {
+      this.stopped = true; // damaged or not understood: decodeSegment finds out what
+    }
+  }
+
+  private work(): void {
+    const b = this.bytes;
+    const end = this.end;
+    if (this.left < 0) {
+      if (end < SEGMENT_HEADER_BYTES + COMPACTED_EXTRA_BYTES) return;
+      const version = (b[8]! << 8) | b[9]!;
+      this.left = ((b[12]! << 24) | (b[13]! << 16) | (b[14]! << 8) | b[15]!) >>> 0;
+      if (version === COMPACTED_VERSION) this.next += COMPACTED_EXTRA_BYTES;
+      if (version < 2) this.stopped = true; // no data area: nothing worth doing early
+    }
+    while (this.left > 0 && this.next + 8 <= end) {
+      const at = this.next;
+      const len = ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0;
+      if (at + 8 + len > end) return;
+      this.crcs.set(at + 8, [at + 8 + len, crc32(b.subarray(at + 8, at + 8 + len))]);
+      const e = decodeEvent(b.subarray(at + 8, at + 8 + len));
+      this.events.set(at + 8, [at + 8 + len, e]);
+      if (e.type === "ExtentWritten" && !e.dataDropped) this.lengths.push(e.length);
+      this.next = at + 8 + len;
+      this.left--;
+    }
+    if (this.left > 0) return;
+    if (this.dataAt < 0) {
+      if (this.next + 8 > end) return;
+      this.dataAt = this.next + 8;
+      const seed = ((b[32]! << 24) | (b[33]! << 16) | (b[34]! << 8) | b[35]!) >>> 0;
+      this.prefixSum = [this.dataAt, seed, crc32(b.subarray(0, this.dataAt), seed)];
+      this.next = this.dataAt;
+    }
+    // The data area: each event's bytes as far as they are here.
+    for (;;) {
+      if (!this.running) {
+        if (this.lengthIndex >= this.lengths.length) return;
+        const start = this.next;
+        this.running = { start, end: start + this.lengths[this.lengthIndex++]!, upTo: start, crc: 0 };
+      }
+      const r = this.running;
+      const to = Math.min(end, r.end);
+      if (to > r.upTo) {
+        r.crc = crc32(b.subarray(r.upTo, to), r.crc);
+        r.upTo = to;
+      }
+      if (r.upTo < r.end) return;
+      this.crcs.set(r.start, [r.end, r.crc]);
+      this.next = r.end;
+      this.running = undefined;
+    }
+  }
+
+  /** The CRC-32 of bytes [start, end), if worked out already. */
+  crc(start: number, end: number): number | undefined {
+    const c = this.crcs.get(start);
+    return c && c[0] === end ? c[1] : undefined;
+  }
+
+  /** The event whose payload is bytes [start, end), if decoded already (each is handed out once). */
+  event(start: number, end: number): JournalEvent | undefined {
+    const e = this.events.get(start);
+    if (!e || e[0] !== end) return undefined;
+    this.events.delete(start);
+    return e[1];
+  }
+
+  /** The CRC-32 of bytes [0, end) seeded with `seed`, if worked out already. */
+  prefix(end: number, seed: number): number | undefined {
+    const p = this.prefixSum;
+    return p && p[0] === end && p[1] === seed >>> 0 ? p[2] : undefined;
+  }
+}
+
+/**
+ * Verify and decode a segment; throws {@link SegmentCorruptError} or a `discontinuous` JournalError.
+ *
+ * Every byte is read once: the segment checksum is put together from the CRCs that the checks
+ * of the events and their data compute anyway ({@link crc32Combine}). Only a segment that fails
+ * some check is read again the plain way, checksum first, so that the error names the first
+ * thing wrong in the order the checks have always been made (a damaged segment is reported as
+ * such, not as whatever the damage made its contents look like).
+ */
 export function decodeSegment(bytes: Uint8Array, options: DecodeOptions = {}): Segment {
+  try {
+    return decode(bytes, options, false);
+  } catch {
+    return decode(bytes, options, true);
+  }
+}
+
+function decode(bytes: Uint8Array, options: DecodeOptions, checksumFirst: boolean): Segment {
   const name = options.name ?? "(unnamed)";
   const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const corrupt = (offset: number, detail: string) => new SegmentCorruptError(name, offset, detail);
+  // The work of an intake is for these very bytes only, and never for the checksum-first reading.
+  const intake = checksumFirst || !options.intake?.for(bytes) ? undefined : options.intake;
   if (b.length < SEGMENT_HEADER_BYTES + SEGMENT_TRAILER_BYTES) throw corrupt(0, `${b.length} bytes is shorter than an empty segment`);
   if (!b.subarray(0, 8).equals(HEADER_MAGIC)) throw corrupt(0, "header magic is wrong (not an objectfs segment)");
   const headerCrc = crc32(b.subarray(0, 36));
@@ -215,22 +347,26 @@ export function decodeSegment(bytes: Uint8Array, options: DecodeOptions = {}): S
   const prevChecksum = b.readUInt32BE(32);
   if (maxSeq < minSeq || (compacted ? count > maxSeq - minSeq + 1 : maxSeq - minSeq + 1 !== count)) throw corrupt(12, `range ${minSeq}-${maxSeq} does not hold ${count} events`);
   const sumAt = b.length - 4;
-  const checksum = crc32(b.subarray(0, sumAt), prevChecksum);
-  if (b.readUInt32BE(sumAt) !== checksum) throw corrupt(sumAt, `segment checksum expected ${b.readUInt32BE(sumAt)}, computed ${checksum}`);
-  if (options.after) {
+  const follows = () => {
+    if (!options.after) return;
     if (minSeq !== options.after.maxSeq + 1) {
       throw new JournalError("discontinuous", `Segment ${name} starts at seq ${minSeq} but the previous segment ended at seq ${options.after.maxSeq}`);
     }
     if (prevChecksum !== options.after.checksum >>> 0) {
       throw new JournalError("discontinuous", `Segment ${name} follows checksum ${prevChecksum} but the previous segment's checksum is ${options.after.checksum >>> 0}`);
     }
+  };
+  if (checksumFirst) {
+    const checksum = crc32(b.subarray(0, sumAt), prevChecksum);
+    if (b.readUInt32BE(sumAt) !== checksum) throw corrupt(sumAt, `segment checksum expected ${b.readUInt32BE(sumAt)}, computed ${checksum}`);
+    follows();
   }
   const trailerAt = b.length - SEGMENT_TRAILER_BYTES;
   if (!b.subarray(trailerAt, trailerAt + 8).equals(TRAILER_MAGIC)) throw corrupt(trailerAt, "trailer magic is wrong");
   const events: JournalEvent[] = [];
   let at = SEGMENT_HEADER_BYTES;
   let level = 0;
-  let tailChecksum = checksum;
+  let tailChecksum = -1;
   if (compacted) {
     if (at + COMPACTED_EXTRA_BYTES > trailerAt) throw corrupt(at, "the compaction fields run past the trailer");
     level = b.readUInt16BE(at);
@@ -244,11 +380,11 @@ export function decodeSegment(bytes: Uint8Array, options: DecodeOptions = {}): S
     const crc = b.readUInt32BE(at + 4);
     if (at + 8 + len > trailerAt) throw corrupt(at, `event #${i} of ${len} bytes runs past the trailer`);
     const payload = b.subarray(at + 8, at + 8 + len);
-    const actual = crc32(payload);
+    const actual = intake?.crc(at + 8, at + 8 + len) ?? crc32(payload);
     if (actual !== crc) throw corrupt(at + 4, `event #${i} CRC expected ${crc}, computed ${actual}`);
     let event: JournalEvent;
     try {
-      event = decodeEvent(payload);
+      event = intake?.event(at + 8, at + 8 + len) ?? decodeEvent(payload);
     } catch (cause) {
       throw corrupt(at + 8, `event #${i} does not decode: ${(cause as Error).message}`);
     }
@@ -259,24 +395,37 @@ export function decodeSegment(bytes: Uint8Array, options: DecodeOptions = {}): S
     events.push(event);
     at += 8 + len;
   }
+  // The checksum of everything before the data area (header and events: small beside the data).
+  let sum = 0;
   if (version >= 2) {
     if (at + 8 > trailerAt) throw corrupt(at, "the data area's length runs past the trailer");
     const dataBytes = readU64(b, at);
     at += 8;
     if (at + dataBytes !== trailerAt) throw corrupt(at - 8, `data area of ${dataBytes} bytes does not end at the trailer (${trailerAt - at} bytes are there)`);
+    if (!checksumFirst) sum = intake?.prefix(at, prevChecksum) ?? crc32(b.subarray(0, at), prevChecksum);
     for (let i = 0; i < events.length; i++) {
       const e = events[i]!;
       if (e.type !== "ExtentWritten" || e.dataDropped) continue;
       if (at + e.length > trailerAt) throw corrupt(at, `the data of event ${e.seq} runs past the data area`);
       // A view, not a copy: the events hold on to the segment's buffer while they live.
       const data = b.subarray(at, at + e.length);
-      const crc = crc32(data);
+      const crc = intake?.crc(at, at + e.length) ?? crc32(data);
       if (crc !== e.crc) throw corrupt(at, `the data of event ${e.seq} has CRC ${crc}, its event says ${e.crc}`);
+      if (!checksumFirst) sum = crc32Combine(sum, crc, e.length);
       events[i] = { ...e, data };
       at += e.length;
     }
-  }
+  } else if (!checksumFirst) sum = crc32(b.subarray(0, at), prevChecksum);
   if (at !== trailerAt) throw corrupt(at, `${trailerAt - at} unexpected bytes before the trailer`);
+  let checksum = b.readUInt32BE(sumAt);
+  if (!checksumFirst) {
+    // Every byte before the checksum is covered: header, events, data area, trailer.
+    sum = crc32(b.subarray(trailerAt, sumAt), sum);
+    if (sum !== checksum) throw corrupt(sumAt, `segment checksum expected ${checksum}, computed ${sum}`);
+    follows();
+  }
+  checksum >>>= 0;
+  if (!compacted) tailChecksum = checksum;
   const stateChecksum = new Uint8Array(b.subarray(trailerAt + 8, trailerAt + 8 + STATE_CHECKSUM_BYTES));
   return { minSeq: asSeq(minSeq), maxSeq: asSeq(maxSeq), prevChecksum, checksum, tailChecksum, level, stateChecksum, events };
 }

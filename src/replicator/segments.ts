@@ -11,7 +11,7 @@
  * Replication facts (the shipper's and materializer's own events) do not by themselves make
  * a segment: they travel in the next one.
  */
-import { decodeSegment, JournalError, parseSegmentName, sealSegment, segmentName, type JournalEvent, type Seq } from "../../journal/mod.ts";
+import { decodeSegment, JournalError, parseSegmentName, sealSegment, SegmentIntake, segmentName, type JournalEvent, type Seq } from "../../journal/mod.ts";
 import type { Filesystem } from "../fs/filesystem.ts";
 import type { Capabilities, ObjectStore } from "../s3/mod.ts";
 import { META_DIR } from "./keys.ts";
@@ -173,36 +173,177 @@ export function coveringChain(segments: readonly RemoteSegment[]): RemoteSegment
  * chain, continuity). A corrupt or discontinuous segment throws a JournalError naming it;
  * nothing from it or after it is yielded. Compacted segments may leave out events retention
  * removed (see src/replicator/compaction.ts); readers replay from the checkpoint then.
+ *
+ * The bytes of each ExtentWritten are a view into its segment's buffer. A reader that says how
+ * long it holds them past its segment ({@link holdSegmentBytes}) has later segments read into
+ * the buffers of those it is done with, instead of into fresh memory; a reader that never
+ * does may keep the events as long as it likes.
  */
 export async function* readRemoteJournal(store: ObjectStore, prefix: string, clientId: string): AsyncGenerator<JournalEvent> {
   const names = coveringChain(await listSegments(store, prefix, clientId));
-  let after: { maxSeq: number; checksum: number } | undefined;
-  // Up to 8 segments fetched ahead of the one being decoded.
-  const fetches: Promise<Uint8Array>[] = [];
-  const fetch = (i: number) => {
-    const p = store.get(names[i]!.key).then((r) => r.bytes);
-    p.catch(() => {});
-    fetches[i] = p;
-  };
-  const AHEAD = 8;
-  for (let i = 0; i < Math.min(AHEAD, names.length); i++) fetch(i);
-  for (let i = 0; i < names.length; i++) {
-    const n = names[i]!;
-    let bytes: Uint8Array;
-    try {
-      bytes = await fetches[i]!;
-    } catch (e) {
-      if ((e as { reason?: string }).reason === "not-found") {
-        throw new JournalError("discontinuous", `Segment ${n.key} was removed while the journal was read (compaction replaced it); try again`);
+  const pool = new SegmentBuffers();
+  try {
+    let after: { maxSeq: number; checksum: number } | undefined;
+    // Up to AHEAD segments fetched ahead of the one being decoded.
+    const fetches: Promise<Fetched>[] = [];
+    const fetch = (i: number) => {
+      const p = fetchSegment(store, names[i]!, pool);
+      p.catch(() => {});
+      fetches[i] = p;
+    };
+    for (let i = 0; i < Math.min(AHEAD, names.length); i++) fetch(i);
+    for (let i = 0; i < names.length; i++) {
+      const n = names[i]!;
+      let fetched: Fetched;
+      try {
+        fetched = await fetches[i]!;
+      } catch (e) {
+        if ((e as { reason?: string }).reason === "not-found") {
+          throw new JournalError("discontinuous", `Segment ${n.key} was removed while the journal was read (compaction replaced it); try again`);
+        }
+        throw e;
       }
-      throw e;
+      delete fetches[i];
+      if (i + AHEAD < names.length) fetch(i + AHEAD);
+      const seg = decodeSegment(fetched.bytes, { name: n.key, after: after ?? { maxSeq: 0, checksum: 0 }, ...(fetched.intake ? { intake: fetched.intake } : {}) });
+      if (fetched.lease) {
+        // Only the data of ExtentWritten events may stay a view into a buffer that is reused: other bytes are copied out.
+        for (let k = 0; k < seg.events.length; k++) {
+          const e = seg.events[k]!;
+          if (e.type === "XattrSet") (seg.events as JournalEvent[])[k] = { ...e, value: new Uint8Array(e.value) };
+        }
+      }
+      yield* seg.events;
+      if (fetched.lease) pool.pass(fetched.lease);
+      after = { maxSeq: seg.maxSeq, checksum: seg.tailChecksum };
     }
-    delete fetches[i];
-    if (i + AHEAD < names.length) fetch(i + AHEAD);
-    const seg = decodeSegment(bytes, { name: n.key, after: after ?? { maxSeq: 0, checksum: 0 } });
-    yield* seg.events;
-    after = { maxSeq: seg.maxSeq, checksum: seg.tailChecksum };
+  } finally {
+    pool.close();
   }
+}
+
+/** Segments fetched ahead of the one being decoded. */
+const AHEAD = 4;
+
+/** A pool buffer out for one segment: how many holds it has, whether the reader is past it. */
+interface Lease {
+  readonly buffer: ArrayBuffer;
+  readonly pool: SegmentBuffers;
+  holds: number;
+  passed: boolean;
+}
+
+const leases = new WeakMap<ArrayBufferLike, Lease>();
+
+/**
+ * Keep the segment that `view` (an event's data from {@link readRemoteJournal}) is a view into
+ * from being reused until the function returned is called. A reader that calls this declares
+ * that it reads views into a segment after moving on past it only so: from then on the buffer
+ * of each segment it has moved past and holds nothing of is reused for a later segment, and a
+ * segment may wait for a buffer to come back. So the function must be called once the work on
+ * the bytes is done (a write, say), without waiting for more of the journal to be read. Views
+ * of anything else are not tracked (the function does nothing).
+ */
+export function holdSegmentBytes(view: Uint8Array): () => void {
+  const lease = leases.get(view.buffer);
+  if (!lease) return () => {};
+  lease.pool.reusing = true;
+  lease.holds++;
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    if (--lease.holds === 0 && lease.passed) lease.pool.back(lease);
+  };
+}
+
+/** Segments smaller than this are read into memory of their own, not into a pool buffer. */
+const POOLED_BYTES = 128 << 10;
+
+/**
+ * Buffers that segments are read into, reused when the reader holds them no more (see
+ * {@link holdSegmentBytes}): fresh memory costs a page fault per 4 KiB here, ten times the copy
+ * into memory already mapped. Once buffers are reused, at most {@link LIMIT} are out at a
+ * time: a segment waits for one to come back rather than take fresh memory. That is no
+ * deadlock: beyond the AHEAD segments being fetched and the one being read, which need none
+ * of the others to finish, a buffer out is only held for work on its bytes that finishes on
+ * its own (see {@link holdSegmentBytes}).
+ */
+class SegmentBuffers {
+  /** Whether the reader has said how long it holds views (buffers are reused then). */
+  reusing = false;
+  private free: ArrayBuffer[] = [];
+  private out = 0;
+  private closed = false;
+  private waiters: (() => void)[] = [];
+  static readonly LIMIT = AHEAD + 1;
+
+  /** A buffer of `size` bytes for a segment, and its lease (none for a small one). */
+  async take(size: number): Promise<{ bytes: Uint8Array; lease?: Lease }> {
+    if (size < POOLED_BYTES) return { bytes: Buffer.allocUnsafe(size) };
+    while (this.reusing && !this.closed && this.out >= SegmentBuffers.LIMIT) await new Promise<void>((r) => this.waiters.push(r));
+    const i = this.free.findIndex((b) => b.byteLength >= size);
+    // Not zero-filled: every byte of it is written before it is read, or the read fails. Rounded
+    // up, so that it fits segments a few bytes longer (sizes vary with the events in them).
+    const buffer = i >= 0 ? this.free.splice(i, 1)[0]! : (Buffer.allocUnsafeSlow(Math.ceil(size / POOLED_BYTES) * POOLED_BYTES).buffer as ArrayBuffer);
+    const lease: Lease = { buffer, pool: this, holds: 0, passed: false };
+    leases.set(buffer, lease);
+    this.out++;
+    return { bytes: new Uint8Array(buffer, 0, size), lease };
+  }
+
+  /** The reader is past the lease's segment. */
+  pass(lease: Lease): void {
+    lease.passed = true;
+    if (lease.holds === 0) this.back(lease);
+  }
+
+  /** Nothing reads the lease's buffer any more: reuse it, or (if the reader never said how long it holds views) let it go. */
+  back(lease: Lease): void {
+    if (leases.get(lease.buffer) !== lease) return;
+    leases.delete(lease.buffer);
+    this.out--;
+    if (this.reusing && !this.closed) this.free.push(lease.buffer);
+    this.waiters.shift()?.();
+  }
+
+  close(): void {
+    this.closed = true;
+    this.free = [];
+    for (const w of this.waiters.splice(0)) w();
+  }
+}
+
+/**
+ * One segment's bytes, read as they arrive into a buffer of the pool, and its checksums
+ * worked out piece by piece as they come (see {@link SegmentIntake}).
+ */
+async function fetchSegment(store: ObjectStore, n: RemoteSegment, pool: SegmentBuffers): Promise<Fetched> {
+  const got = await store.getStream(n.key);
+  let { bytes: out, lease } = await pool.take(got.head.size);
+  let intake: SegmentIntake | undefined = new SegmentIntake(out);
+  let at = 0;
+  for await (const piece of got.body) {
+    if (at + piece.byteLength > out.length) {
+      // Longer than its size said (the store checks bodies against their length, so only if the object changed): keep it all, decodeSegment judges.
+      const grown = new Uint8Array(Math.max(at + piece.byteLength, out.length * 2));
+      grown.set(out.subarray(0, at));
+      if (lease) pool.pass(lease);
+      lease = undefined;
+      out = grown;
+      intake = undefined;
+    }
+    out.set(piece, at);
+    at += piece.byteLength;
+    intake?.advance(at);
+  }
+  return { bytes: at === out.length ? out : out.subarray(0, at), ...(intake ? { intake } : {}), ...(lease ? { lease } : {}) };
+}
+
+interface Fetched {
+  readonly bytes: Uint8Array;
+  readonly intake?: SegmentIntake;
+  readonly lease?: Lease;
 }
 
 /** Client ids with a journal under the prefix. */

@@ -1,7 +1,8 @@
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
-import { decodeSegment, JournalError, parseSegmentName, sealSegment, SegmentCorruptError, segmentName, type JournalEvent } from "../../journal/mod.ts";
+import { decodeSegment, JournalError, parseSegmentName, sealSegment, SegmentCorruptError, SegmentIntake, segmentName, type JournalEvent } from "../../journal/mod.ts";
 import { crc32 } from "node:zlib";
+import { crc32Combine } from "../../journal/crc32_combine.ts";
 import { anyEvent, eventOf, normalize } from "../support/event_arbitraries.ts";
 
 
@@ -54,6 +55,98 @@ describe("segments", () => {
         if (!(threw instanceof SegmentCorruptError)) throw new Error(`flip of byte ${i} with mask ${mask} went undetected (${String(threw)})`);
         expect(threw.message).toContain("s.seg");
       }
+    }
+  });
+
+  test("crc32Combine gives the CRC-32 of a concatenation from the CRCs of its parts", () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 3000 }), fc.uint8Array({ maxLength: 3000 }), fc.integer({ min: 0, max: 2 ** 32 - 1 }), (a, b, seed) => {
+        const ab = Buffer.concat([a, b]);
+        expect(crc32Combine(crc32(a), crc32(b), b.length)).toBe(crc32(ab));
+        expect(crc32Combine(crc32(a, seed), crc32(b), b.length)).toBe(crc32(ab, seed));
+      }),
+      { numRuns: 300 },
+    );
+    const big = Buffer.alloc(5 << 20, 7);
+    expect(crc32Combine(crc32(big.subarray(0, 1 << 20)), crc32(big.subarray(1 << 20)), 4 << 20)).toBe(crc32(big));
+  });
+
+  test("a flipped byte after the header is reported as a segment checksum mismatch, wherever it is", () => {
+    // Data-bearing events too: their bytes are checked once, their CRCs make up the segment checksum.
+    const data = (seq: number, n: number) => {
+      const bytes = Buffer.alloc(n, seq);
+      return { type: "ExtentWritten", seq, time: 1, ino: 2, offset: 0, length: n, crc: crc32(bytes), data: bytes } as unknown as JournalEvent;
+    };
+    const sealed = sealSegment([data(1, 300), { type: "InodeDropped", seq: 2, time: 1, ino: 3 } as JournalEvent, data(3, 0), data(4, 77)], { prevChecksum: 5 });
+    expect(normalize(decodeSegment(sealed.bytes).events)).toHaveLength(4);
+    for (let i = 40; i < sealed.bytes.length; i++) {
+      const copy = new Uint8Array(sealed.bytes);
+      copy[i]! ^= 0x10;
+      expect(() => decodeSegment(copy, { name: "s.seg" })).toThrow(/^Segment s\.seg is corrupt at byte \d+: segment checksum expected \d+, computed \d+$/);
+    }
+  });
+
+  test("an event whose bytes do not match its CRC is refused even when the segment checksum matches them", () => {
+    const bytes = Buffer.alloc(100, 1);
+    const wrong = { type: "ExtentWritten", seq: 1, time: 1, ino: 2, offset: 0, length: 100, crc: (crc32(bytes) ^ 1) >>> 0, data: bytes } as unknown as JournalEvent;
+    const sealed = sealSegment([wrong], { prevChecksum: 0 });
+    expect(() => decodeSegment(sealed.bytes, { name: "w.seg" })).toThrow(/^Segment w\.seg is corrupt at byte \d+: the data of event 1 has CRC \d+, its event says \d+$/);
+  });
+
+  /** `bytes` fed to an intake in pieces of the given sizes (cycled), as a reader does while they arrive. */
+  const fedIn = (bytes: Uint8Array, sizes: number[]) => {
+    const into = new Uint8Array(bytes.length);
+    const intake = new SegmentIntake(into);
+    for (let at = 0, k = 0; at < bytes.length; k++) {
+      const n = Math.min(bytes.length - at, Math.max(1, sizes[k % sizes.length]!));
+      into.set(bytes.subarray(at, at + n), at);
+      at += n;
+      intake.advance(at);
+    }
+    return { into, intake };
+  };
+  const withData = (seq: number, n: number, fill: number) => {
+    const bytes = Buffer.alloc(n, fill);
+    return { type: "ExtentWritten", seq, time: 1, ino: 2, offset: 0, length: n, crc: crc32(bytes), data: bytes } as unknown as JournalEvent;
+  };
+
+  test("decoding with the work of an intake (bytes fed in any pieces) gives what decoding alone gives", () => {
+    fc.assert(
+      fc.property(fc.array(fc.oneof(anyEvent, fc.integer({ min: 0, max: 5000 }).map((n) => withData(0, n, n & 0xff))), { minLength: 1, maxLength: 12 }), fc.array(fc.integer({ min: 1, max: 3000 }), { minLength: 1, maxLength: 5 }), (events, sizes) => {
+        const sealed = sealSegment(contiguous(events, 10), { prevChecksum: 77 });
+        const { into, intake } = fedIn(sealed.bytes, sizes);
+        const plain = decodeSegment(sealed.bytes);
+        const fed = decodeSegment(into, { intake });
+        expect(fed.checksum).toBe(plain.checksum);
+        expect(normalize(fed.events)).toEqual(normalize(plain.events));
+      }),
+      { numRuns: 150 },
+    );
+    // It did the work: the first payload's CRC is there.
+    const sealed = sealSegment([withData(1, 5000, 3)], { prevChecksum: 0 });
+    const { intake } = fedIn(sealed.bytes, [700]);
+    const len = Buffer.from(sealed.bytes).readUInt32BE(40);
+    expect(intake.crc(48, 48 + len)).toBe(crc32(sealed.bytes.subarray(48, 48 + len)));
+  });
+
+  test("a flipped byte fed through an intake is reported exactly as without it", () => {
+    const events = [withData(1, 3000, 1), { type: "InodeDropped", seq: 2, time: 1, ino: 3 } as JournalEvent, withData(3, 1, 9), withData(4, 2500, 4)];
+    const sealed = sealSegment(events, { prevChecksum: 5 });
+    for (let i = 0; i < sealed.bytes.length; i++) {
+      const copy = new Uint8Array(sealed.bytes);
+      copy[i]! ^= 0x04;
+      const message = (f: () => unknown) => {
+        try {
+          f();
+        } catch (e) {
+          return (e as Error).message;
+        }
+        return "accepted";
+      };
+      const { into, intake } = fedIn(copy, [333, 1, 4096]);
+      const want = message(() => decodeSegment(copy, { name: "f.seg" }));
+      expect(want).toContain("f.seg is corrupt");
+      expect(message(() => decodeSegment(into, { name: "f.seg", intake }))).toBe(want);
     }
   });
 
