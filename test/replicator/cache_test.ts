@@ -12,7 +12,7 @@ import { ChunkCache } from "../../src/replicator/mod.ts";
 import { makeObjectStore, type ObjectStore } from "../../src/s3/mod.ts";
 import type { RemoteBase } from "../../src/projection/state.ts";
 import { startFaultProxy } from "../support/fault_proxy.ts";
-import { closedPort, createBucket, S3_SERVER_KINDS, serverPool, storeConfig } from "../support/s3_servers.ts";
+import { closedPort, createBucket, S3_SERVER_KINDS, serverPool, storeConfig, type S3Server, type S3ServerKind } from "../support/s3_servers.ts";
 
 const servers = serverPool();
 const serverFor = servers.get;
@@ -40,18 +40,23 @@ async function read(cache: ChunkCache, b: RemoteBase, offset: number, length: nu
   return Buffer.from(out);
 }
 
+/** A fresh bucket holding one object of `size` random bytes, a store on it, and a cache directory. */
+async function withObject(kind: S3ServerKind, key: string, size: number): Promise<{ server: S3Server; bucket: string; store: ObjectStore; dir: string; a: Buffer; ba: RemoteBase }> {
+  const server = await serverFor(kind);
+  const bucket = await createBucket(server);
+  const store = makeObjectStore(storeConfig(server, bucket));
+  cleanups.push(() => store.close());
+  const dir = await mkdtemp(join(tmpdir(), "objectfs-cache-"));
+  cleanups.push(() => rm(dir, { recursive: true, force: true }));
+  const a = randomBytes(size);
+  await store.put(key, a);
+  return { server, bucket, store, dir, a, ba: await base(store, key) };
+}
+
 for (const kind of S3_SERVER_KINDS) {
   describe(kind, () => {
     test("bounded LRU, survives a restart (served with S3 unreachable), never stale across object versions", async () => {
-      const server = await serverFor(kind);
-      const bucket = await createBucket(server);
-      const store = makeObjectStore(storeConfig(server, bucket));
-      cleanups.push(() => store.close());
-      const dir = await mkdtemp(join(tmpdir(), "objectfs-cache-"));
-      cleanups.push(() => rm(dir, { recursive: true, force: true }));
-      const a = randomBytes(5 * MIB + 123);
-      await store.put("a.bin", a);
-      const ba = await base(store, "a.bin");
+      const { server, bucket, store, dir, a, ba } = await withObject(kind, "a.bin", 5 * MIB + 123);
 
       const cache = await ChunkCache.open({ dir, store, maxBytes: 3 * MIB, chunkBytes: MIB, maxReadahead: 0 });
       // Sequential read of every byte, in FUSE-sized pieces.
@@ -118,15 +123,7 @@ for (const kind of S3_SERVER_KINDS) {
     }, 60_000);
 
     test("a view of a chunk is its bytes without a copy, and stays right while held however many chunks pass through", async () => {
-      const server = await serverFor(kind);
-      const bucket = await createBucket(server);
-      const store = makeObjectStore(storeConfig(server, bucket));
-      cleanups.push(() => store.close());
-      const dir = await mkdtemp(join(tmpdir(), "objectfs-cache-"));
-      cleanups.push(() => rm(dir, { recursive: true, force: true }));
-      const a = randomBytes(2 * MIB + 99);
-      await store.put("v.bin", a);
-      const ba = await base(store, "v.bin");
+      const { store, dir, a, ba } = await withObject(kind, "v.bin", 2 * MIB + 99);
       const cache = await ChunkCache.open({ dir, store, chunkBytes: 64 * 1024, memoryChunks: 2, maxBytes: MIB });
       // Not within one chunk, or past the end: no view (the caller copies with read()).
       expect(await cache.view(ba, 64 * 1024 - 1, 2)).toBeUndefined();
@@ -154,15 +151,7 @@ for (const kind of S3_SERVER_KINDS) {
     }, 60_000);
 
     test("many readers at once, with chunk buffers reused and chunks leaving memory and disk, get every byte right", async () => {
-      const server = await serverFor(kind);
-      const bucket = await createBucket(server);
-      const store = makeObjectStore(storeConfig(server, bucket));
-      cleanups.push(() => store.close());
-      const dir = await mkdtemp(join(tmpdir(), "objectfs-cache-"));
-      cleanups.push(() => rm(dir, { recursive: true, force: true }));
-      const a = randomBytes(3 * MIB + 777);
-      await store.put("m.bin", a);
-      const ba = await base(store, "m.bin");
+      const { store, dir, a, ba } = await withObject(kind, "m.bin", 3 * MIB + 777);
       // Two chunks in memory and 1 MiB on disk: buffers go back to the pool all the time.
       const cache = await ChunkCache.open({ dir, store, chunkBytes: 64 * 1024, memoryChunks: 2, maxBytes: MIB });
       let seed = 12345;
