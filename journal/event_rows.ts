@@ -37,17 +37,8 @@ export function rowCount(value: Uint8Array): number {
 /** The codec records of a row, in seq order, as views of `value`. */
 export function rowRecords(value: Uint8Array): Uint8Array[] {
   if (value[0] !== GROUP_MARK) return [value];
-  if (value.length < 5) throw new JournalError("corrupt", "Cannot read event group: truncated header");
-  const count = readU32(value, 1);
-  let at = 5 + 4 * count;
-  if (at > value.length) throw new JournalError("corrupt", `Cannot read event group of ${count} events: truncated length table`);
   const out: Uint8Array[] = [];
-  for (let i = 0; i < count; i++) {
-    const len = readU32(value, 5 + 4 * i);
-    if (at + len > value.length) throw new JournalError("corrupt", `Cannot read event ${i} of a group of ${count}: truncated record`);
-    out.push(value.subarray(at, at + len));
-    at += len;
-  }
+  forEachRecord({ first: 0, value }, 0, Number.MAX_SAFE_INTEGER, (_, start, end) => out.push(value.subarray(start, end)));
   return out;
 }
 
@@ -110,6 +101,13 @@ function writeU32(b: Uint8Array, at: number, n: number): void {
   b[at + 3] = n & 0xff;
 }
 
+/** The key range of a forward scan of events in [gte, lte]: from the row that holds `gte`. */
+async function forwardRange(events: Sublevel, gte: number | undefined, lte: number): Promise<Record<string, unknown>> {
+  const range: Record<string, unknown> = { lte: u64Key(lte) };
+  if (gte !== undefined) range.gte = u64Key(await scanStart(events, gte));
+  return range;
+}
+
 /** One event's record as found by {@link scanRecords}. */
 export interface FoundRecord {
   readonly seq: number;
@@ -129,10 +127,7 @@ export async function* scanRecords(
   let left = options.limit === undefined || options.limit < 0 ? Infinity : options.limit;
   if (left === 0 || gte > lte) return;
   if (!options.reverse) {
-    const from = options.gte === undefined ? undefined : await scanStart(events, gte);
-    const range: Record<string, unknown> = { lte: u64Key(lte) };
-    if (from !== undefined) range.gte = u64Key(from);
-    for await (const [k, v] of events.iterator(range as never)) {
+    for await (const [k, v] of events.iterator((await forwardRange(events, options.gte, lte)) as never)) {
       const first = readU64(k as Bytes);
       const records = rowRecords(v as Bytes);
       for (let i = 0; i < records.length; i++) {
@@ -168,10 +163,7 @@ export async function* scanRows(events: Sublevel, options: { gte?: number; lte?:
   const gte = options.gte ?? 0;
   const lte = options.lte ?? Number.MAX_SAFE_INTEGER;
   if (gte > lte) return;
-  const from = options.gte === undefined ? undefined : await scanStart(events, gte);
-  const range: Record<string, unknown> = { lte: u64Key(lte) };
-  if (from !== undefined) range.gte = u64Key(from);
-  const it = events.iterator(range as never) as unknown as { nextv(n: number): Promise<[Bytes, Bytes][]>; close(): Promise<void> };
+  const it = events.iterator((await forwardRange(events, options.gte, lte)) as never) as unknown as { nextv(n: number): Promise<[Bytes, Bytes][]>; close(): Promise<void> };
   // The next rows are read while the caller works on these ones.
   let next: Promise<[Bytes, Bytes][]> | undefined;
   try {
