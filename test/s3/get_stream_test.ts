@@ -3,23 +3,14 @@
  * `get` for every range form, and a body cut off by the network fails iteration with a
  * retriable S3Error instead of ending short.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { beforeAll, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { isS3Error, makeObjectStore, type GetStreamResult, type ObjectStore } from "../../src/s3/mod.ts";
 import { startFaultProxy, type FaultProxy } from "../support/fault_proxy.ts";
-import { makeBucketStore, S3_SERVER_KINDS, serverPool, storeConfig } from "../support/s3_servers.ts";
+import { makeBucketStore, S3_SERVER_KINDS, storeConfig } from "../support/s3_servers.ts";
+import { s3Testbed } from "../support/testbed.ts";
 
-const servers = serverPool();
-const cleanups: (() => Promise<unknown> | void)[] = [];
-
-beforeAll(async () => {
-  await servers.startAll();
-}, 60_000);
-
-afterAll(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  await servers.stopAll();
-}, 60_000);
+const bed = s3Testbed();
 
 async function drain(r: GetStreamResult): Promise<Uint8Array> {
   const parts: Uint8Array[] = [];
@@ -31,8 +22,8 @@ for (const kind of S3_SERVER_KINDS) {
   describe(kind, () => {
     let store: ObjectStore;
     beforeAll(async () => {
-      store = await makeBucketStore(await servers.get(kind));
-      cleanups.push(() => store.close());
+      store = await makeBucketStore(await bed.server(kind));
+      bed.later(() => store.close());
     });
 
     test("getStream gives the bytes, range and head that get gives, for every range form", async () => {
@@ -67,11 +58,11 @@ for (const kind of S3_SERVER_KINDS) {
     }, 60_000);
 
     test("a body cut off by the network fails iteration with a retriable S3Error", async () => {
-      const server = await servers.get(kind);
+      const server = await bed.server(kind);
       const proxy: FaultProxy = await startFaultProxy(server.endpoint);
-      cleanups.push(() => proxy.close());
+      bed.later(() => proxy.close());
       const through = makeObjectStore({ ...storeConfig(server, store.bucket), endpoint: proxy.endpoint, maxAttempts: 1 });
-      cleanups.push(() => through.close());
+      bed.later(() => through.close());
       const body = new Uint8Array(randomBytes(2 * 1024 * 1024));
       await store.put("cut", body);
       proxy.setRules([{ method: "GET", pathIncludes: "/cut", fault: { kind: "truncate", bytes: 700_000 }, times: 1 }]);

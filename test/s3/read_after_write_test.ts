@@ -6,22 +6,13 @@
  * patches/s3rver@3.7.1.patch. The race needs a busy machine to show, so on a quiet one this
  * passes without the patch too.)
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { beforeAll, describe, expect, test } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import type { ObjectStore } from "../../src/s3/mod.ts";
-import { makeBucketStore, S3_SERVER_KINDS, serverPool } from "../support/s3_servers.ts";
+import { makeBucketStore, S3_SERVER_KINDS } from "../support/s3_servers.ts";
+import { s3Testbed } from "../support/testbed.ts";
 
-const servers = serverPool();
-const cleanups: (() => Promise<unknown> | void)[] = [];
-
-beforeAll(async () => {
-  await servers.startAll();
-}, 60_000);
-
-afterAll(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-  await servers.stopAll();
-}, 60_000);
+const bed = s3Testbed();
 
 const md5 = (b: Uint8Array) => createHash("md5").update(b).digest("hex");
 
@@ -29,8 +20,8 @@ for (const kind of S3_SERVER_KINDS) {
   describe(kind, () => {
     let store: ObjectStore;
     beforeAll(async () => {
-      store = await makeBucketStore(await servers.get(kind));
-      cleanups.push(() => store.close());
+      store = await makeBucketStore(await bed.server(kind));
+      bed.later(() => store.close());
     });
 
     test("a HEAD and a GET right after each of 16 parallel 8 MiB PUTs see the whole object", async () => {
