@@ -18,6 +18,7 @@ import { openPast, type HistorySource } from "./history.ts";
 import type { Point } from "../audit/time_travel.ts";
 import type { RetentionPolicy } from "../retention/policy.ts";
 import { RetentionService } from "../retention/service.ts";
+import { finishInterruptedPass } from "../retention/retention.ts";
 
 /** An S3 source: `s3://BUCKET[/PREFIX]` and how to reach it. */
 export interface S3Source {
@@ -187,6 +188,8 @@ export function serve(o: ServeOptions): Promise<void> {
       }),
       (fs) => Effect.promise(() => fs.close()),
     );
+    // A retention pass killed after its checkpoint may have left audit rows to trim.
+    if (!o.readOnly) yield* Effect.tryPromise({ try: () => finishInterruptedPass(fs, o.log), catch: (e) => e });
     // Like a filesystem's commit interval: bytes written without fsync reach the disk within
     // seconds, and after a crash the next mount has at most that much to check.
     if (!o.readOnly) {

@@ -28,6 +28,8 @@ import { evolve } from "../projection/evolve.ts";
 import { carriersOf, DataIndex, dataMapOf, hasSeq, type Checkpoint } from "./checkpoint.ts";
 import { localCheckpoint, writeLocalCheckpoint } from "./history.ts";
 import { packValue } from "../../journal/codec.ts";
+import { open, readFile, rename, rm } from "node:fs/promises";
+import { join } from "node:path";
 
 export { DEFAULT_RETENTION, formatDuration, parseDuration, type RetentionPolicy } from "./policy.ts";
 import type { RetentionPolicy } from "./policy.ts";
@@ -81,6 +83,66 @@ async function seqAtOrBefore(fs: Filesystem, time: number, after: number): Promi
 
 const deepCopy = <T>(x: T): T => unpackValue<T>(packValue(x));
 
+/**
+ * A pass removes events and their audit rows only after its checkpoint is durable, in steps a
+ * kill can come between. Before the checkpoint it writes down which inodes' audit rows it will
+ * trim up to which seq; the note is removed once they are trimmed. If it is still there at the
+ * next mount or pass, and its seq is the checkpoint's, the trimming is done again (it is
+ * idempotent): otherwise rows of removed events would stay behind for good, and fsck would
+ * report them. Events a killed pass had not removed yet stay (the journal is read from the
+ * checkpoint on, so nothing shows them); later passes do not remove them.
+ */
+const PENDING_FILE = "retention-pending.json";
+
+async function writePending(dataDir: string, seq: number, inodes: Iterable<number>): Promise<void> {
+  const path = join(dataDir, PENDING_FILE);
+  const fh = await open(`${path}.tmp`, "w", 0o600);
+  try {
+    await fh.writeFile(JSON.stringify({ seq, inodes: [...inodes] }));
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(`${path}.tmp`, path);
+}
+
+/** Trim the audit rows of `inodes` to the seqs after `m` (the events up to it are gone). */
+async function trimAudit(fs: Filesystem, inodes: Iterable<number>, m: number): Promise<void> {
+  const audit = backingOf(fs.journal).audit;
+  let ops: { type: "del" | "put"; key: Buffer; value?: Buffer }[] = [];
+  for (const ino of inodes) {
+    for await (const [k, v] of audit.iterator({ gte: key(ino, 0), lte: key(ino, m) } as never)) {
+      const kept = auditSeqs(k as Buffer, v as Buffer).filter((s) => s > m);
+      ops.push({ type: "del", key: k as Buffer });
+      if (kept.length > 0) ops.push({ type: "put", ...auditRow(ino, kept) });
+    }
+    if (ops.length >= 1000) {
+      await audit.batch(ops as never);
+      ops = [];
+    }
+  }
+  if (ops.length > 0) await audit.batch(ops as never);
+}
+
+/** Finish the audit trimming of a pass that was killed (see {@link PENDING_FILE}); true if there was one. */
+export async function finishInterruptedPass(fs: Filesystem, log: (message: string) => void = () => {}): Promise<boolean> {
+  const dataDir = fs.journal.dir;
+  const path = join(dataDir, PENDING_FILE);
+  let pending: { seq: number; inodes: number[] };
+  try {
+    pending = JSON.parse(await readFile(path, "utf8"));
+  } catch {
+    return false;
+  }
+  // Its checkpoint is not the newest: the pass stopped before it removed anything.
+  if ((await localCheckpoint(dataDir))?.seq === pending.seq) {
+    await trimAudit(fs, pending.inodes, pending.seq);
+    log(`objectfs: finished the audit index trimming of a retention pass that was interrupted (checkpoint seq ${pending.seq})`);
+  }
+  await rm(path, { force: true });
+  return true;
+}
+
 /** One retention pass over a data directory (the filesystem must be open). */
 export async function retainLocal(fs: Filesystem, policy: RetentionPolicy, options: PassOptions = {}): Promise<PassResult> {
   if (!(policy.eventsMs >= policy.dataMs)) throw new Error("the events window must be at least as long as the data window (retain-events >= retain-data)");
@@ -88,6 +150,7 @@ export async function retainLocal(fs: Filesystem, policy: RetentionPolicy, optio
   const now = options.now ?? Date.now();
   const journal = fs.journal;
   const dataDir = journal.dir;
+  await finishInterruptedPass(fs, log);
   const prev = await localCheckpoint(dataDir);
   const mPrev = prev?.seq ?? 0;
   const bPrev = prev?.dataFrom ?? 0;
@@ -117,7 +180,6 @@ export async function retainLocal(fs: Filesystem, policy: RetentionPolicy, optio
   const carriers = carriersOf(state, index);
   const timeOf = async (seq: number) => (seq > 0 ? ((await journal.get(seq))?.time ?? 0) : 0);
   const checkpoint: Checkpoint = { seq: m, time: m === mPrev && prev ? prev.time : await timeOf(m), dataFrom: b, dataFromTime: await timeOf(b), dump: dumpM, dataMap, carriers };
-  const name = await writeLocalCheckpoint(dataDir, checkpoint);
 
   // Events up to M go, but carriers; bytes of events in (M, B] go, but carriers'.
   const backing = backingOf(journal);
@@ -176,21 +238,14 @@ export async function retainLocal(fs: Filesystem, policy: RetentionPolicy, optio
       affected.push(e.seq);
     }
   }
+  // Nothing is removed before the checkpoint stands for it, nor before a note says which
+  // audit rows to trim should this pass be killed after it (see PENDING_FILE).
+  await writePending(dataDir, m, auditInodes);
+  const name = await writeLocalCheckpoint(dataDir, checkpoint);
   await journal.retire(deletes, replacements);
   // The audit index of the removed events: rows hold several seqs of one inode; keep those after M.
-  let auditOps: { type: "del" | "put"; key: Buffer; value?: Buffer }[] = [];
-  for (const ino of auditInodes) {
-    for await (const [k, v] of backing.audit.iterator({ gte: key(ino, 0), lte: key(ino, m) } as never)) {
-      const kept = auditSeqs(k as Buffer, v as Buffer).filter((s) => s > m);
-      auditOps.push({ type: "del", key: k as Buffer });
-      if (kept.length > 0) auditOps.push({ type: "put", ...auditRow(ino, kept) });
-    }
-    if (auditOps.length >= 1000) {
-      await backing.audit.batch(auditOps as never);
-      auditOps = [];
-    }
-  }
-  if (auditOps.length > 0) await backing.audit.batch(auditOps as never);
+  await trimAudit(fs, auditInodes, m);
+  await rm(join(dataDir, PENDING_FILE), { force: true });
   await journal.markDataDead(dead);
   const bytesDead = dead.reduce((n, [, , len]) => n + len, 0);
 

@@ -13,9 +13,9 @@ import { join } from "node:path";
 import { ROOT_INO, type Ino } from "../../journal/mod.ts";
 import { stateAt } from "../../src/audit/time_travel.ts";
 import type { Filesystem as FsType } from "../../src/fs/filesystem.ts";
-import { Filesystem } from "../../src/fs/filesystem.ts";
+import { backingOf, Filesystem } from "../../src/fs/filesystem.ts";
 import { localCheckpoint, type History } from "../../src/retention/history.ts";
-import { retainLocal } from "../../src/retention/retention.ts";
+import { finishInterruptedPass, retainLocal } from "../../src/retention/retention.ts";
 
 const dirs: string[] = [];
 afterAll(async () => {
@@ -203,5 +203,36 @@ test("a data log file that is all dead is removed, even the one being written, a
   fs = await Filesystem.open(dir);
   expect(await snapshot(fs)).toBe(tree);
   expect((await fs.fsck()).differences).toEqual([]);
+  await fs.close();
+}, 30_000);
+
+test("a pass killed after its checkpoint, before its audit rows were trimmed, is finished at the next pass or mount: fsck clean again", async () => {
+  const dir = await tmp();
+  const fs = await Filesystem.open(dir);
+  for (let i = 0; i < 20; i++) await put(fs, ROOT_INO, "f", randomBytes(1000), i * 1000);
+  await put(fs, ROOT_INO, "g", Buffer.from("g\n"));
+  const seq = await committed(fs);
+  const now = (await fs.journal.get(seq))!.time + 50;
+  // The audit index's batches fail, as if the process died there: the checkpoint is written
+  // and the events are gone, but their audit rows are not.
+  const audit = Object.getPrototypeOf(backingOf(fs.journal).audit) as { batch: (...a: unknown[]) => Promise<void> };
+  const batch = audit.batch;
+  audit.batch = function (this: { prefix?: string }, ...a: unknown[]) {
+    if (this.prefix === backingOf(fs.journal).audit.prefix) return Promise.reject(new Error("killed"));
+    return batch.apply(this, a);
+  };
+  try {
+    await expect(retainLocal(fs, { eventsMs: 50, dataMs: 50 }, { now })).rejects.toThrow("killed");
+  } finally {
+    audit.batch = batch;
+  }
+  expect((await localCheckpoint(dir))?.seq).toBeGreaterThan(0);
+  const left = (await fs.fsck()).differences;
+  expect(left.length).toBeGreaterThan(0);
+  expect(left.every((d) => d.includes("audit index entry") && d.includes("persisted but the journal does not produce it"))).toBe(true);
+  // What a mount does as it starts (and every pass first): the trimming is done, the note removed.
+  expect(await finishInterruptedPass(fs)).toBe(true);
+  expect((await fs.fsck()).differences).toEqual([]);
+  expect(await finishInterruptedPass(fs)).toBe(false);
   await fs.close();
 }, 30_000);
