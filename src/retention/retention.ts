@@ -13,8 +13,8 @@
  * removes the events up to M but the carriers (and their audit index rows), drops the bytes
  * of the events in (M, B] that are not carriers (the events stay, marked `dataDropped`),
  * records those bytes as dead in the data log and rewrites mostly dead data log files
- * (DataLog.reclaim). Every step can be repeated, so a pass cut short by a crash is finished
- * by the next. Nothing that a point in the data window needs is touched: the state at any
+ * (DataLog.reclaim). Every step can be repeated, and a pass cut short by a crash is finished
+ * at the next mount or pass (see PENDING_FILE). Nothing that a point in the data window needs is touched: the state at any
  * P ≥ B holds only bytes of carriers and of events after B.
  */
 import type { JournalEvent } from "../../journal/mod.ts";
@@ -84,26 +84,50 @@ async function seqAtOrBefore(fs: Filesystem, time: number, after: number): Promi
 const deepCopy = <T>(x: T): T => unpackValue<T>(packValue(x));
 
 /**
- * A pass removes events and their audit rows only after its checkpoint is durable, in steps a
- * kill can come between. Before the checkpoint it writes down which inodes' audit rows it will
- * trim up to which seq; the note is removed once they are trimmed. If it is still there at the
- * next mount or pass, and its seq is the checkpoint's, the trimming is done again (it is
- * idempotent): otherwise rows of removed events would stay behind for good, and fsck would
- * report them. Events a killed pass had not removed yet stay (the journal is read from the
- * checkpoint on, so nothing shows them); later passes do not remove them.
+ * A pass removes events, their audit rows and their bytes only after its checkpoint is durable,
+ * in steps a kill can come between. Before the checkpoint it writes down (fsynced) which
+ * checkpoint it is making (its seq M and data point B), which inodes' audit rows it will trim,
+ * and which data log bytes it will record dead; the note is removed once all of that is done.
+ * If the note is still there at the next mount or pass, and the newest checkpoint is the one it
+ * names, the pass is finished from the checkpoint alone: every event up to M but its carriers
+ * is removed, every payload in (M, B] but the carriers' is dropped, the audit rows are trimmed,
+ * and the bytes of all of those (the ones still in the journal, and those the note lists, which
+ * a killed pass may have removed before recording them dead) are recorded dead. Each step can be
+ * repeated. A note whose checkpoint was never written is dropped: nothing was removed then.
  */
 const PENDING_FILE = "retention-pending.json";
 
-async function writePending(dataDir: string, seq: number, inodes: Iterable<number>): Promise<void> {
+interface PendingPass {
+  readonly seq: number;
+  /** The checkpoint's data point (missing in notes of earlier versions, which then only trim the audit rows). */
+  readonly dataFrom?: number;
+  readonly inodes: readonly number[];
+  /** Data log ranges [file, pos, length] the pass records dead, contiguous ones merged. */
+  readonly dead?: readonly (readonly [number, number, number])[];
+}
+
+async function writePending(dataDir: string, pending: PendingPass): Promise<void> {
   const path = join(dataDir, PENDING_FILE);
   const fh = await open(`${path}.tmp`, "w", 0o600);
   try {
-    await fh.writeFile(JSON.stringify({ seq, inodes: [...inodes] }));
+    await fh.writeFile(JSON.stringify(pending));
     await fh.sync();
   } finally {
     await fh.close();
   }
   await rename(`${path}.tmp`, path);
+}
+
+/** Data log ranges sorted, and merged where one ends where the next begins in the same file (appends make long runs of them). */
+function mergedRanges(ranges: readonly (readonly [number, number, number])[]): [number, number, number][] {
+  const sorted = [...ranges].sort((x, y) => x[0] - y[0] || x[1] - y[1]);
+  const out: [number, number, number][] = [];
+  for (const [file, pos, length] of sorted) {
+    const last = out[out.length - 1];
+    if (last && last[0] === file && pos <= last[1] + last[2]) last[2] = Math.max(last[2], pos + length - last[1]);
+    else out.push([file, pos, length]);
+  }
+  return out;
 }
 
 /** Trim the audit rows of `inodes` to the seqs after `m` (the events up to it are gone). */
@@ -124,23 +148,97 @@ async function trimAudit(fs: Filesystem, inodes: Iterable<number>, m: number): P
   if (ops.length > 0) await audit.batch(ops as never);
 }
 
-/** Finish the audit trimming of a pass that was killed (see {@link PENDING_FILE}); true if there was one. */
-export async function finishInterruptedPass(fs: Filesystem, log: (message: string) => void = () => {}): Promise<boolean> {
+/** Finish a pass that was killed (see {@link PENDING_FILE}); true if a note of one was found. */
+export async function finishInterruptedPass(fs: Filesystem, log: (message: string) => void = () => {}, options: Pick<PassOptions, "reclaim"> = {}): Promise<boolean> {
   const dataDir = fs.journal.dir;
   const path = join(dataDir, PENDING_FILE);
-  let pending: { seq: number; inodes: number[] };
+  let pending: PendingPass;
   try {
     pending = JSON.parse(await readFile(path, "utf8"));
   } catch {
     return false;
   }
+  const c = await localCheckpoint(dataDir);
   // Its checkpoint is not the newest: the pass stopped before it removed anything.
-  if ((await localCheckpoint(dataDir))?.seq === pending.seq) {
-    await trimAudit(fs, pending.inodes, pending.seq);
+  if (c && c.seq === pending.seq && (pending.dataFrom === undefined || c.dataFrom === pending.dataFrom)) {
+    if (pending.dataFrom === undefined) {
+      await trimAudit(fs, pending.inodes, pending.seq);
+    } else {
+      const done = await completeTo(fs, c, pending);
+      await rm(path, { force: true });
+      await reclaimDead(fs, done.dead, options.reclaim, log);
+      log(`objectfs: finished a retention pass that was interrupted (checkpoint seq ${c.seq}, restorable from seq ${c.dataFrom}): ${done.removed} more events removed, ${done.dropped} more payloads dropped`);
+    }
     log(`objectfs: finished the audit index trimming of a retention pass that was interrupted (checkpoint seq ${pending.seq})`);
   }
   await rm(path, { force: true });
   return true;
+}
+
+/**
+ * What a complete pass to checkpoint `c` leaves, from the checkpoint alone: of the events up to
+ * its seq only its carriers, and in (seq, dataFrom] no payload but the carriers'; the audit rows
+ * of the note's inodes trimmed; every byte of what goes recorded dead.
+ */
+async function completeTo(fs: Filesystem, c: Checkpoint, pending: PendingPass): Promise<{ removed: number; dropped: number; dead: [number, number, number][] }> {
+  const journal = fs.journal;
+  const deletes: [number, number][] = [];
+  const replacements: JournalEvent[] = [];
+  const dead: [number, number, number][] = (pending.dead ?? []).map(([f, p, l]) => [f, p, l]);
+  let removed = 0;
+  let runStart: number | undefined;
+  let runEnd = 0;
+  for await (const e of journal.read({ lte: c.dataFrom })) {
+    const carrier = e.type === "ExtentWritten" && hasSeq(c.carriers, e.seq);
+    if (e.seq <= c.seq) {
+      if (carrier) continue;
+      if (e.type === "ExtentWritten" && e.ref && !e.dataDropped) dead.push([e.ref.file, e.ref.pos, e.length]);
+      if (runStart !== undefined && e.seq === runEnd + 1) runEnd = e.seq;
+      else {
+        if (runStart !== undefined) deletes.push([runStart, runEnd]);
+        runStart = runEnd = e.seq;
+      }
+      removed++;
+      continue;
+    }
+    if (carrier || e.type !== "ExtentWritten" || e.dataDropped || e.length === 0) continue;
+    if (e.ref) dead.push([e.ref.file, e.ref.pos, e.length]);
+    const { ref: _ref, data: _data, ...rest } = e;
+    replacements.push({ ...rest, dataDropped: true } as JournalEvent);
+  }
+  if (runStart !== undefined) deletes.push([runStart, runEnd]);
+  await journal.retire(deletes, replacements);
+  await trimAudit(fs, pending.inodes, c.seq);
+  const merged = mergedRanges(dead);
+  await journal.markDataDead(merged);
+  return { removed, dropped: replacements.length, dead: merged };
+}
+
+/**
+ * Rewrite the data log files that are mostly dead (see DataLog.reclaim); a file still being
+ * appended to is closed first if `dead` has bytes in it. Nothing the tree shows now may go: every
+ * extent into a file is checked first.
+ */
+async function reclaimDead(fs: Filesystem, dead: readonly (readonly [number, number, number])[], options: PassOptions["reclaim"], log: (message: string) => void): Promise<ReclaimResult> {
+  const journal = fs.journal;
+  const backing = backingOf(journal);
+  if (dead.some(([file]) => file === journal.activeDataFile)) await journal.rotateData();
+  return journal.reclaimData({
+    ...options,
+    guard: async (file, ranges) => {
+      for await (const [k, v] of backing.extents.iterator()) {
+        const [length, f, pos] = unpackValue<[number, number, number]>(v as Buffer);
+        if (f !== file) continue;
+        for (const [p, l] of ranges) {
+          if (pos < p + l && p < pos + length) {
+            log(`objectfs: retention kept data log file ${file}: inode ${readU64(k as Buffer)} still shows bytes at ${pos} that were recorded dead (a bug; nothing was removed)`);
+            return false;
+          }
+        }
+      }
+      return true;
+    },
+  });
 }
 
 /** One retention pass over a data directory (the filesystem must be open). */
@@ -150,7 +248,7 @@ export async function retainLocal(fs: Filesystem, policy: RetentionPolicy, optio
   const now = options.now ?? Date.now();
   const journal = fs.journal;
   const dataDir = journal.dir;
-  await finishInterruptedPass(fs, log);
+  await finishInterruptedPass(fs, log, options);
   const prev = await localCheckpoint(dataDir);
   const mPrev = prev?.seq ?? 0;
   const bPrev = prev?.dataFrom ?? 0;
@@ -182,7 +280,6 @@ export async function retainLocal(fs: Filesystem, policy: RetentionPolicy, optio
   const checkpoint: Checkpoint = { seq: m, time: m === mPrev && prev ? prev.time : await timeOf(m), dataFrom: b, dataFromTime: await timeOf(b), dump: dumpM, dataMap, carriers };
 
   // Events up to M go, but carriers; bytes of events in (M, B] go, but carriers'.
-  const backing = backingOf(journal);
   const deletes: (number | [number, number])[] = [];
   const replacements: JournalEvent[] = [];
   const dead: [number, number, number][] = [];
@@ -240,34 +337,17 @@ export async function retainLocal(fs: Filesystem, policy: RetentionPolicy, optio
   }
   // Nothing is removed before the checkpoint stands for it, nor before a note says which
   // audit rows to trim should this pass be killed after it (see PENDING_FILE).
-  await writePending(dataDir, m, auditInodes);
+  const deadRanges = mergedRanges(dead);
+  await writePending(dataDir, { seq: m, dataFrom: b, inodes: [...auditInodes], dead: deadRanges });
   const name = await writeLocalCheckpoint(dataDir, checkpoint);
   await journal.retire(deletes, replacements);
   // The audit index of the removed events: rows hold several seqs of one inode; keep those after M.
   await trimAudit(fs, auditInodes, m);
+  await journal.markDataDead(deadRanges);
   await rm(join(dataDir, PENDING_FILE), { force: true });
-  await journal.markDataDead(dead);
   const bytesDead = dead.reduce((n, [, , len]) => n + len, 0);
 
-  // Reclaim: a file still being appended to is closed first if it holds dead bytes.
-  if (dead.some(([file]) => file === journal.activeDataFile)) await journal.rotateData();
-  const reclaimed = await journal.reclaimData({
-    ...options.reclaim,
-    guard: async (file, ranges) => {
-      // Nothing the tree shows now may be in what goes: check every extent into this file.
-      for await (const [k, v] of backing.extents.iterator()) {
-        const [length, f, pos] = unpackValue<[number, number, number]>(v as Buffer);
-        if (f !== file) continue;
-        for (const [p, l] of ranges) {
-          if (pos < p + l && p < pos + length) {
-            log(`objectfs: retention kept data log file ${file}: inode ${readU64(k as Buffer)} still shows bytes at ${pos} that were recorded dead (a bug; nothing was removed)`);
-            return false;
-          }
-        }
-      }
-      return true;
-    },
-  });
+  const reclaimed = await reclaimDead(fs, deadRanges, options.reclaim, log);
   affected.sort((x, y) => x - y);
   log(`objectfs: retention: checkpoint at seq ${m}, restorable from seq ${b}; ${removed} events removed, ${replacements.length} payloads dropped (${bytesDead} bytes), ${reclaimed.rewritten + reclaimed.removed} data files reclaimed (${reclaimed.bytes} bytes)`);
   return { changed: true, checkpoint, name, eventsRemoved: removed, payloadsDropped: replacements.length, bytesDead, reclaimed, affected };

@@ -236,3 +236,82 @@ test("a pass killed after its checkpoint, before its audit rows were trimmed, is
   expect(await finishInterruptedPass(fs)).toBe(false);
   await fs.close();
 }, 30_000);
+
+/** Bytes recorded dead in the data log: the `.dead` files' ranges, merged per file. */
+async function deadBytes(dir: string): Promise<number> {
+  let total = 0;
+  for (const f of await readdir(join(dir, "data"))) {
+    if (!f.endsWith(".dead")) continue;
+    const b = await Bun.file(join(dir, "data", f)).bytes();
+    const v = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+    const ranges: [number, number][] = [];
+    for (let at = 0; at + 16 <= v.length; at += 16) ranges.push([Number(v.readBigUInt64BE(at)), Number(v.readBigUInt64BE(at + 8))]);
+    ranges.sort((x, y) => x[0] - y[0]);
+    let end = -1;
+    for (const [pos, len] of ranges) {
+      const from = Math.max(pos, end);
+      if (pos + len > from) total += pos + len - from;
+      end = Math.max(end, pos + len);
+    }
+  }
+  return total;
+}
+
+for (const step of ["retire", "markDataDead"] as const) {
+  test(`a pass killed before its ${step === "retire" ? "events were removed" : "bytes were recorded dead"} is finished from its checkpoint: only carriers before it, no old payloads, every byte that went recorded dead, fsck clean`, async () => {
+    const dir = await tmp();
+    const fs = await Filesystem.open(dir);
+    for (let i = 0; i < 20; i++) await put(fs, ROOT_INO, "f", randomBytes(1000), (i % 5) * 1000); // overwrites: most bytes go
+    await put(fs, ROOT_INO, "g", Buffer.from("g\n"));
+    const seq = await committed(fs);
+    const now = (await fs.journal.get(seq))!.time + 50;
+    const tree = await snapshot(fs);
+    // Every payload in the data log before the pass, by seq.
+    const payloads = new Map<number, number>();
+    for await (const e of fs.journal.read()) if (e.type === "ExtentWritten" && e.ref && !e.dataDropped) payloads.set(e.seq, e.length);
+    const journal = fs.journal as unknown as Record<string, unknown>;
+    journal[step] = () => Promise.reject(new Error("killed"));
+    try {
+      await expect(retainLocal(fs, { eventsMs: 50, dataMs: 50 }, { now })).rejects.toThrow("killed");
+    } finally {
+      delete journal[step];
+    }
+    const c = (await localCheckpoint(dir))!;
+    expect(c.seq).toBeGreaterThan(0);
+    expect(await deadBytes(dir)).toBe(0);
+    if (step === "retire") expect((await fs.journal.get(1)) !== undefined || c.carriers.includes(1)).toBe(true);
+    // What a mount does as it starts (and every pass first). After the "retire" kill it is told
+    // not to rewrite files that are not all dead, so the dead records can be counted; after the
+    // other, everything dead is reclaimed at once.
+    const before = await dataBytesOnDisk(dir);
+    const reclaimNow = step === "markDataDead";
+    const reclaim = reclaimNow ? { minDeadFraction: 0, minDeadBytes: 0 } : { minDeadFraction: 2, minDeadBytes: 2 ** 50 };
+    expect(await finishInterruptedPass(fs, () => {}, { reclaim })).toBe(true);
+    expect(await finishInterruptedPass(fs)).toBe(false);
+    let goneBytes = 0;
+    const left = new Set<number>();
+    for await (const e of fs.journal.read()) {
+      left.add(e.seq);
+      if (e.seq <= c.seq) expect(e.type === "ExtentWritten" && c.carriers.includes(e.seq)).toBe(true);
+      else if (e.seq <= c.dataFrom && e.type === "ExtentWritten" && !c.carriers.includes(e.seq)) expect(e.dataDropped === true || e.length === 0).toBe(true);
+      if (e.type === "ExtentWritten" && e.dataDropped && payloads.has(e.seq)) goneBytes += payloads.get(e.seq)!;
+    }
+    for (const [s, len] of payloads) if (!left.has(s)) goneBytes += len;
+    expect(goneBytes).toBeGreaterThan(10_000);
+    if (!reclaimNow) {
+      expect(await deadBytes(dir)).toBe(goneBytes);
+      await fs.journal.reclaimData({ minDeadFraction: 0, minDeadBytes: 0 });
+    }
+    // The bytes that went were recorded dead (also those of events the killed pass had removed): their space is free.
+    expect(await dataBytesOnDisk(dir)).toBeLessThanOrEqual(before - goneBytes + 4096);
+    expect((await fs.fsck()).differences).toEqual([]);
+    expect(await snapshot(fs)).toBe(tree);
+    // The next pass finds nothing left to remove; after a reopen the tree is the same.
+    expect((await retainLocal(fs, { eventsMs: 50, dataMs: 50 }, { now })).eventsRemoved).toBe(0);
+    await fs.close();
+    const again = await Filesystem.open(dir);
+    expect(await snapshot(again)).toBe(tree);
+    expect((await again.fsck()).differences).toEqual([]);
+    await again.close();
+  }, 30_000);
+}
