@@ -177,14 +177,19 @@ for (const kind of S3_SERVER_KINDS) {
       const names = (await readdir(dir)).filter((n) => !n.endsWith(".tmp"));
       expect(names.length).toBeGreaterThan(0);
       const again = await ChunkCache.open({ dir, store, chunkBytes: 64 * 1024, memoryChunks: 2, maxBytes: MIB, maxReadahead: 0 });
+      // A file holds one chunk (`ID-INDEX`) or a span of them (`ID-FIRST+COUNT`).
+      const chunks = names.flatMap((n) => {
+        const [first, count = "1"] = n.slice(n.lastIndexOf("-") + 1).split("+");
+        return Array.from({ length: Number(count) }, (_, i) => ({ n, index: Number(first) + i }));
+      });
       await Promise.all(
-        names.map(async (n) => {
-          const off = Number(n.slice(n.lastIndexOf("-") + 1)) * 64 * 1024;
+        chunks.map(async ({ n, index }) => {
+          const off = index * 64 * 1024;
           const len = Math.min(64 * 1024, a.length - off);
-          if (!(await read(again, ba, off, len)).equals(a.subarray(off, off + len))) throw new Error(`wrong bytes in ${n}`);
+          if (!(await read(again, ba, off, len)).equals(a.subarray(off, off + len))) throw new Error(`wrong bytes of chunk ${index} in ${n}`);
         }),
       );
-      expect(again.stats.hits).toBe(names.length);
+      expect(again.stats.hits).toBe(chunks.length);
       expect(again.stats.downloadedBytes).toBe(0);
     }, 60_000);
   });
