@@ -5,7 +5,8 @@
  * and the object's in one read, the object's from the disk cache). And a cold read whose GETs
  * break off midway (a fault proxy cuts and resets them) gets every byte right, leaves the
  * object in the disk cache in span files, and after a restart with S3 unreachable the whole
- * file still reads right from them.
+ * file still reads right from them. A mount killed (SIGKILL) in the middle of cold reads
+ * leaves no cache file that is not whole, and the next mount reads every byte right.
  */
 import { describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
@@ -115,6 +116,43 @@ for (const kind of S3_SERVER_KINDS) {
         const r = await sh(`cmp <(tail -c +${skip + 1} ${m.mnt}/cut.bin | head -c ${count}) <(tail -c +${skip + 1} ${want} | head -c ${count})`, { env });
         expect(`${skip}: ${r.stdout}${r.stderr}${r.code}`).toBe(`${skip}: 0`);
       }
+      expect(await m.stop()).toBe(0);
+    }, 180_000);
+
+    test("a mount killed mid cold read leaves only whole cache files, and the next mount reads every byte right", async () => {
+      const server = await bed.server(kind);
+      const bucket = await createBucket(server);
+      const store = makeObjectStore(storeConfig(server, bucket));
+      bed.later(() => store.close());
+      const size = 45 * MIB + 999;
+      const bytes = randomBytes(size);
+      await store.upload("k.bin", bytes, { partSize: 8 * MIB });
+      const local = await bed.tmp("s3rlocal");
+      const want = join(local, "k.bin");
+      await writeFile(want, bytes);
+      const dataDir = await bed.tmp("s3rdata");
+      const env = s3Env(server);
+      const mnt = await bed.tmp("s3rmnt");
+      for (const delay of [150, 400, 700]) {
+        const m = await startMount({ source: `s3://${bucket}`, mnt, dataDir, args: ["--endpoint", server.endpoint], env });
+        const reading = sh(`dd if=${mnt}/k.bin of=/dev/null bs=1M status=none`, { env });
+        await Bun.sleep(delay);
+        await m.kill();
+        await reading; // fails once the mount is gone: only what the next mount reads counts
+        // Every cache file holds exactly the chunks its name says (a part chunk only at the end).
+        const dir = join(dataDir, "cache");
+        for (const n of await readdir(dir)) {
+          if (n.endsWith(".tmp")) continue; // removed by the next mount, never read
+          const [first, count = "1"] = n.slice(n.lastIndexOf("-") + 1).split("+").map(Number);
+          const expected = Math.min(size, (first! + Number(count)) * MIB) - first! * MIB;
+          expect({ n, size: Bun.file(join(dir, n)).size }).toEqual({ n, size: expected });
+        }
+      }
+      const m = await startMount({ source: `s3://${bucket}`, mnt, dataDir, args: ["--endpoint", server.endpoint], env });
+      bed.mount(m);
+      const again = await sh(`dd if=${mnt}/k.bin bs=1M status=none | cmp - ${want}`, { env });
+      expect(again.stderr).toBe("");
+      expect(again.code).toBe(0);
       expect(await m.stop()).toBe(0);
     }, 180_000);
   });
