@@ -245,7 +245,10 @@ export class ChunkCache {
     // The file holds chunks [first, first + count): all whole but the object's last.
     const fileSize = Math.min(base.size, (span.first + span.count) * this.chunk) - span.first * this.chunk;
     if (!(await readAt(path, c.buffer, (index - span.first) * this.chunk, c.bytes!.length, fileSize))) {
-      this.dropFile(file); // gone or damaged: S3 has it
+      // Gone or damaged: S3 has it. Removed too, as a chunk fetched again goes to a file of
+      // its own name and would leave this one behind, uncounted.
+      this.dropFile(file);
+      void unlink(path).catch(() => {});
       this.release(c);
       return this.fetchSpan(base, id, index, index + 1)[0]!;
     }
