@@ -101,6 +101,8 @@ async function claimDataDir(dataDir: string, url: string | undefined): Promise<v
 
 /** How often a mount makes everything written durable, fsync or not (ext4 commits every 5 s). */
 const SETTLE_INTERVAL_MS = 5000;
+/** How long an unmount waits for the read cache's chunk files still being written. */
+const CACHE_FLUSH_MS = 3000;
 
 /** Resolves with the reason the mount should end: a signal, or the mount disappearing. */
 const stopRequested = (mountpoint: string) =>
@@ -178,7 +180,8 @@ export function serve(o: ServeOptions): Promise<void> {
               }),
             catch: (e) => e,
           }),
-          (r) => Effect.sync(() => r.store.close()),
+          // Chunk files still being written (at most a span or two) go to disk first, for a while.
+          (r) => Effect.promise(() => Promise.race([r.cache.flush().catch(() => {}), Bun.sleep(CACHE_FLUSH_MS)]).then(() => r.store.close())),
         )
       : undefined;
     const fs = yield* Effect.acquireRelease(

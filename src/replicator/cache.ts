@@ -7,6 +7,13 @@
  * Cached bytes are derived data that S3 can always give again, so they stay out of the
  * journal: segments never carry downloaded bytes, and losing the cache loses nothing.
  *
+ * The chunks one ranged GET brings (a readahead span, up to SPAN_CHUNKS) go to disk as one
+ * file, `ID-FIRST+COUNT` (a single chunk: `ID-INDEX`), written once the span is in: a file
+ * made per 1 MiB chunk cost the mount more CPU (ext4 inode allocation, open, rename) than the
+ * bytes themselves. Files are what the bound evicts, whole; a chunk is read from its file at
+ * its place in it. Each file is written as `NAME.tmp` and renamed, so a crash leaves no file
+ * that holds less than its name says (and `.tmp` files are removed at the next open).
+ *
  * Sequential reads fetch ahead: each chunk read right after the one before widens the
  * window of chunks fetched in parallel, up to `maxReadahead`.
  *
@@ -61,8 +68,12 @@ interface Chunk {
 }
 
 export class ChunkCache {
-  private readonly files = new Map<string, number>(); // name → bytes, least recently used first
+  private readonly files = new Map<string, number>(); // file name → bytes, least recently used first
+  /** Chunk name (`ID-INDEX`) → the file holding it. */
+  private readonly chunkFiles = new Map<string, string>();
   private readonly memory = new Map<string, Chunk>();
+  /** Chunks served and waiting for (or being written in) their span's file: still readable. */
+  private readonly unwritten = new Map<string, Chunk>();
   private readonly inflight = new Map<string, Promise<Chunk>>();
   /** Buffers of `chunk` bytes to reuse. */
   private readonly pool: Uint8Array[] = [];
@@ -184,7 +195,7 @@ export class ChunkCache {
   private fetchMissing(base: RemoteBase, id: string, from: number, to: number): void {
     const present = (i: number) => {
       const name = `${id}-${i}`;
-      return this.memory.has(name) || this.inflight.has(name) || this.files.has(name);
+      return this.memory.has(name) || this.inflight.has(name) || this.unwritten.has(name) || this.chunkFiles.has(name);
     };
     let i = from;
     while (i < to && present(i)) i++;
@@ -211,7 +222,13 @@ export class ChunkCache {
     }
     const pending = this.inflight.get(name);
     if (pending) return pending;
-    if (this.files.has(name)) {
+    const unwritten = this.unwritten.get(name);
+    if (unwritten?.bytes !== undefined) {
+      this.stats.hits++;
+      this.keepInMemory(name, unwritten);
+      return Promise.resolve(unwritten);
+    }
+    if (this.chunkFiles.has(name)) {
       const p = this.fromDisk(base, id, index).finally(() => this.inflight.get(name) === p && this.inflight.delete(name));
       this.inflight.set(name, p);
       return p;
@@ -221,10 +238,17 @@ export class ChunkCache {
 
   private async fromDisk(base: RemoteBase, id: string, index: number): Promise<Chunk> {
     const name = `${id}-${index}`;
-    const path = join(this.options.dir, name);
+    const file = this.chunkFiles.get(name)!;
+    const span = spanOf(file)!;
+    const path = join(this.options.dir, file);
     const c = this.newChunk(Math.min(this.chunk, base.size - index * this.chunk));
-    if (!(await readWhole(path, c.buffer, c.bytes!.length))) {
-      this.files.delete(name); // gone or damaged: S3 has it
+    // The file holds chunks [first, first + count): all whole but the object's last.
+    const fileSize = Math.min(base.size, (span.first + span.count) * this.chunk) - span.first * this.chunk;
+    if (!(await readAt(path, c.buffer, (index - span.first) * this.chunk, c.bytes!.length, fileSize))) {
+      // Gone or damaged: S3 has it. Removed too, as a chunk fetched again goes to a file of
+      // its own name and would leave this one behind, uncounted.
+      this.dropFile(file);
+      void unlink(path).catch(() => {});
       this.release(c);
       return this.fetchSpan(base, id, index, index + 1)[0]!;
     }
@@ -266,17 +290,28 @@ export class ChunkCache {
       void p.finally(() => this.inflight.get(name) === p && this.inflight.delete(name)).catch(() => {});
     }
     let next = first; // the first chunk not served yet
+    const got: Chunk[] = []; // chunks [first, next), for the span's file
     const done = (c: Chunk) => {
       const name = `${id}-${next}`;
       this.stats.downloadedBytes += c.bytes!.length;
+      c.writing = true; // its buffer stays until the span's file is written
+      this.unwritten.set(name, c);
+      got.push(c);
       this.keepInMemory(name, c);
-      this.persist(name, c);
       waiting[next - first]!.resolve(c);
       next++;
     };
-    this.streamRetrying(base, first, end, () => next, done).catch((e) => {
-      for (let i = next; i < end; i++) waiting[i - first]!.reject(e);
-    });
+    // Counted as a write from now on, so that flush() also waits for the span's file.
+    const p: Promise<void> = this.streamRetrying(base, first, end, () => next, done)
+      .then(
+        () => this.persist(id, first, got),
+        (e) => {
+          for (let i = next; i < end; i++) waiting[i - first]!.reject(e);
+          this.persist(id, first, got); // what did arrive
+        },
+      )
+      .finally(() => this.writes.delete(p));
+    this.writes.add(p);
     return promises;
   }
 
@@ -358,28 +393,44 @@ export class ChunkCache {
     this.release(c);
   }
 
-  /** Written behind the reader; a write that fails only costs another GET later. */
-  private persist(name: string, c: Chunk): void {
-    c.writing = true;
-    const p: Promise<void> = this.write(name, c.bytes!).finally(() => {
-      c.writing = false;
-      this.release(c);
-      this.writes.delete(p);
-    });
-    this.writes.add(p);
+  /**
+   * Chunks `first`, `first + 1`, … of one span to disk, behind the reader: one file for the
+   * whole chunks and, where the object ends in a part chunk, one for that (O_DIRECT takes only
+   * whole pages). A write that fails only costs another GET later.
+   */
+  private persist(id: string, first: number, chunks: readonly Chunk[]): void {
+    let whole = chunks.length;
+    if (whole > 1 && chunks[whole - 1]!.bytes!.length !== this.chunk) whole--;
+    const runs: [number, readonly Chunk[]][] = [[first, chunks.slice(0, whole)]];
+    if (whole < chunks.length) runs.push([first + whole, chunks.slice(whole)]);
+    for (const [at, run] of runs) {
+      if (run.length === 0) continue;
+      const file = run.length === 1 ? `${id}-${at}` : `${id}-${at}+${run.length}`;
+      const p: Promise<void> = this.write(file, run.map((c) => c.bytes!)).finally(() => {
+        run.forEach((c, i) => {
+          const name = `${id}-${at + i}`;
+          if (this.unwritten.get(name) === c) this.unwritten.delete(name);
+          c.writing = false;
+          this.release(c);
+        });
+        this.writes.delete(p);
+      });
+      this.writes.add(p);
+    }
   }
 
-  /** Once every chunk fetched so far is written to disk (or failed to be). */
+  /** Once every chunk fetched so far (and being fetched) is written to disk (or failed to be). */
   async flush(): Promise<void> {
     while (this.writes.size > 0) await Promise.all(this.writes);
   }
 
-  private async write(name: string, bytes: Uint8Array): Promise<void> {
+  private async write(name: string, parts: readonly Uint8Array[]): Promise<void> {
     const path = join(this.options.dir, name);
+    const size = parts.reduce((n, b) => n + b.length, 0);
     try {
-      if (!(this.direct && (await this.writeDirect(`${path}.tmp`, bytes)))) await writeFile(`${path}.tmp`, bytes);
+      if (!(this.direct && (await this.writeDirect(`${path}.tmp`, parts, size)))) await writeFile(`${path}.tmp`, parts.length === 1 ? parts[0]! : Buffer.concat(parts));
       await rename(`${path}.tmp`, path);
-      this.remember(name, bytes.length);
+      this.remember(name, size);
       await this.evict();
     } catch {
       // A cache that cannot write (full disk) only costs another GET later.
@@ -392,12 +443,29 @@ export class ChunkCache {
    * for whole pages of page-aligned memory (pool buffers are); false (and a buffered write
    * then) where the filesystem refuses it, e.g. tmpfs, and from then on.
    */
-  private async writeDirect(path: string, bytes: Uint8Array): Promise<boolean> {
-    if (bytes.length % PAGE !== 0 || bytes.byteOffset % PAGE !== 0) return false;
+  private async writeDirect(path: string, parts: readonly Uint8Array[], size: number): Promise<boolean> {
+    if (parts.some((b) => b.length % PAGE !== 0 || b.byteOffset % PAGE !== 0)) return false;
     let fh;
     try {
       fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_DIRECT);
-      for (let at = 0; at < bytes.length; ) at += (await fh.write(bytes, at, bytes.length - at, at)).bytesWritten;
+      let at = 0;
+      // One writev for the span; what a short write leaves goes piece by piece (page multiples).
+      at += (await fh.writev(parts as Uint8Array[], 0)).bytesWritten;
+      let skip = at;
+      for (const b of parts) {
+        if (skip >= b.length) {
+          skip -= b.length;
+          continue;
+        }
+        for (let off = skip; off < b.length; ) {
+          const n = (await fh.write(b, off, b.length - off, at)).bytesWritten;
+          if (n <= 0) throw new Error(`short write to ${path}`);
+          off += n;
+          at += n;
+        }
+        skip = 0;
+      }
+      if (at !== size) throw new Error(`wrote ${at} of ${size} bytes to ${path}`);
       return true;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === "EINVAL") this.direct = false;
@@ -407,29 +475,50 @@ export class ChunkCache {
     }
   }
 
-  private remember(name: string, size: number): void {
-    const old = this.files.get(name);
+  /** A file on disk, newest in the LRU order; its chunks are read from it from now on. */
+  private remember(file: string, size: number): void {
+    const old = this.files.get(file);
     if (old !== undefined) this.bytes -= old;
-    this.files.delete(name);
-    this.files.set(name, size);
+    this.files.delete(file);
+    this.files.set(file, size);
     this.bytes += size;
     this.stats.bytes = this.bytes;
+    const span = spanOf(file);
+    if (span) for (let i = 0; i < span.count; i++) this.chunkFiles.set(`${span.id}-${span.first + i}`, file);
   }
 
-  private touch(name: string): void {
-    const size = this.files.get(name);
+  /** The file out of the books (not off the disk); its chunks are no longer on disk. */
+  private dropFile(file: string): void {
+    const size = this.files.get(file);
     if (size === undefined) return;
-    this.files.delete(name);
-    this.files.set(name, size);
+    this.files.delete(file);
+    this.bytes -= size;
+    this.stats.bytes = this.bytes;
+    const span = spanOf(file);
+    if (span) {
+      for (let i = 0; i < span.count; i++) {
+        const name = `${span.id}-${span.first + i}`;
+        if (this.chunkFiles.get(name) === file) this.chunkFiles.delete(name);
+      }
+    }
+  }
+
+  /** A chunk was used: its file moves to the end of the LRU order. */
+  private touch(name: string): void {
+    const file = this.chunkFiles.get(name);
+    const size = file === undefined ? undefined : this.files.get(file);
+    if (size === undefined) return;
+    this.files.delete(file!);
+    this.files.set(file!, size);
   }
 
   private async evict(): Promise<void> {
     while (this.bytes > this.maxBytes && this.files.size > 0) {
-      const [name, size] = this.files.entries().next().value!;
-      this.files.delete(name);
-      this.forget(name);
-      this.bytes -= size;
-      await unlink(join(this.options.dir, name)).catch(() => {});
+      const file = this.files.keys().next().value!;
+      const span = spanOf(file);
+      this.dropFile(file);
+      if (span) for (let i = 0; i < span.count; i++) this.forget(`${span.id}-${span.first + i}`);
+      await unlink(join(this.options.dir, file)).catch(() => {});
     }
     this.stats.bytes = this.bytes;
   }
@@ -440,19 +529,27 @@ class ObjectChanged extends Error {}
 
 const versionId = (base: RemoteBase) => createHash("sha256").update(`${base.key}\0${base.versionId ?? ""}\0${base.etag}`).digest("hex").slice(0, 40);
 
-/** The file's bytes into `buf`: true if it holds exactly `size`. */
-async function readWhole(path: string, buf: Uint8Array, size: number): Promise<boolean> {
+/** A cache file's name: `ID-FIRST+COUNT`, or `ID-INDEX` for one chunk; undefined for others. */
+function spanOf(file: string): { id: string; first: number; count: number } | undefined {
+  const m = /^([0-9a-f]{40})-(\d+)(?:\+(\d+))?$/.exec(file);
+  if (!m) return undefined;
+  const count = m[3] === undefined ? 1 : Number(m[3]);
+  return count >= 1 ? { id: m[1]!, first: Number(m[2]), count } : undefined;
+}
+
+/** `length` bytes at `position` of the file into `buf`: true if the file is `fileSize` long and they were all read. */
+async function readAt(path: string, buf: Uint8Array, position: number, length: number, fileSize: number): Promise<boolean> {
   const fh = await open(path, "r").catch(() => undefined);
   if (!fh) return false;
   try {
-    if ((await fh.stat()).size !== size) return false;
+    if ((await fh.stat()).size !== fileSize) return false;
     let at = 0;
-    while (at < size) {
-      const { bytesRead } = await fh.read(buf, at, size - at, at);
+    while (at < length) {
+      const { bytesRead } = await fh.read(buf, at, length - at, position + at);
       if (bytesRead === 0) break;
       at += bytesRead;
     }
-    return at === size;
+    return at === length;
   } catch {
     return false;
   } finally {

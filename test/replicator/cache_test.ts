@@ -1,11 +1,12 @@
 /**
  * The read cache against both real servers: bounded in bytes with the least recently used
  * chunks out first, kept across restarts (cached chunks read with the server unreachable),
- * pinned to object versions (a changed object is never served from old chunks).
+ * pinned to object versions (a changed object is never served from old chunks). The chunks
+ * of a readahead span share one file; a damaged one is fetched again and removed.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
-import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { mkdtemp, readdir, rm, stat, truncate } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ChunkCache } from "../../src/replicator/mod.ts";
@@ -88,6 +89,31 @@ for (const kind of S3_SERVER_KINDS) {
       expect((await read(cache, bb, 0, 1000)).equals(b.subarray(0, 1000))).toBe(true);
       // And the old version is refused rather than mixed with new bytes.
       await expect(read(cache, ba, 2 * MIB + 5, 10)).rejects.toThrow();
+    }, 60_000);
+
+    test("a span file damaged on disk is read from S3 again after a restart, and removed: every byte right, the byte count true", async () => {
+      const { store, dir, a, ba } = await withObject(kind, "d.bin", 3 * MIB + 555);
+      const chunk = 64 * 1024;
+      const cache = await ChunkCache.open({ dir, store, chunkBytes: chunk });
+      for (let off = 0; off < a.length; off += chunk) await read(cache, ba, off, Math.min(chunk, a.length - off));
+      await cache.flush();
+      const spans = (await readdir(dir)).filter((n) => /\+\d+$/.test(n));
+      expect(spans.length).toBeGreaterThan(1);
+      const damaged = spans[1]!;
+      const size = (await stat(join(dir, damaged))).size;
+      await truncate(join(dir, damaged), size - 1000);
+      const [first, count] = damaged.slice(damaged.lastIndexOf("-") + 1).split("+").map(Number);
+
+      const again = await ChunkCache.open({ dir, store, chunkBytes: chunk, maxReadahead: 0 });
+      const off = (first! + Math.floor(count! / 2)) * chunk;
+      expect((await read(again, ba, off, 3 * chunk)).equals(a.subarray(off, off + 3 * chunk))).toBe(true);
+      expect((await read(again, ba, 0, a.length)).equals(a)).toBe(true);
+      await again.flush();
+      const names = await readdir(dir);
+      expect(names).not.toContain(damaged);
+      let onDisk = 0;
+      for (const n of names) onDisk += (await stat(join(dir, n))).size;
+      expect(again.stats.bytes).toBe(onDisk);
     }, 60_000);
 
     test("bodies cut off or reset mid-span are fetched again from where they broke: every byte right", async () => {
@@ -177,14 +203,19 @@ for (const kind of S3_SERVER_KINDS) {
       const names = (await readdir(dir)).filter((n) => !n.endsWith(".tmp"));
       expect(names.length).toBeGreaterThan(0);
       const again = await ChunkCache.open({ dir, store, chunkBytes: 64 * 1024, memoryChunks: 2, maxBytes: MIB, maxReadahead: 0 });
+      // A file holds one chunk (`ID-INDEX`) or a span of them (`ID-FIRST+COUNT`).
+      const chunks = names.flatMap((n) => {
+        const [first, count = "1"] = n.slice(n.lastIndexOf("-") + 1).split("+");
+        return Array.from({ length: Number(count) }, (_, i) => ({ n, index: Number(first) + i }));
+      });
       await Promise.all(
-        names.map(async (n) => {
-          const off = Number(n.slice(n.lastIndexOf("-") + 1)) * 64 * 1024;
+        chunks.map(async ({ n, index }) => {
+          const off = index * 64 * 1024;
           const len = Math.min(64 * 1024, a.length - off);
-          if (!(await read(again, ba, off, len)).equals(a.subarray(off, off + len))) throw new Error(`wrong bytes in ${n}`);
+          if (!(await read(again, ba, off, len)).equals(a.subarray(off, off + len))) throw new Error(`wrong bytes of chunk ${index} in ${n}`);
         }),
       );
-      expect(again.stats.hits).toBe(names.length);
+      expect(again.stats.hits).toBe(chunks.length);
       expect(again.stats.downloadedBytes).toBe(0);
     }, 60_000);
   });
