@@ -57,6 +57,12 @@ export const WRITEBACK_BYTES = 32 << 20;
  * also start at an aligned address, which O_DIRECT needs.
  */
 export const DIRECT_BLOCK = 4096;
+/**
+ * Runs with fewer whole blocks than this are written through the page cache: a direct write
+ * waits for the device, which for small writes (a file of a few KiB, then its close) would add
+ * a device round trip ahead of the fdatasync instead of saving a copy worth having.
+ */
+export const DIRECT_MIN_BYTES = 128 << 10;
 
 /** A slab of {@link SLAB_BYTES} at an address that is a multiple of {@link DIRECT_BLOCK}. */
 function newSlab(): Buffer {
@@ -356,7 +362,7 @@ export class DataLog {
       const end = run.pos + run.bytes;
       const from = Math.min(end, alignUp(run.pos));
       const to = Math.max(from, end - (end % DIRECT_BLOCK));
-      if (this.direct && to > from) {
+      if (this.direct && to - from >= DIRECT_MIN_BYTES) {
         if (from > run.pos) await this.writeBuffered(run.file, run.pos, run.parts, 0, from - run.pos);
         const done = await this.writeDirect(run.file, from, run.parts, from - run.pos, to - from);
         await this.writeBuffered(run.file, from + done, run.parts, from + done - run.pos, end - from - done);
