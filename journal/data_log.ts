@@ -8,9 +8,10 @@
  * the write happens; the bytes are copied into a slab then) and written behind
  * the appends, at the latest by the commit of the events that point at them; a
  * synced commit fdatasyncs every file written since the last one. Bytes not yet
- * in the file are read from the slabs. The journal head row records the end of
- * the log; on open anything past it is cut off: it belongs to a commit that
- * never happened.
+ * in the file are read from the slabs. Whole aligned blocks of bulk runs are
+ * written with O_DIRECT, the rest through the page cache (see writeRuns). The
+ * journal head row records the end of the log; on open anything past it is cut
+ * off: it belongs to a commit that never happened.
  *
  * Reclaiming space (retention): bytes that no retained point needs are recorded as dead in
  * `<n:08x>.dead` (pairs of u64 position and length, appended and fsynced); once enough of a
@@ -127,7 +128,7 @@ export class DataLog {
   /** The same files opened with O_DIRECT, for whole aligned blocks (see {@link write}). */
   private readonly directHandles = new Map<number, Promise<FileHandle>>();
   /** Whole blocks are written with O_DIRECT until the filesystem refuses it (EINVAL). */
-  private direct: boolean;
+  private direct = constants.O_DIRECT !== undefined;
   private directBytes = 0;
   private bufferedBytes = 0;
   /** Slabs whose bytes are not all on disk yet, and the one being filled (last), in log order. */
@@ -159,23 +160,21 @@ export class DataLog {
     private readonly dir: string,
     start: DataLogPosition,
     private readonly maxFileBytes: number,
-    direct: boolean,
   ) {
-    this.direct = direct && constants.O_DIRECT !== undefined;
     this.file = start.file;
     this.end = start.end;
     this.flushedTo = start;
   }
 
   /** Open the log and cut off whatever lies past `committed` (bytes of commits that never happened). */
-  static async open(dir: string, committed: DataLogPosition, maxFileBytes = DEFAULT_DATA_FILE_BYTES, options: { readonly direct?: boolean } = {}): Promise<DataLog> {
+  static async open(dir: string, committed: DataLogPosition, maxFileBytes = DEFAULT_DATA_FILE_BYTES): Promise<DataLog> {
     await mkdir(dir, { recursive: true });
     for (const name of await readdir(dir)) {
       const m = /^([0-9a-f]{8})\.(dat|dead)$/.exec(name);
       if (m && parseInt(m[1]!, 16) > committed.file) await rm(join(dir, name));
       else if (name.endsWith(".tmp")) await rm(join(dir, name)); // a reclaim that did not finish
     }
-    const log = new DataLog(dir, committed, maxFileBytes, options.direct ?? true);
+    const log = new DataLog(dir, committed, maxFileBytes);
     const fh = await log.handle(committed.file);
     const { size } = await fh.stat();
     if (size < committed.end) {

@@ -2,7 +2,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { DataLog, DIRECT_BLOCK, type DataLogPosition } from "../../journal/data_log.ts";
+import { DataLog, DIRECT_BLOCK, DIRECT_MIN_BYTES, type DataLogPosition } from "../../journal/data_log.ts";
 import { landing, patternByte, patternBytes } from "../support/data_log_pattern.ts";
 
 const dirs: string[] = [];
@@ -12,7 +12,15 @@ async function freshDir(): Promise<string> {
   dirs.push(d);
   return d;
 }
+/** Logs opened by a test, closed after it even if it failed (an unclosed handle fails a later test when collected). */
+const logs: DataLog[] = [];
+async function openLog(dir: string, pos: DataLogPosition, max: number): Promise<DataLog> {
+  const log = await DataLog.open(dir, pos, max);
+  logs.push(log);
+  return log;
+}
 afterEach(async () => {
+  for (const log of logs.splice(0)) await log.close().catch(() => {});
   // Lazily if a failed test left files open in it.
   for (const m of mounts.splice(0)) if (Bun.spawnSync(["umount", m]).exitCode !== 0) Bun.spawnSync(["umount", "-l", m]);
   for (const d of dirs.splice(0)) await rm(d, { recursive: true, force: true });
@@ -71,7 +79,7 @@ describe("data log writes", () => {
     const dir = await freshDir();
     const max = 6 << 20;
     const ends = new Map<number, number>();
-    let log = await DataLog.open(dir, { file: 0, end: 0 }, max);
+    let log = await openLog(dir, { file: 0, end: 0 }, max);
     await appendAndCheck(log, [...SIZES, ...SIZES], max, ends);
     const s = log.writeStats;
     expect(s.direct).toBe(true); // never refused: every direct write was aligned
@@ -84,7 +92,7 @@ describe("data log writes", () => {
     await expectFiles(dir, pos, ends);
 
     // Reopened at an end inside a block: the first slab starts there, and aligned blocks after it still go direct.
-    log = await DataLog.open(dir, pos, max);
+    log = await openLog(dir, pos, max);
     await appendAndCheck(log, SIZES, max, ends);
     expect(log.writeStats.direct).toBe(true);
     expect(log.writeStats.directBytes).toBeGreaterThan(0);
@@ -92,6 +100,25 @@ describe("data log writes", () => {
     await log.close();
     await expectFiles(dir, pos2, ends);
   }, 60_000);
+
+  test("a run with fewer whole blocks than DIRECT_MIN_BYTES goes through the page cache, a larger one direct but for its partial blocks", async () => {
+    const dir = await freshDir();
+    const log = await openLog(dir, { file: 0, end: 0 }, 64 << 20);
+    const small = DIRECT_MIN_BYTES - DIRECT_BLOCK + 10; // whole blocks short of the threshold, then 10 bytes
+    log.reserve(patternBytes(0, 0, small));
+    await log.write();
+    expect(log.writeStats).toMatchObject({ directBytes: 0, bufferedBytes: small });
+    // From inside a block to inside another: the aligned blocks between go direct.
+    log.reserve(patternBytes(0, small, 100));
+    log.reserve(patternBytes(0, small + 100, DIRECT_MIN_BYTES * 2));
+    await log.write();
+    const end = small + 100 + DIRECT_MIN_BYTES * 2;
+    const direct = Math.floor(end / DIRECT_BLOCK) * DIRECT_BLOCK - DIRECT_MIN_BYTES;
+    expect(log.writeStats).toMatchObject({ direct: true, directBytes: direct, bufferedBytes: end - direct });
+    await log.sync();
+    await log.close();
+    await expectFiles(dir, { file: 0, end }, new Map());
+  });
 
   test("after SIGKILLs mid-write, opening at the last synced end cuts off the rest and the bytes before it are intact", async () => {
     const dir = await freshDir();
@@ -130,7 +157,7 @@ describe("data log writes", () => {
       if (pos.end % DIRECT_BLOCK !== 0) insideBlock++;
       const size = (await stat(join(dir, fileName(pos.file)))).size;
       expect(size).toBeGreaterThanOrEqual(pos.end);
-      const log = await DataLog.open(dir, pos, max);
+      const log = await openLog(dir, pos, max);
       await log.close();
       // Where an earlier file ended is not printed (only synced ends are): at least the last one seen.
       await expectFiles(dir, pos, ends, false);
@@ -145,13 +172,13 @@ describe("data log writes", () => {
     mounts.push(dir);
     const max = 6 << 20;
     const ends = new Map<number, number>();
-    let log = await DataLog.open(dir, { file: 0, end: 0 }, max);
+    let log = await openLog(dir, { file: 0, end: 0 }, max);
     await appendAndCheck(log, SIZES, max, ends);
     expect(log.writeStats).toMatchObject({ direct: false, directBytes: 0 });
     const pos = log.position;
     await log.close();
     await expectFiles(dir, pos, ends);
-    log = await DataLog.open(dir, pos, max);
+    log = await openLog(dir, pos, max);
     await appendAndCheck(log, SIZES.slice(0, 5), max, ends);
     const pos2 = log.position;
     await log.close();
