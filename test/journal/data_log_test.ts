@@ -6,6 +6,8 @@ import { DataLog, DIRECT_BLOCK, DIRECT_MIN_BYTES, type DataLogPosition } from ".
 import { landing, patternByte, patternBytes } from "../support/data_log_pattern.ts";
 
 const dirs: string[] = [];
+/** Child processes to kill after a test that failed before it killed them (they would recreate its directory). */
+const children: Bun.Subprocess[] = [];
 const mounts: string[] = [];
 async function freshDir(): Promise<string> {
   const d = await mkdtemp(join(tmpdir(), "objectfs-datalog-"));
@@ -20,6 +22,10 @@ async function openLog(dir: string, pos: DataLogPosition, max: number): Promise<
   return log;
 }
 afterEach(async () => {
+  for (const c of children.splice(0)) {
+    c.kill("SIGKILL");
+    await c.exited;
+  }
   for (const log of logs.splice(0)) await log.close().catch(() => {});
   // Lazily if a failed test left files open in it.
   for (const m of mounts.splice(0)) if (Bun.spawnSync(["umount", m]).exitCode !== 0) Bun.spawnSync(["umount", "-l", m]);
@@ -129,6 +135,7 @@ describe("data log writes", () => {
     let insideBlock = 0;
     for (let cycle = 0; cycle < 6; cycle++) {
       const proc = Bun.spawn([process.execPath, child, dir, String(pos.file), String(pos.end), String(max)], { stdout: "pipe", stderr: "inherit" });
+      children.push(proc);
       const reader = proc.stdout.getReader();
       const want = 1 + (cycle % 4);
       let synced = 0;
@@ -152,6 +159,7 @@ describe("data log writes", () => {
       }
       proc.kill("SIGKILL"); // with writes (unsynced ones too) under way
       await proc.exited;
+      children.splice(children.indexOf(proc), 1);
       pos = last!;
       for (const [f, e] of fileEnds) ends.set(f, e);
       if (pos.end % DIRECT_BLOCK !== 0) insideBlock++;
