@@ -54,6 +54,9 @@ const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
 const dirs: string[] = [];
+/** Control sockets of this run's mounts: a directory of its own, not the one tests share (removing that would cut off mounts of tests running meanwhile). */
+const RUN_DIR = await mkdtemp(join(tmpdir(), "objectfs-bench-run-"));
+const benchEnv = (server: S3Server): Record<string, string> => ({ ...s3Env(server), OBJECTFS_RUN_DIR: RUN_DIR });
 const mounts: MountHandle[] = [];
 
 async function status(mnt: string, env: Record<string, string>): Promise<Status> {
@@ -76,7 +79,7 @@ async function mountVia(server: S3Server, bucket: string, endpoint: string, extr
   const mnt = await mkdtemp(join(tmpdir(), "objectfs-bench-mnt-"));
   const dataDir = await mkdtemp(join(tmpdir(), "objectfs-bench-data-"));
   dirs.push(mnt, dataDir);
-  const m = await startMount({ source: `s3://${bucket}`, mnt, dataDir, args: ["--endpoint", endpoint, ...extra], env: s3Env(server) });
+  const m = await startMount({ source: `s3://${bucket}`, mnt, dataDir, args: ["--endpoint", endpoint, ...extra], env: benchEnv(server) });
   mounts.push(m);
   return m;
 }
@@ -97,7 +100,7 @@ async function timed(script: string, env: Record<string, string>, what: string):
 
 async function lag(server: S3Server, store: ObjectStore, bucket: string) {
   const m = await mountVia(server, bucket, server.endpoint);
-  const env = s3Env(server);
+  const env = benchEnv(server);
   await run(`mkdir ${m.mnt}/lag`, env, "mkdir");
   const writer = Bun.spawn(["bash", "-c", `for i in $(seq 1 ${Math.round(SECONDS * 20)}); do head -c 4096 /dev/urandom > ${m.mnt}/lag/f$i; echo "$i $(date +%s%3N)"; sleep 0.05; done`], { stdout: "pipe", stderr: "pipe" });
   const closes = new Map<number, number>();
@@ -160,7 +163,7 @@ async function lag(server: S3Server, store: ObjectStore, bucket: string) {
 
 async function amplification(server: S3Server, bucket: string, proxy: FaultProxy) {
   const m = await mountVia(server, bucket, proxy.endpoint);
-  const env = s3Env(server);
+  const env = benchEnv(server);
   await run(`mkdir ${m.mnt}/large ${m.mnt}/small && ${OBJECTFS} sync ${m.mnt} --timeout 120`, env, "prepare");
   proxy.resetStats();
   const large = 4 * LARGE_MIB * MiB;
@@ -187,7 +190,7 @@ async function amplification(server: S3Server, bucket: string, proxy: FaultProxy
 
 async function reads(server: S3Server, bucket: string) {
   const size = READ_MIB * MiB;
-  const env = s3Env(server);
+  const env = benchEnv(server);
   const store = makeObjectStore(storeConfig(server, bucket));
   cleanups.push(() => store.close());
   await store.upload("read/big.bin", randomBytes(size), { partSize: 16 * MiB });
@@ -285,5 +288,5 @@ try {
   for (const m of mounts) await m.stop().catch(() => {});
   await cleanup(...dirs);
   for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => {});
-  await rm(join(tmpdir(), "objectfs-run"), { recursive: true, force: true }).catch(() => {});
+  await rm(RUN_DIR, { recursive: true, force: true }).catch(() => {});
 }
