@@ -114,17 +114,25 @@ export interface ReclaimResult {
   readonly bytes: number;
 }
 
-/** Sort and merge [pos, len] ranges. */
-function mergeRanges(ranges: [number, number][]): [number, number][] {
-  ranges.sort((a, b) => a[0] - b[0]);
-  const out: [number, number][] = [];
-  for (const [pos, len] of ranges) {
-    if (len <= 0) continue;
+/**
+ * Data log ranges [file, pos, length] sorted, empty ones left out, and merged where they
+ * overlap or one ends where the next begins in the same file (appends make long runs of them).
+ */
+export function mergeDataRanges(ranges: readonly (readonly [number, number, number])[]): [number, number, number][] {
+  const sorted = [...ranges].sort((x, y) => x[0] - y[0] || x[1] - y[1]);
+  const out: [number, number, number][] = [];
+  for (const [file, pos, length] of sorted) {
+    if (length <= 0) continue;
     const last = out[out.length - 1];
-    if (last && pos <= last[0] + last[1]) last[1] = Math.max(last[1], pos + len - last[0]);
-    else out.push([pos, len]);
+    if (last && last[0] === file && pos <= last[1] + last[2]) last[2] = Math.max(last[2], pos + length - last[1]);
+    else out.push([file, pos, length]);
   }
   return out;
+}
+
+/** Sort and merge [pos, len] ranges of one file. */
+function mergeRanges(ranges: readonly (readonly [number, number])[]): [number, number][] {
+  return mergeDataRanges(ranges.map(([pos, len]) => [0, pos, len] as const)).map(([, pos, len]) => [pos, len]);
 }
 
 export class DataLog {

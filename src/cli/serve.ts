@@ -191,7 +191,7 @@ export function serve(o: ServeOptions): Promise<void> {
       }),
       (fs) => Effect.promise(() => fs.close()),
     );
-    // A retention pass killed after its checkpoint may have left audit rows to trim.
+    // A retention pass killed after its checkpoint is finished (see src/retention/retention.ts).
     if (!o.readOnly) yield* Effect.tryPromise({ try: () => finishInterruptedPass(fs, o.log), catch: (e) => e });
     // Like a filesystem's commit interval: bytes written without fsync reach the disk within
     // seconds, and after a crash the next mount has at most that much to check.

@@ -14,13 +14,13 @@
  * of the events in (M, B] that are not carriers (the events stay, marked `dataDropped`),
  * records those bytes as dead in the data log and rewrites mostly dead data log files
  * (DataLog.reclaim). Every step can be repeated, and a pass cut short by a crash is finished
- * at the next mount or pass (see PENDING_FILE). Nothing that a point in the data window needs is touched: the state at any
- * P ≥ B holds only bytes of carriers and of events after B.
+ * at the next mount or pass (see PENDING_FILE). Nothing that a point in the data window needs
+ * is touched: the state at any P ≥ B holds only bytes of carriers and of events after B.
  */
 import type { JournalEvent } from "../../journal/mod.ts";
 import { key, readU64 } from "../../journal/keys.ts";
 import { unpackValue } from "../../journal/codec.ts";
-import type { ReclaimResult } from "../../journal/data_log.ts";
+import { mergeDataRanges, type ReclaimResult } from "../../journal/data_log.ts";
 import { backingOf, type Filesystem } from "../fs/filesystem.ts";
 import { inodesTouched } from "../projection/evolve.ts";
 import { auditRow, auditSeqs, TreeState } from "../projection/state.ts";
@@ -118,18 +118,6 @@ async function writePending(dataDir: string, pending: PendingPass): Promise<void
   await rename(`${path}.tmp`, path);
 }
 
-/** Data log ranges sorted, and merged where one ends where the next begins in the same file (appends make long runs of them). */
-function mergedRanges(ranges: readonly (readonly [number, number, number])[]): [number, number, number][] {
-  const sorted = [...ranges].sort((x, y) => x[0] - y[0] || x[1] - y[1]);
-  const out: [number, number, number][] = [];
-  for (const [file, pos, length] of sorted) {
-    const last = out[out.length - 1];
-    if (last && last[0] === file && pos <= last[1] + last[2]) last[2] = Math.max(last[2], pos + length - last[1]);
-    else out.push([file, pos, length]);
-  }
-  return out;
-}
-
 /** Trim the audit rows of `inodes` to the seqs after `m` (the events up to it are gone). */
 async function trimAudit(fs: Filesystem, inodes: Iterable<number>, m: number): Promise<void> {
   const audit = backingOf(fs.journal).audit;
@@ -160,18 +148,18 @@ export async function finishInterruptedPass(fs: Filesystem, log: (message: strin
   }
   const c = await localCheckpoint(dataDir);
   // Its checkpoint is not the newest: the pass stopped before it removed anything.
-  if (c && c.seq === pending.seq && (pending.dataFrom === undefined || c.dataFrom === pending.dataFrom)) {
-    if (pending.dataFrom === undefined) {
-      await trimAudit(fs, pending.inodes, pending.seq);
-    } else {
-      const done = await completeTo(fs, c, pending);
-      await rm(path, { force: true });
-      await reclaimDead(fs, done.dead, options.reclaim, log);
-      log(`objectfs: finished a retention pass that was interrupted (checkpoint seq ${c.seq}, restorable from seq ${c.dataFrom}): ${done.removed} more events removed, ${done.dropped} more payloads dropped`);
-    }
+  const ours = c && c.seq === pending.seq && (pending.dataFrom === undefined || c.dataFrom === pending.dataFrom);
+  let dead: [number, number, number][] = [];
+  if (ours && pending.dataFrom === undefined) {
+    await trimAudit(fs, pending.inodes, pending.seq);
     log(`objectfs: finished the audit index trimming of a retention pass that was interrupted (checkpoint seq ${pending.seq})`);
+  } else if (ours) {
+    const done = await completeTo(fs, c, pending);
+    dead = done.dead;
+    log(`objectfs: finished a retention pass that was interrupted (checkpoint seq ${c.seq}, restorable from seq ${c.dataFrom}): ${done.removed} more events removed, ${done.dropped} more payloads dropped`);
   }
   await rm(path, { force: true });
+  if (dead.length > 0) await reclaimDead(fs, dead, options.reclaim, log);
   return true;
 }
 
@@ -209,7 +197,7 @@ async function completeTo(fs: Filesystem, c: Checkpoint, pending: PendingPass): 
   if (runStart !== undefined) deletes.push([runStart, runEnd]);
   await journal.retire(deletes, replacements);
   await trimAudit(fs, pending.inodes, c.seq);
-  const merged = mergedRanges(dead);
+  const merged = mergeDataRanges(dead);
   await journal.markDataDead(merged);
   return { removed, dropped: replacements.length, dead: merged };
 }
@@ -335,9 +323,9 @@ export async function retainLocal(fs: Filesystem, policy: RetentionPolicy, optio
       affected.push(e.seq);
     }
   }
-  // Nothing is removed before the checkpoint stands for it, nor before a note says which
-  // audit rows to trim should this pass be killed after it (see PENDING_FILE).
-  const deadRanges = mergedRanges(dead);
+  // Nothing is removed before the checkpoint stands for it, nor before a note says what this
+  // pass removes, should it be killed after the checkpoint (see PENDING_FILE).
+  const deadRanges = mergeDataRanges(dead);
   await writePending(dataDir, { seq: m, dataFrom: b, inodes: [...auditInodes], dead: deadRanges });
   const name = await writeLocalCheckpoint(dataDir, checkpoint);
   await journal.retire(deletes, replacements);
