@@ -221,6 +221,12 @@ export class SegmentIntake {
   private lengthIndex = 0;
   private stopped = false;
   private end = 0;
+  /** Where each event record read so far starts, in order. */
+  private readonly records: number[] = [];
+  /** For each of those with bytes in the data area, where its bytes start (once known). */
+  private readonly dataStarts = new Map<number, number>();
+  /** Events handed out by {@link early}; -1: none can be (a header check failed, or version 1). */
+  private given = 0;
 
   /** `bytes` is the buffer the segment is being read into. */
   constructor(private readonly bytes: Uint8Array) {}
@@ -258,6 +264,7 @@ export class SegmentIntake {
       this.crcs.set(at + 8, [at + 8 + len, crc32(b.subarray(at + 8, at + 8 + len))]);
       const e = decodeEvent(b.subarray(at + 8, at + 8 + len));
       this.events.set(at + 8, [at + 8 + len, e]);
+      this.records.push(at);
       if (e.type === "ExtentWritten" && !e.dataDropped) this.lengths.push(e.length);
       this.next = at + 8 + len;
       this.left--;
@@ -266,6 +273,15 @@ export class SegmentIntake {
     if (this.dataAt < 0) {
       if (this.next + 8 > end) return;
       this.dataAt = this.next + 8;
+      let start = this.dataAt;
+      for (let k = 0, d = 0; k < this.records.length; k++) {
+        const r = this.records[k]!;
+        const e = this.events.get(r + 8)?.[1];
+        if (e?.type === "ExtentWritten" && !e.dataDropped) {
+          this.dataStarts.set(k, start);
+          start += this.lengths[d++]!;
+        }
+      }
       const seed = ((b[32]! << 24) | (b[33]! << 16) | (b[34]! << 8) | b[35]!) >>> 0;
       this.prefixSum = [this.dataAt, seed, crc32(b.subarray(0, this.dataAt), seed)];
       this.next = this.dataAt;
@@ -288,6 +304,78 @@ export class SegmentIntake {
       this.next = r.end;
       this.running = undefined;
     }
+  }
+
+  /**
+   * The next events that can be handed out before the whole segment is here, in order, data
+   * as views into the buffer: each checked on its own as {@link decodeSegment} checks it (the
+   * header's magic, CRC, version and range, continuity with `after`, the event's CRC and seq,
+   * the framing of the data area and the CRC of the event's data). What only the whole segment
+   * can show (its trailer and checksum) is left to decodeSegment, which must still be run on
+   * it: a reader that takes events early must be able to undo what it did with them if that
+   * fails. Once a check fails here, nothing more is handed out early (decodeSegment names the
+   * damage).
+   */
+  early(after: { readonly maxSeq: number; readonly checksum: number }): JournalEvent[] {
+    if (this.given < 0 || this.end < SEGMENT_HEADER_BYTES + COMPACTED_EXTRA_BYTES) return [];
+    const b = this.bytes;
+    const u32 = (at: number) => ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0;
+    const version = (b[8]! << 8) | b[9]!;
+    const count = u32(12);
+    const minSeq = readU64(b, 16);
+    const maxSeq = readU64(b, 24);
+    if (this.given === 0) {
+      const ok =
+        HEADER_MAGIC.equals(b.subarray(0, 8)) &&
+        u32(36) === crc32(b.subarray(0, 36)) >>> 0 &&
+        (version === FORMAT_VERSION || version === COMPACTED_VERSION) &&
+        maxSeq >= minSeq &&
+        (version === COMPACTED_VERSION ? count <= maxSeq - minSeq + 1 : maxSeq - minSeq + 1 === count) &&
+        minSeq === after.maxSeq + 1 &&
+        u32(32) === after.checksum >>> 0;
+      if (!ok) {
+        this.given = -1;
+        return [];
+      }
+    }
+    const out: JournalEvent[] = [];
+    const trailerAt = b.length - SEGMENT_TRAILER_BYTES;
+    let prevSeq = this.given === 0 ? minSeq - 1 : -1;
+    while (this.given < count && this.given < this.records.length) {
+      const k = this.given;
+      const at = this.records[k]!;
+      const len = u32(at);
+      const crc = this.crc(at + 8, at + 8 + len);
+      const e = this.events.get(at + 8)?.[1];
+      if (crc === undefined || e === undefined) break;
+      if (prevSeq < 0) prevSeq = this.events.get(this.records[k - 1]! + 8)![1].seq;
+      const seqOk = version === COMPACTED_VERSION ? e.seq > prevSeq && e.seq <= maxSeq : e.seq === minSeq + k;
+      if (crc !== u32(at + 4) || !seqOk) {
+        this.given = -1;
+        return out;
+      }
+      let event = e;
+      if (e.type === "ExtentWritten" && !e.dataDropped) {
+        if (this.dataAt < 0) break; // the data area has not begun
+        if (this.dataAt + readU64(b, this.dataAt - 8) !== trailerAt) {
+          this.given = -1;
+          return out;
+        }
+        const start = this.dataStarts.get(k)!;
+        // (Runs of no bytes share their start with the next run: their CRC is that of nothing.)
+        const dataCrc = e.length === 0 ? 0 : this.crc(start, start + e.length);
+        if (dataCrc === undefined) break;
+        if (dataCrc !== e.crc || start + e.length > trailerAt) {
+          this.given = -1;
+          return out;
+        }
+        event = { ...e, data: b.subarray(start, start + e.length) };
+      }
+      out.push(event);
+      prevSeq = e.seq;
+      this.given++;
+    }
+    return out;
   }
 
   /** The CRC-32 of bytes [start, end), if worked out already. */

@@ -185,7 +185,7 @@ export async function restoreHistory(history: History, at: Point | undefined, di
       lastReport = Date.now();
       options.onProgress(progress);
     };
-    for await (const e of historyEvents(history)) {
+    for await (const e of historyEvents(history, { early: true })) {
       if (c && e.seq <= c.seq) {
         if (e.type !== "ExtentWritten" || !e.data) continue;
         for (const [ino, offset, at, length] of placements.get(e.seq) ?? []) {

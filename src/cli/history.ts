@@ -10,7 +10,8 @@ import { Journal, JournalError, type JournalEvent } from "../../journal/mod.ts";
 import { stateAt, type PastState, type Point } from "../audit/time_travel.ts";
 import type { RemoteSource } from "../fs/remote.ts";
 import { remoteHistory } from "../replicator/checkpoints.ts";
-import { ChunkCache, makeRemoteSource, remoteClients } from "../replicator/mod.ts";
+import { ChunkCache, makeRemoteSource } from "../replicator/mod.ts";
+import { listJournals } from "../replicator/segments.ts";
 import { localCheckpoint, type History } from "../retention/history.ts";
 import { makeObjectStore, type ObjectStoreConfig } from "../s3/mod.ts";
 import { UsageError } from "./command.ts";
@@ -54,15 +55,18 @@ export async function openHistory(source: HistorySource, log: (m: string) => voi
   }
   const store = makeObjectStore({ bucket: source.bucket, ...source.store });
   try {
-    const clients = source.client ? [source.client] : await remoteClients(store, source.prefix);
+    const journals = await listJournals(store, source.prefix);
+    const clients = source.client ? [source.client] : [...journals.keys()];
     if (clients.length === 0) throw new UsageError(`s3://${source.bucket}/${source.prefix} holds no objectfs journal`);
     if (clients.length > 1) throw new UsageError(`s3://${source.bucket}/${source.prefix} holds the journals of ${clients.length} clients (${clients.join(", ")}); choose one with --client`);
     const cache = await ChunkCache.open({ dir: join(work, "cache"), store });
     const reads = makeRemoteSource({ store, prefix: source.prefix, cache, uid: 0, gid: 0 });
     const remote = { ...reads, list: () => Promise.reject(new Error("this directory had not been listed at that point, so its contents then are unknown")) };
-    const h = await remoteHistory(store, source.prefix, clients[0]!);
+    const h = await remoteHistory(store, source.prefix, clients[0]!, journals.get(clients[0]!) ?? []);
+    const stop = source.stopAtCorruption ?? false;
     return {
-      history: { ...h, events: () => stopAtCorruption(h.events(), source.stopAtCorruption ?? false, log) },
+      // Stopping at the last good point needs every event it keeps to come from a segment verified whole.
+      history: { ...h, events: (o) => stopAtCorruption(h.events(stop ? {} : o), stop, log) },
       remote,
       work,
       doneReading: async () => {},
@@ -107,7 +111,9 @@ async function* stopAtCorruption(events: AsyncIterable<JournalEvent>, stop: bool
     }
   } catch (e) {
     if (!stop || !(e instanceof JournalError) || (e.reason !== "corrupt" && e.reason !== "discontinuous")) {
-      if (e instanceof JournalError) throw new JournalError(e.reason, `${e.message}; to use the journal up to the last good point (seq ${last}), add --stop-at-corruption`);
+      // Read early, events of the damaged segment may have come before the error: its last whole segment ended at lastGoodSeq.
+      const good = (e as { lastGoodSeq?: number }).lastGoodSeq ?? last;
+      if (e instanceof JournalError) throw new JournalError(e.reason, `${e.message}; to use the journal up to the last good point (seq ${good}), add --stop-at-corruption`);
       throw e;
     }
     log(`objectfs: ${e.message}; stopping at seq ${last}, the last good point`);

@@ -6,7 +6,7 @@ import { decodeCheckpoint, encodeCheckpoint, parseCheckpointName, type Checkpoin
 import type { History } from "../retention/history.ts";
 import type { ObjectStore } from "../s3/mod.ts";
 import { META_DIR } from "./keys.ts";
-import { readRemoteJournal } from "./segments.ts";
+import { readRemoteJournal, type RemoteSegment } from "./segments.ts";
 
 export const checkpointPrefix = (prefix: string, clientId: string) => `${prefix}${META_DIR}/checkpoints/${clientId}/`;
 
@@ -37,8 +37,20 @@ export async function putRemoteCheckpoint(store: ObjectStore, prefix: string, cl
   return key;
 }
 
-/** One client's history in S3: its newest checkpoint and its segments. */
-export async function remoteHistory(store: ObjectStore, prefix: string, clientId: string): Promise<History> {
+/**
+ * One client's history in S3: its newest checkpoint and its segments. `segments`, if given, is
+ * a listing just made (see listJournals): the first reading of the events uses it instead of
+ * listing again; later ones list afresh.
+ */
+export async function remoteHistory(store: ObjectStore, prefix: string, clientId: string, segments?: readonly RemoteSegment[]): Promise<History> {
   const checkpoint = await remoteCheckpoint(store, prefix, clientId);
-  return { ...(checkpoint ? { checkpoint } : {}), events: () => readRemoteJournal(store, prefix, clientId) };
+  let listed = segments;
+  return {
+    ...(checkpoint ? { checkpoint } : {}),
+    events: (options) => {
+      const given = listed;
+      listed = undefined;
+      return readRemoteJournal(store, prefix, clientId, { ...(given ? { segments: given } : {}), early: options?.early ?? false });
+    },
+  };
 }

@@ -11,7 +11,7 @@
  * Replication facts (the shipper's and materializer's own events) do not by themselves make
  * a segment: they travel in the next one.
  */
-import { decodeSegment, JournalError, parseSegmentName, sealSegment, SegmentIntake, segmentName, type JournalEvent, type Seq } from "../../journal/mod.ts";
+import { decodeSegment, JournalError, SegmentCorruptError, parseSegmentName, sealSegment, SegmentIntake, segmentName, type JournalEvent, type Seq } from "../../journal/mod.ts";
 import type { Filesystem } from "../fs/filesystem.ts";
 import type { Capabilities, ObjectStore } from "../s3/mod.ts";
 import { META_DIR } from "./keys.ts";
@@ -134,16 +134,38 @@ export const levelDir = (level: number) => (level === 0 ? "" : `L${level}/`);
 
 /** Every segment of one client's journal in S3, of every level, by minSeq. */
 export async function listSegments(store: ObjectStore, prefix: string, clientId: string): Promise<RemoteSegment[]> {
-  const dir = journalPrefix(prefix, clientId);
-  const out: RemoteSegment[] = [];
+  return (await listUnder(store, journalPrefix(prefix, clientId), false)).get("") ?? [];
+}
+
+/**
+ * The journals of every client under the prefix, in one listing: client id → its segments, by
+ * minSeq (a client with objects there but no segments has none).
+ */
+export async function listJournals(store: ObjectStore, prefix: string): Promise<Map<string, RemoteSegment[]>> {
+  return listUnder(store, `${prefix}${META_DIR}/journal/`, true);
+}
+
+async function listUnder(store: ObjectStore, dir: string, byClient: boolean): Promise<Map<string, RemoteSegment[]>> {
+  const out = new Map<string, RemoteSegment[]>();
+  // A flat listing: some servers' delimited listings drop prefixes whose keys are all nested deeper.
   for await (const e of store.list({ prefix: dir })) {
     if (e.kind !== "object") continue;
-    const rel = e.key.slice(dir.length);
+    let rel = e.key.slice(dir.length);
+    let id = "";
+    if (byClient) {
+      const slash = rel.indexOf("/");
+      id = slash < 0 ? rel : rel.slice(0, slash);
+      if (!id) continue;
+      rel = slash < 0 ? "" : rel.slice(slash + 1);
+    }
+    let l = out.get(id);
+    if (!l) out.set(id, (l = []));
     const m = /^(?:L([1-9][0-9]*)\/)?([^/]+)$/.exec(rel);
     const r = m && parseSegmentName(m[2]!);
-    if (r) out.push({ key: e.key, level: m[1] ? Number(m[1]) : 0, minSeq: r.minSeq, maxSeq: r.maxSeq, size: e.size, lastModified: e.lastModified });
+    if (r) l.push({ key: e.key, level: m[1] ? Number(m[1]) : 0, minSeq: r.minSeq, maxSeq: r.maxSeq, size: e.size, lastModified: e.lastModified });
   }
-  return out.sort((a, b) => a.minSeq - b.minSeq || b.maxSeq - a.maxSeq);
+  for (const l of out.values()) l.sort((a, b) => a.minSeq - b.minSeq || b.maxSeq - a.maxSeq);
+  return out;
 }
 
 /**
@@ -178,45 +200,71 @@ export function coveringChain(segments: readonly RemoteSegment[]): RemoteSegment
  * long it holds them past its segment ({@link holdSegmentBytes}) has later segments read into
  * the buffers of those it is done with, instead of into fresh memory; a reader that never
  * does may keep the events as long as it likes.
+ *
+ * `early`: events are handed out while their segment is still arriving, each as soon as its
+ * own checks pass (see SegmentIntake.early), so that the reader's work on a segment overlaps
+ * its download. The segment's own checksum is still checked once it is all here, and if that
+ * fails the error is thrown after some of its events were yielded: only a reader that throws
+ * away everything it did when reading fails (a restore into a work directory) may ask for
+ * this. Such an error carries `lastGoodSeq`, the last seq of the segments that were whole.
+ * `segments`: the journal's segments as just listed (see {@link listJournals}), instead of a
+ * listing of its own.
  */
-export async function* readRemoteJournal(store: ObjectStore, prefix: string, clientId: string): AsyncGenerator<JournalEvent> {
-  const names = coveringChain(await listSegments(store, prefix, clientId));
+export async function* readRemoteJournal(
+  store: ObjectStore,
+  prefix: string,
+  clientId: string,
+  options: { readonly early?: boolean; readonly segments?: readonly RemoteSegment[] } = {},
+): AsyncGenerator<JournalEvent> {
+  const names = coveringChain(options.segments ?? (await listSegments(store, prefix, clientId)));
   const pool = new SegmentBuffers();
+  let after = { maxSeq: 0, checksum: 0 };
   try {
-    let after: { maxSeq: number; checksum: number } | undefined;
     // Up to AHEAD segments fetched ahead of the one being decoded.
-    const fetches: Promise<Fetched>[] = [];
+    const incoming: Incoming[] = [];
     const fetch = (i: number) => {
-      const p = fetchSegment(store, names[i]!, pool);
-      p.catch(() => {});
-      fetches[i] = p;
+      incoming[i] = new Incoming(store, names[i]!, pool);
     };
     for (let i = 0; i < Math.min(AHEAD, names.length); i++) fetch(i);
     for (let i = 0; i < names.length; i++) {
       const n = names[i]!;
+      const inc = incoming[i]!;
+      /** Only the data of ExtentWritten events may stay a view into a buffer that is reused: other bytes are copied out. */
+      const own = (e: JournalEvent): JournalEvent => (inc.lease && e.type === "XattrSet" ? { ...e, value: new Uint8Array(e.value) } : e);
+      const given: number[] = [];
+      if (options.early) {
+        for (;;) {
+          const changed = inc.changed();
+          for (const e of inc.intake?.early(after) ?? []) {
+            given.push(e.seq);
+            yield own(e);
+          }
+          if (inc.finished) break;
+          await changed;
+        }
+      }
       let fetched: Fetched;
       try {
-        fetched = await fetches[i]!;
+        fetched = await inc.result;
       } catch (e) {
         if ((e as { reason?: string }).reason === "not-found") {
           throw new JournalError("discontinuous", `Segment ${n.key} was removed while the journal was read (compaction replaced it); try again`);
         }
         throw e;
       }
-      delete fetches[i];
+      delete incoming[i];
       if (i + AHEAD < names.length) fetch(i + AHEAD);
-      const seg = decodeSegment(fetched.bytes, { name: n.key, after: after ?? { maxSeq: 0, checksum: 0 }, ...(fetched.intake ? { intake: fetched.intake } : {}) });
-      if (fetched.lease) {
-        // Only the data of ExtentWritten events may stay a view into a buffer that is reused: other bytes are copied out.
-        for (let k = 0; k < seg.events.length; k++) {
-          const e = seg.events[k]!;
-          if (e.type === "XattrSet") (seg.events as JournalEvent[])[k] = { ...e, value: new Uint8Array(e.value) };
-        }
+      const seg = decodeSegment(fetched.bytes, { name: n.key, after, ...(fetched.intake ? { intake: fetched.intake } : {}) });
+      for (let k = 0; k < given.length; k++) {
+        if (seg.events[k]?.seq !== given[k]) throw new SegmentCorruptError(n.key, 0, `event #${k} read as seq ${seg.events[k]?.seq} once the segment was whole, seq ${given[k]} while it arrived`);
       }
-      yield* seg.events;
+      for (let k = given.length; k < seg.events.length; k++) yield own(seg.events[k]!);
       if (fetched.lease) pool.pass(fetched.lease);
       after = { maxSeq: seg.maxSeq, checksum: seg.tailChecksum };
     }
+  } catch (e) {
+    if (options.early && e instanceof JournalError) Object.assign(e, { lastGoodSeq: after.maxSeq });
+    throw e;
   } finally {
     pool.close();
   }
@@ -316,28 +364,59 @@ class SegmentBuffers {
 
 /**
  * One segment's bytes, read as they arrive into a buffer of the pool, and its checksums
- * worked out piece by piece as they come (see {@link SegmentIntake}).
+ * worked out piece by piece as they come (see {@link SegmentIntake}); {@link changed} tells a
+ * reader that takes events early when more is here.
  */
-async function fetchSegment(store: ObjectStore, n: RemoteSegment, pool: SegmentBuffers): Promise<Fetched> {
-  const got = await store.getStream(n.key);
-  let { bytes: out, lease } = await pool.take(got.head.size);
-  let intake: SegmentIntake | undefined = new SegmentIntake(out);
-  let at = 0;
-  for await (const piece of got.body) {
-    if (at + piece.byteLength > out.length) {
-      // Longer than its size said (the store checks bodies against their length, so only if the object changed): keep it all, decodeSegment judges.
-      const grown = new Uint8Array(Math.max(at + piece.byteLength, out.length * 2));
-      grown.set(out.subarray(0, at));
-      if (lease) pool.pass(lease);
-      lease = undefined;
-      out = grown;
-      intake = undefined;
-    }
-    out.set(piece, at);
-    at += piece.byteLength;
-    intake?.advance(at);
+class Incoming {
+  intake: SegmentIntake | undefined;
+  lease: Lease | undefined;
+  finished = false;
+  readonly result: Promise<Fetched>;
+  private wake: (() => void) | undefined;
+
+  constructor(store: ObjectStore, n: RemoteSegment, pool: SegmentBuffers) {
+    this.result = this.fetch(store, n, pool).finally(() => {
+      this.finished = true;
+      this.poke();
+    });
+    this.result.catch(() => {});
   }
-  return { bytes: at === out.length ? out : out.subarray(0, at), ...(intake ? { intake } : {}), ...(lease ? { lease } : {}) };
+
+  /** Resolves once more bytes are in place, or the fetch is over. */
+  changed(): Promise<void> {
+    return new Promise<void>((r) => (this.wake = r));
+  }
+
+  private poke(): void {
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+
+  private async fetch(store: ObjectStore, n: RemoteSegment, pool: SegmentBuffers): Promise<Fetched> {
+    const got = await store.getStream(n.key);
+    let { bytes: out, lease } = await pool.take(got.head.size);
+    this.lease = lease;
+    let intake: SegmentIntake | undefined = (this.intake = new SegmentIntake(out));
+    let at = 0;
+    for await (const piece of got.body) {
+      if (at + piece.byteLength > out.length) {
+        // Longer than its size said (the store checks bodies against their length, so only if the object changed): keep it all, decodeSegment judges.
+        const grown = new Uint8Array(Math.max(at + piece.byteLength, out.length * 2));
+        grown.set(out.subarray(0, at));
+        // The lease stays until the reader is past this segment: events it took early are views into the pool buffer.
+        out = grown;
+        this.intake = intake = undefined;
+      }
+      out.set(piece, at);
+      at += piece.byteLength;
+      if (intake) {
+        intake.advance(at);
+        this.poke();
+      }
+    }
+    return { bytes: at === out.length ? out : out.subarray(0, at), ...(intake ? { intake } : {}), ...(lease ? { lease } : {}) };
+  }
 }
 
 interface Fetched {
@@ -348,13 +427,5 @@ interface Fetched {
 
 /** Client ids with a journal under the prefix. */
 export async function remoteClients(store: ObjectStore, prefix: string): Promise<string[]> {
-  // A flat listing: some servers' delimited listings drop prefixes whose keys are all nested deeper.
-  const base = `${prefix}${META_DIR}/journal/`;
-  const out = new Set<string>();
-  for await (const e of store.list({ prefix: base })) {
-    if (e.kind !== "object") continue;
-    const id = e.key.slice(base.length).split("/")[0];
-    if (id) out.add(id);
-  }
-  return [...out];
+  return [...(await listJournals(store, prefix)).keys()];
 }

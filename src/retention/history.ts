@@ -9,11 +9,19 @@ import { DROPPED_DATA_REF, JournalError, type DataRef, type Journal, type Journa
 import { TreeState, type StateDump } from "../projection/state.ts";
 import { checkpointName, DataIndex, decodeCheckpoint, encodeCheckpoint, parseCheckpointName, type Checkpoint } from "./checkpoint.ts";
 
+export interface EventsOptions {
+  readonly early?: boolean;
+}
+
 export interface History {
   /** Stands for every event up to its seq; absent: the events start at seq 1. */
   readonly checkpoint?: Checkpoint;
-  /** Events in seq order (bytes inline). Up to the checkpoint's seq, only carriers matter. */
-  readonly events: () => AsyncIterable<JournalEvent>;
+  /**
+   * Events in seq order (bytes inline). Up to the checkpoint's seq, only carriers matter.
+   * `early` lets a source hand out events of a part not yet wholly verified, each checked on
+   * its own (see readRemoteJournal): for a reader that discards all it did if reading fails.
+   */
+  readonly events: (options?: EventsOptions) => AsyncIterable<JournalEvent>;
 }
 
 /** The oldest point a history can restore, and the oldest seq its audit log still has. */
@@ -34,11 +42,11 @@ export function checkpointCarriers(c: Checkpoint): Set<number> {
  * which must be contiguous (a gap there means the journal was changed while it was read, or
  * is damaged).
  */
-export async function* historyEvents(h: History): AsyncGenerator<JournalEvent> {
+export async function* historyEvents(h: History, options: EventsOptions = {}): AsyncGenerator<JournalEvent> {
   const c = h.checkpoint;
   const carriers = c ? checkpointCarriers(c) : undefined;
   let last = c?.seq ?? 0;
-  for await (const e of h.events()) {
+  for await (const e of h.events(options)) {
     if (c && e.seq <= c.seq) {
       if (e.type === "ExtentWritten" && carriers!.has(e.seq) && e.data) yield e;
       continue;

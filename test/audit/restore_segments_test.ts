@@ -12,10 +12,10 @@ import { mkdtemp, readFile, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
-import { ROOT_INO, type Ino, type JournalEvent } from "../../journal/mod.ts";
+import { JournalError, ROOT_INO, type Ino, type JournalEvent } from "../../journal/mod.ts";
 import { restoreHistory } from "../../src/audit/restore.ts";
 import { Filesystem } from "../../src/fs/filesystem.ts";
-import { holdSegmentBytes, readRemoteJournal, SegmentShipper } from "../../src/replicator/segments.ts";
+import { holdSegmentBytes, journalPrefix, listSegments, readRemoteJournal, SegmentShipper } from "../../src/replicator/segments.ts";
 import { makeObjectStore, probeCapabilities, type ObjectStore } from "../../src/s3/mod.ts";
 import { createBucket, serverPool, storeConfig } from "../support/s3_servers.ts";
 import { readPath, ROOT } from "../support/s3_client.ts";
@@ -106,6 +106,49 @@ describe("restore over many segments", () => {
     for await (const e of readRemoteJournal(store, "", clientId)) if (e.type === "ExtentWritten" && e.data) kept.push(e);
     expect(kept.length).toBeGreaterThanOrEqual(400);
     for (const e of kept) if (e.type === "ExtentWritten") expect(crc32(e.data!)).toBe(e.crc);
+  }, 60_000);
+
+  test("read early, the journal gives the same events with the same bytes as read segment by segment", async () => {
+    const whole: [number, number][] = [];
+    for await (const e of readRemoteJournal(store, "", clientId)) whole.push([e.seq, e.type === "ExtentWritten" && e.data ? crc32(e.data) : -1]);
+    const early: [number, number][] = [];
+    for await (const e of readRemoteJournal(store, "", clientId, { early: true })) {
+      early.push([e.seq, e.type === "ExtentWritten" && e.data ? crc32(e.data) : -1]);
+      if (e.type === "ExtentWritten" && e.data) holdSegmentBytes(e.data)();
+    }
+    expect(early.length).toBeGreaterThan(400);
+    expect(early).toEqual(whole);
+  }, 60_000);
+
+  test("a segment damaged where only its whole checksum shows it: a restore fails, names it, and leaves nothing", async () => {
+    // A copy of the journal under another prefix, one segment in the middle damaged in its trailer (the state checksum slot).
+    const from = journalPrefix("", clientId);
+    const to = journalPrefix("damaged/", clientId);
+    const segs = await listSegments(store, "", clientId);
+    for (const seg of segs) await store.copy(seg.key, to + seg.key.slice(from.length));
+    const victim = segs[Math.floor(segs.length / 2)]!;
+    const bytes = Buffer.from((await store.get(victim.key)).bytes);
+    bytes[bytes.length - 10]! ^= 0x01;
+    const victimKey = to + victim.key.slice(from.length);
+    await store.put(victimKey, bytes);
+    let highest = 0;
+    const into = join(await mkdtemp(join(tmpdir(), "objectfs-restore-segments-bad-")), "t");
+    cleanups.push(() => rm(join(into, ".."), { recursive: true, force: true }));
+    const events = async function* (o?: { early?: boolean }) {
+      for await (const e of readRemoteJournal(store, "damaged/", clientId, { early: o?.early ?? false })) {
+        highest = Math.max(highest, e.seq);
+        yield e;
+      }
+    };
+    const failure = await restoreHistory({ events }, undefined, into).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(failure).toBeInstanceOf(JournalError);
+    expect((failure as Error).message).toContain(victimKey);
+    expect((failure as { lastGoodSeq?: number }).lastGoodSeq).toBe(victim.minSeq - 1);
+    expect(highest).toBeGreaterThan(victim.minSeq - 1); // its events were handed out before its checksum could be checked
+    expect(await readdir(into)).toEqual([]);
   }, 60_000);
 
   test("restore from the segments alone gives every file the bytes the filesystem shows", async () => {

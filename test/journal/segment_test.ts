@@ -129,6 +129,73 @@ describe("segments", () => {
     expect(intake.crc(48, 48 + len)).toBe(crc32(sealed.bytes.subarray(48, 48 + len)));
   });
 
+  /** `bytes` fed to an intake in pieces, taking what it hands out early after each piece. */
+  const takenEarly = (bytes: Uint8Array, sizes: number[], after: { maxSeq: number; checksum: number }) => {
+    const into = new Uint8Array(bytes.length);
+    const intake = new SegmentIntake(into);
+    const taken: JournalEvent[] = [];
+    for (let at = 0, k = 0; at < bytes.length; k++) {
+      const n = Math.min(bytes.length - at, Math.max(1, sizes[k % sizes.length]!));
+      into.set(bytes.subarray(at, at + n), at);
+      at += n;
+      intake.advance(at);
+      for (const e of intake.early(after)) {
+        // Handed out only once its own bytes are all here.
+        if (e.type === "ExtentWritten" && e.data) expect(crc32(e.data)).toBe(e.crc);
+        taken.push(e.type === "ExtentWritten" && e.data ? ({ ...e, data: new Uint8Array(e.data) } as JournalEvent) : e);
+      }
+    }
+    return { into, intake, taken };
+  };
+
+  test("events handed out early, as the bytes arrive, are the segment's events in order with their bytes", () => {
+    fc.assert(
+      fc.property(fc.array(fc.oneof(anyEvent, fc.integer({ min: 0, max: 5000 }).map((n) => withData(0, n, n & 0xff))), { minLength: 1, maxLength: 12 }), fc.array(fc.integer({ min: 1, max: 3000 }), { minLength: 1, maxLength: 5 }), (events, sizes) => {
+        const sealed = sealSegment(contiguous(events, 10), { prevChecksum: 77 });
+        const { into, intake, taken } = takenEarly(sealed.bytes, sizes, { maxSeq: 9, checksum: 77 });
+        const whole = decodeSegment(into, { intake, after: { maxSeq: 9, checksum: 77 } });
+        expect(normalize(taken)).toEqual(normalize(whole.events));
+      }),
+      { numRuns: 150 },
+    );
+    // The first event comes out before the segment is all here.
+    const sealed = sealSegment([withData(1, 5000, 3), withData(2, 5000, 4)], { prevChecksum: 0 });
+    const into = new Uint8Array(sealed.bytes.length);
+    const intake = new SegmentIntake(into);
+    const half = sealed.bytes.length - 5000;
+    into.set(sealed.bytes.subarray(0, half));
+    intake.advance(half);
+    expect(intake.early({ maxSeq: 0, checksum: 0 }).map((e) => e.seq)).toEqual([1]);
+  });
+
+  test("nothing is handed out early from a segment that does not follow the one before, or whose header is damaged", () => {
+    const sealed = sealSegment([withData(5, 100, 1), withData(6, 100, 2)], { prevChecksum: 9 });
+    expect(takenEarly(sealed.bytes, [64], { maxSeq: 4, checksum: 9 }).taken.map((e) => e.seq)).toEqual([5, 6]);
+    expect(takenEarly(sealed.bytes, [64], { maxSeq: 3, checksum: 9 }).taken).toEqual([]);
+    expect(takenEarly(sealed.bytes, [64], { maxSeq: 4, checksum: 8 }).taken).toEqual([]);
+    for (const at of [0, 9, 13, 20, 28, 33, 37]) {
+      const copy = new Uint8Array(sealed.bytes);
+      copy[at]! ^= 0x10;
+      expect(takenEarly(copy, [64], { maxSeq: 4, checksum: 9 }).taken).toEqual([]);
+    }
+  });
+
+  test("a flipped byte: every event handed out early is as the undamaged segment has it, and decoding the whole still fails", () => {
+    const events = [withData(1, 3000, 1), { type: "InodeDropped", seq: 2, time: 1, ino: 3 } as JournalEvent, withData(3, 1, 9), withData(4, 2500, 4)];
+    const sealed = sealSegment(events, { prevChecksum: 5 });
+    const good = normalize(decodeSegment(sealed.bytes).events);
+    let partly = 0;
+    for (let i = 0; i < sealed.bytes.length; i++) {
+      const copy = new Uint8Array(sealed.bytes);
+      copy[i]! ^= 0x04;
+      const { into, intake, taken } = takenEarly(copy, [333], { maxSeq: 0, checksum: 5 });
+      expect(normalize(taken)).toEqual(good.slice(0, taken.length));
+      if (taken.length > 0 && taken.length < good.length) partly++;
+      expect(() => decodeSegment(into, { intake, after: { maxSeq: 0, checksum: 5 } })).toThrow(JournalError);
+    }
+    expect(partly).toBeGreaterThan(0); // damage in later data stops the hand-out there
+  });
+
   test("a flipped byte fed through an intake is reported exactly as without it", () => {
     const events = [withData(1, 3000, 1), { type: "InodeDropped", seq: 2, time: 1, ino: 3 } as JournalEvent, withData(3, 1, 9), withData(4, 2500, 4)];
     const sealed = sealSegment(events, { prevChecksum: 5 });
