@@ -223,10 +223,12 @@ export class SegmentIntake {
   private end = 0;
   /** Where each event record read so far starts, in order. */
   private readonly records: number[] = [];
-  /** For each of those with bytes in the data area, where its bytes start (once known). */
-  private readonly dataStarts = new Map<number, number>();
+  /** For each of those with bytes in the data area, where its bytes start (worked out by {@link early} once the data area begins). */
+  private dataStarts: Map<number, number> | undefined;
   /** Events handed out by {@link early}; -1: none can be (a header check failed, or version 1). */
   private given = 0;
+  /** The seq of the last event handed out early (minSeq - 1 before the first); -1: the header is not checked yet. */
+  private givenSeq = -1;
 
   /** `bytes` is the buffer the segment is being read into. */
   constructor(private readonly bytes: Uint8Array) {}
@@ -273,15 +275,6 @@ export class SegmentIntake {
     if (this.dataAt < 0) {
       if (this.next + 8 > end) return;
       this.dataAt = this.next + 8;
-      let start = this.dataAt;
-      for (let k = 0, d = 0; k < this.records.length; k++) {
-        const r = this.records[k]!;
-        const e = this.events.get(r + 8)?.[1];
-        if (e?.type === "ExtentWritten" && !e.dataDropped) {
-          this.dataStarts.set(k, start);
-          start += this.lengths[d++]!;
-        }
-      }
       const seed = ((b[32]! << 24) | (b[33]! << 16) | (b[34]! << 8) | b[35]!) >>> 0;
       this.prefixSum = [this.dataAt, seed, crc32(b.subarray(0, this.dataAt), seed)];
       this.next = this.dataAt;
@@ -324,7 +317,7 @@ export class SegmentIntake {
     const count = u32(12);
     const minSeq = readU64(b, 16);
     const maxSeq = readU64(b, 24);
-    if (this.given === 0) {
+    if (this.givenSeq < 0) {
       const ok =
         HEADER_MAGIC.equals(b.subarray(0, 8)) &&
         u32(36) === crc32(b.subarray(0, 36)) >>> 0 &&
@@ -337,10 +330,10 @@ export class SegmentIntake {
         this.given = -1;
         return [];
       }
+      this.givenSeq = minSeq - 1;
     }
     const out: JournalEvent[] = [];
     const trailerAt = b.length - SEGMENT_TRAILER_BYTES;
-    let prevSeq = this.given === 0 ? minSeq - 1 : -1;
     while (this.given < count && this.given < this.records.length) {
       const k = this.given;
       const at = this.records[k]!;
@@ -348,8 +341,7 @@ export class SegmentIntake {
       const crc = this.crc(at + 8, at + 8 + len);
       const e = this.events.get(at + 8)?.[1];
       if (crc === undefined || e === undefined) break;
-      if (prevSeq < 0) prevSeq = this.events.get(this.records[k - 1]! + 8)![1].seq;
-      const seqOk = version === COMPACTED_VERSION ? e.seq > prevSeq && e.seq <= maxSeq : e.seq === minSeq + k;
+      const seqOk = version === COMPACTED_VERSION ? e.seq > this.givenSeq && e.seq <= maxSeq : e.seq === minSeq + k;
       if (crc !== u32(at + 4) || !seqOk) {
         this.given = -1;
         return out;
@@ -361,7 +353,7 @@ export class SegmentIntake {
           this.given = -1;
           return out;
         }
-        const start = this.dataStarts.get(k)!;
+        const start = this.dataStart(k);
         // (Runs of no bytes share their start with the next run: their CRC is that of nothing.)
         const dataCrc = e.length === 0 ? 0 : this.crc(start, start + e.length);
         if (dataCrc === undefined) break;
@@ -372,10 +364,26 @@ export class SegmentIntake {
         event = { ...e, data: b.subarray(start, start + e.length) };
       }
       out.push(event);
-      prevSeq = e.seq;
+      this.givenSeq = e.seq;
       this.given++;
     }
     return out;
+  }
+
+  /** Where the bytes of event record `k` start in the data area (which has begun: every record is read). */
+  private dataStart(k: number): number {
+    if (!this.dataStarts) {
+      this.dataStarts = new Map();
+      let start = this.dataAt;
+      for (let r = 0, d = 0; r < this.records.length; r++) {
+        const e = this.events.get(this.records[r]! + 8)?.[1];
+        if (e?.type === "ExtentWritten" && !e.dataDropped) {
+          this.dataStarts.set(r, start);
+          start += this.lengths[d++]!;
+        }
+      }
+    }
+    return this.dataStarts.get(k)!;
   }
 
   /** The CRC-32 of bytes [start, end), if worked out already. */
