@@ -1196,10 +1196,16 @@ export class Filesystem {
     } else if (ctx.uid !== 0) fail("EPERM");
   }
 
-  /** xattr_permission for reading: what a caller may not see reads as absent (ENODATA). */
+  /**
+   * xattr_permission for reading: what a caller may not see reads as absent (ENODATA); only
+   * user.* needs read permission on the inode (security.* and system.* are the LSM's and the
+   * filesystem's to judge, as on Linux: the kernel itself reads security.capability before a
+   * write by someone who may not read the file).
+   */
   private static xattrReadable(ctx: Ctx, inode: Inode, name: string): void {
     if (name.startsWith("trusted.") && ctx.uid !== 0) fail("ENODATA");
-    if (name.startsWith("user.") && inode.kind !== "file" && inode.kind !== "dir") fail("ENODATA");
+    if (!name.startsWith("user.")) return;
+    if (inode.kind !== "file" && inode.kind !== "dir") fail("ENODATA");
     if (!permits(ctx, inode, R_OK)) fail("EACCES");
   }
 

@@ -174,7 +174,7 @@ const truncArb = fc.oneof(
   { weight: 2, arbitrary: fc.integer({ min: 0, max: 100 * KiB }) },
   { weight: 1, arbitrary: fc.integer({ min: 0, max: 4 * MiB }) },
 );
-const xattrNameArb = fc.constantFrom("user.a", "user.b", "trusted.t");
+const xattrNameArb = fc.constantFrom("user.a", "user.b", "trusted.t", "security.s");
 const idArb = fc.constantFrom(0, 1000, 1001);
 
 export const opArb: fc.Arbitrary<GenOp> = fc.oneof(

@@ -129,6 +129,18 @@ test("regression: listxattr() needs no read permission, and users neither see no
   expect(results.slice(3)).toEqual([{ value: ["user.a"] }, { value: ["trusted.t", "user.a"] }, { errno: "ENODATA" }, { errno: "EACCES" }]);
 });
 
+test("regression: security.* attributes are read without read permission (only user.* needs it), and written by root only", async () => {
+  // The kernel reads security.capability before a write by a caller who may not read the file; the core answered EACCES.
+  const { results } = await pin(0o777, [
+    create("root", ["b"], 0o600),
+    { op: "setxattr", as: "root", path: ["b"], name: "security.s", value: "x", flags: 0 },
+    { op: "getxattr", as: "u1000", path: ["b"], name: "security.s" },
+    { op: "getxattr", as: "u1000", path: ["b"], name: "user.a" },
+    { op: "setxattr", as: "u1000", path: ["b"], name: "security.s", value: "y", flags: 0 },
+  ]);
+  expect(results.slice(2)).toEqual([{ value: new Uint8Array([0x78]) }, { errno: "EACCES" }, { errno: "EPERM" }]);
+});
+
 test("regression: rename() of a directory into its own subtree fails with EINVAL before any permission check", async () => {
   // Shrunk: [mkdir /d as root; rename /d → /d/a as u1001] gave EACCES.
   const { results } = await pin(0o777, [

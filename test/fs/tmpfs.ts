@@ -321,7 +321,8 @@ export class TmpfsSubject implements Subject {
       const st = await lstat(full);
       const kind = st.isDirectory() ? "dir" : st.isFile() ? "file" : st.isSymbolicLink() ? "symlink" : "other";
       if (!seen.has(st.ino)) seen.set(st.ino, path);
-      const names = xattr.list(full).filter((n) => n.startsWith("user.") || n.startsWith("trusted."));
+      // security.* only as the sequences set it (an LSM may label every file with its own).
+      const names = xattr.list(full).filter((n) => n.startsWith("user.") || n.startsWith("trusted.") || n === "security.s");
       const entry: EntrySnap = {
         kind,
         mode: st.mode & 0o7777,
