@@ -23,6 +23,9 @@ export async function serveMetrics(addr: string, metrics: Metrics, fs: Filesyste
     const g: Gauge[] = [
       { name: "objectfs_journal_head_seq", help: "Last committed journal seq.", type: "counter", value: fs.journal.head },
       { name: "objectfs_unsynced_bytes", help: "Bytes written but not yet synced to the local disk.", type: "gauge", value: fs.journal.pendingDataBytes },
+      { name: "objectfs_journal_commits_total", help: "Journal batches written to LevelDB.", type: "counter", value: fs.journal.stats.commits },
+      { name: "objectfs_journal_synced_commits_total", help: "Journal batches written with fsync.", type: "counter", value: fs.journal.stats.syncedCommits },
+      { name: "objectfs_journal_appends_total", help: "Appends (groups of events) in those batches.", type: "counter", value: fs.journal.stats.appends },
       { name: "objectfs_healthy", help: "1 while the journal takes changes.", type: "gauge", value: fs.failedWith ? 0 : 1 },
     ];
     if (!replication) return g;
