@@ -182,7 +182,7 @@ function handle(op: number, slot: number, name: string | undefined, name2: strin
       p.mtime = p.ctime = Date.now();
       const fh = nextFh++;
       handles.set(fh, c);
-      return session.create(slot, attr(c), TIMEOUT, TIMEOUT, fh, OPEN.keepCache);
+      return session.create(slot, attr(c), TIMEOUT, TIMEOUT, fh, OPEN.keepCache, true);
     }
     case OP.open: {
       if (!n) return session.err(slot, E.ENOENT);

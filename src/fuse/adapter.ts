@@ -281,7 +281,7 @@ export function makeAdapter(fs: Filesystem, session: () => Session, options: Ada
         const flags = q[REQ.b]!;
         return run("create", slot, call(() => fs.create(ctx, ino, name!, mode, flags)), (r) => {
           remember(r.attr.ino);
-          s.create(slot, toLL(r.attr), timeout, timeout, r.fh, keep(r.attr.ino));
+          s.create(slot, toLL(r.attr), timeout, timeout, r.fh, keep(r.attr.ino), true); // a new inode has no xattrs
         });
       }
       case OP.open: {

@@ -22,7 +22,7 @@ interface Binding {
   mount(mountpoint: string, options: string, handler: Handler, req: Float64Array, reply: Float64Array, features: number, maxWrite: number): SessionHandle;
   close(s: SessionHandle): void;
   ref(s: SessionHandle, on: boolean): void;
-  stats(s: SessionHandle): [number, number, number, number];
+  stats(s: SessionHandle): [number, number, number, number, number];
   replyErr(s: SessionHandle, slot: number, errno: number): number;
   replyEntry(s: SessionHandle, slot: number): number;
   replyCreate(s: SessionHandle, slot: number): number;
@@ -38,7 +38,7 @@ interface Binding {
   readonly OPS: readonly OpName[];
   readonly REQ: Record<"ino" | "a" | "b" | "c" | "fh" | "uid" | "gid" | "pid" | "umask" | "mode" | "attrUid" | "attrGid" | "size" | "atime" | "mtime" | "length", number>;
   readonly REPLY: Record<
-    "ino" | "generation" | "mode" | "nlink" | "uid" | "gid" | "rdev" | "size" | "blocks" | "blksize" | "atime" | "mtime" | "ctime" | "attrTimeout" | "entryTimeout" | "fh" | "openFlags" | "statfs" | "length",
+    "ino" | "generation" | "mode" | "nlink" | "uid" | "gid" | "rdev" | "size" | "blocks" | "blksize" | "atime" | "mtime" | "ctime" | "attrTimeout" | "entryTimeout" | "fh" | "openFlags" | "fresh" | "statfs" | "length",
     number
   >;
   readonly SET_ATTR: Record<"mode" | "uid" | "gid" | "size" | "atime" | "mtime" | "atimeNow" | "mtimeNow", number>;
@@ -176,12 +176,18 @@ export class Session {
     ll.replyEntry(this.handle, slot);
   }
 
-  create(slot: number, a: LLAttr, entryTimeout: number, attrTimeout: number, fh: number, openFlags: number, generation = 1): void {
+  /**
+   * A new file, opened. `fresh`: it has no extended attributes, so until one is set (or the
+   * kernel forgets the inode) the native side answers the kernel's question for
+   * security.capability before the file's first write itself (ENODATA), without a hop here.
+   */
+  create(slot: number, a: LLAttr, entryTimeout: number, attrTimeout: number, fh: number, openFlags: number, fresh: boolean, generation = 1): void {
     this.attr(a, attrTimeout);
     this.reply[REPLY.generation] = generation;
     this.reply[REPLY.entryTimeout] = entryTimeout;
     this.reply[REPLY.fh] = fh;
     this.reply[REPLY.openFlags] = openFlags;
+    this.reply[REPLY.fresh] = fresh ? 1 : 0;
     ll.replyCreate(this.handle, slot);
   }
 
@@ -238,10 +244,13 @@ export class Session {
     if (!this.closed) ll.notifyInvalEntry(this.handle, parent, name);
   }
 
-  /** Requests not yet answered, notifications sent, notifications that failed, FEATURES the kernel took. */
-  stats(): { outstanding: number; notified: number; notifyFailed: number; granted: number } {
-    const [outstanding, notified, notifyFailed, granted] = ll.stats(this.handle);
-    return { outstanding, notified, notifyFailed, granted };
+  /**
+   * Requests not yet answered, notifications sent, notifications that failed, FEATURES the
+   * kernel took, and security.capability questions answered natively (see {@link create}).
+   */
+  stats(): { outstanding: number; notified: number; notifyFailed: number; granted: number; answeredNatively: number } {
+    const [outstanding, notified, notifyFailed, granted, answeredNatively] = ll.stats(this.handle);
+    return { outstanding, notified, notifyFailed, granted, answeredNatively };
   }
 
   /**

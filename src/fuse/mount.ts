@@ -49,7 +49,7 @@ export interface Mounted {
   /** The kernel's lookup count of each inode it holds (FORGET brings them down). */
   readonly lookups: ReadonlyMap<number, number>;
   /** Requests not yet answered, invalidations sent (and failed), protocol features the kernel took (FEATURES bits). */
-  stats(): { outstanding: number; notified: number; notifyFailed: number; granted: number };
+  stats(): { outstanding: number; notified: number; notifyFailed: number; granted: number; answeredNatively: number };
 }
 
 /**

@@ -152,3 +152,31 @@ test("the kernel's lookups are counted and FORGET brings them down when it lets 
   expect(mounted.lookups.has(ino)).toBe(false);
   expect(mounted.lookups.get(ROOT_INO as number)).toBeUndefined(); // the root is never looked up
 });
+
+/** Run python3 on the mount (xattrs have no fs/promises call; sync calls from this process would deadlock). */
+async function py(code: string): Promise<string> {
+  const p = Bun.spawn(["python3", "-c", code], { stdout: "pipe", stderr: "pipe" });
+  const [out, err, status] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  if (status !== 0) throw new Error(`python3 failed (${status}): ${err.trim()}`);
+  return out.trim();
+}
+
+test("a new file's security.capability (asked before its first write) is answered natively until an xattr is set on it, through the kernel or by the core", async () => {
+  const CAP = "0100000200200000000000000000000000000000"; // a valid VFS_CAP_REVISION_2 value
+  const native = mounted.stats().answeredNatively;
+  const asked = count("getxattr");
+  await writeFile(join(mnt, "cap"), "x"); // create, then the first write: the kernel asks for security.capability
+  expect(mounted.stats().answeredNatively).toBeGreaterThan(native);
+  expect(count("getxattr")).toBe(asked);
+  // Set through the kernel: from then on the question goes to the core, which knows the value.
+  const path = join(mnt, "cap");
+  expect(await py(`import os; p=${JSON.stringify(path)}; os.setxattr(p, "security.capability", bytes.fromhex("${CAP}")); print(os.getxattr(p, "security.capability").hex())`)).toBe(CAP);
+  expect(count("getxattr")).toBeGreaterThan(asked);
+  // Set by the core itself (no caller): the invalidation it sends drops the native answer too.
+  await writeFile(join(mnt, "cap2"), "x");
+  const ino = (await fs.resolvePath("/cap2"))! as Ino;
+  const sent = mounted.stats().notified;
+  await fs.record([{ inode: ino }], () => [{ type: "XattrSet", ino, name: "security.capability", value: Buffer.from(CAP, "hex") }]);
+  await notified(sent, 1);
+  expect(await py(`import os; print(os.getxattr(${JSON.stringify(join(mnt, "cap2"))}, "security.capability").hex())`)).toBe(CAP);
+});
