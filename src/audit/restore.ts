@@ -269,12 +269,30 @@ class InodeFiles {
 /** Restore the state of `history` at `at` (default: the latest) into `dir`, which must be empty or absent. */
 export async function restoreHistory(history: History, at: Point | undefined, dir: string, options: RestoreOptions = {}): Promise<RestoreProgress> {
   checkRetained(history, at);
-  await mkdir(dir, { recursive: true });
+  const made = await mkdir(dir, { recursive: true });
   if ((await readdir(dir)).length > 0) throw new Error(`${dir} is not empty; restore into an empty or new directory, so nothing there is overwritten`);
+  const progress: RestoreProgress = { files: 0, bytes: 0, seq: 0, direct: 0 };
+  try {
+    return await restoreInto(history, at, dir, options, progress);
+  } catch (e) {
+    // Nothing half-done stays: DIR is emptied (and removed if this made it).
+    for (const name of await readdir(dir).catch(() => [])) await rm(join(dir, name), { recursive: true, force: true }).catch(() => {});
+    if (made !== undefined) await rm(dir, { recursive: true, force: true }).catch(() => {});
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOSPC" || code === "EDQUOT") {
+      throw new Error(`the filesystem of ${dir} is full (${code === "EDQUOT" ? "quota" : "no space"}) after ${(progress.bytes / 1048576).toFixed(1)} MiB of file bytes; free space there or restore into a directory on a larger filesystem (nothing was left in ${dir})`);
+    }
+    if (code === "EROFS" || code === "EACCES" || code === "EPERM") {
+      throw new Error(`cannot write into ${dir} (${code}: ${(e as Error).message}); restore into a directory this user may write, on a writable filesystem`);
+    }
+    throw e;
+  }
+}
+
+async function restoreInto(history: History, at: Point | undefined, dir: string, options: RestoreOptions, progress: RestoreProgress): Promise<RestoreProgress> {
   const work = join(dir, `.objectfs-restore-${randomBytes(6).toString("hex")}`);
   await mkdir(work, { mode: 0o700 });
   const files = new InodeFiles(work);
-  const progress: RestoreProgress = { files: 0, bytes: 0, seq: 0, direct: 0 };
   try {
     const c = history.checkpoint;
     const state = c ? TreeState.fromDump(unpackValue(packValue(c.dump)), { audit: false }) : TreeState.memory({ audit: false });

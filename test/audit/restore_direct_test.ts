@@ -123,3 +123,22 @@ test("restore onto ramfs (no O_DIRECT): the same bytes, all through the page cac
   await checkFiles(into);
   expect(done.direct).toBe(0);
 });
+
+test("restore onto a filesystem that fills up: one sentence naming the directory, the fix and what is left (nothing)", async () => {
+  const small = await mkdtemp(join(tmpdir(), "objectfs-restore-small-"));
+  const mounted = await sh(`mount -t tmpfs -o size=4m objectfs-test ${small}`);
+  if (mounted.code !== 0) throw new Error(`cannot mount a small tmpfs at ${small} (this test needs root): ${mounted.stderr.trim()}`);
+  cleanups.push(async () => {
+    await sh(`umount ${small}`);
+    await rm(small, { recursive: true, force: true });
+  });
+  const into = join(small, "t");
+  const h = await openHistory({ kind: "local", dataDir }, () => {});
+  const failure = await restoreHistory(h.history, undefined, into).then(
+    () => undefined,
+    (e: unknown) => e as Error,
+  );
+  await h.close();
+  expect(failure?.message).toMatch(new RegExp(`^the filesystem of ${into} is full \\(no space\\) after [0-9.]+ MiB of file bytes; free space there or restore into a directory on a larger filesystem \\(nothing was left in ${into}\\)$`));
+  expect(await readdir(small)).toEqual([]); // the directory it made is gone too
+});
