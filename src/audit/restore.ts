@@ -269,15 +269,17 @@ class InodeFiles {
 /** Restore the state of `history` at `at` (default: the latest) into `dir`, which must be empty or absent. */
 export async function restoreHistory(history: History, at: Point | undefined, dir: string, options: RestoreOptions = {}): Promise<RestoreProgress> {
   checkRetained(history, at);
-  const made = await mkdir(dir, { recursive: true });
-  if ((await readdir(dir)).length > 0) throw new Error(`${dir} is not empty; restore into an empty or new directory, so nothing there is overwritten`);
   const progress: RestoreProgress = { files: 0, bytes: 0, seq: 0, direct: 0 };
+  let made: string | undefined;
   try {
+    made = await mkdir(dir, { recursive: true });
+    if ((await readdir(dir)).length > 0) throw new NotEmpty(`${dir} is not empty; restore into an empty or new directory, so nothing there is overwritten`);
     return await restoreInto(history, at, dir, options, progress);
   } catch (e) {
-    // Nothing half-done stays: DIR is emptied (and removed if this made it).
+    if (e instanceof NotEmpty) throw e; // none of it is ours
+    // Nothing half-done stays: DIR is emptied, and what this made (DIR, and parents it needed) removed.
     for (const name of await readdir(dir).catch(() => [])) await rm(join(dir, name), { recursive: true, force: true }).catch(() => {});
-    if (made !== undefined) await rm(dir, { recursive: true, force: true }).catch(() => {});
+    if (made !== undefined) await rm(made, { recursive: true, force: true }).catch(() => {});
     const code = (e as NodeJS.ErrnoException).code;
     if (code === "ENOSPC" || code === "EDQUOT") {
       throw new Error(`the filesystem of ${dir} is full (${code === "EDQUOT" ? "quota" : "no space"}) after ${(progress.bytes / 1048576).toFixed(1)} MiB of file bytes; free space there or restore into a directory on a larger filesystem (nothing was left in ${dir})`);
@@ -288,6 +290,8 @@ export async function restoreHistory(history: History, at: Point | undefined, di
     throw e;
   }
 }
+
+class NotEmpty extends Error {}
 
 async function restoreInto(history: History, at: Point | undefined, dir: string, options: RestoreOptions, progress: RestoreProgress): Promise<RestoreProgress> {
   const work = join(dir, `.objectfs-restore-${randomBytes(6).toString("hex")}`);

@@ -132,7 +132,7 @@ test("restore onto a filesystem that fills up: one sentence naming the directory
     await sh(`umount ${small}`);
     await rm(small, { recursive: true, force: true });
   });
-  const into = join(small, "t");
+  const into = join(small, "a", "b", "t"); // parents the restore makes, and must remove again
   const h = await openHistory({ kind: "local", dataDir }, () => {});
   const failure = await restoreHistory(h.history, undefined, into).then(
     () => undefined,
@@ -140,5 +140,24 @@ test("restore onto a filesystem that fills up: one sentence naming the directory
   );
   await h.close();
   expect(failure?.message).toMatch(new RegExp(`^the filesystem of ${into} is full \\(no space\\) after [0-9.]+ MiB of file bytes; free space there or restore into a directory on a larger filesystem \\(nothing was left in ${into}\\)$`));
-  expect(await readdir(small)).toEqual([]); // the directory it made is gone too
+  expect(await readdir(small)).toEqual([]); // the directories it made are gone too
+});
+
+test("restore onto a read-only filesystem: one sentence naming the directory and the fix", async () => {
+  const ro = await mkdtemp(join(tmpdir(), "objectfs-restore-ro-"));
+  const mounted = await sh(`mount -t tmpfs -o ro,size=1m objectfs-test ${ro}`);
+  if (mounted.code !== 0) throw new Error(`cannot mount a read-only tmpfs at ${ro} (this test needs root): ${mounted.stderr.trim()}`);
+  cleanups.push(async () => {
+    await sh(`umount ${ro}`);
+    await rm(ro, { recursive: true, force: true });
+  });
+  const into = join(ro, "t");
+  const h = await openHistory({ kind: "local", dataDir }, () => {});
+  const failure = await restoreHistory(h.history, undefined, into).then(
+    () => undefined,
+    (e: unknown) => e as Error,
+  );
+  await h.close();
+  expect(failure?.message).toStartWith(`cannot write into ${into} (EROFS: `);
+  expect(failure?.message).toEndWith("); restore into a directory this user may write, on a writable filesystem");
 });
