@@ -69,14 +69,17 @@ export const DIRECT_BLOCK = 4096;
  */
 export const DIRECT_MIN_BYTES = 1 << 20;
 
-/** A slab of {@link SLAB_BYTES} at an address that is a multiple of {@link DIRECT_BLOCK}. */
-function newSlab(): Buffer {
-  const b = Buffer.allocUnsafeSlow(SLAB_BYTES);
+/** A buffer of `size` bytes at an address that is a multiple of {@link DIRECT_BLOCK}, as O_DIRECT needs. */
+export function alignedBuffer(size: number): Buffer {
+  const b = Buffer.allocUnsafeSlow(size);
   if (ptr(b) % DIRECT_BLOCK === 0) return b; // large allocations are mapped pages: the usual case
-  const over = Buffer.allocUnsafeSlow(SLAB_BYTES + DIRECT_BLOCK);
+  const over = Buffer.allocUnsafeSlow(size + DIRECT_BLOCK);
   const skip = (DIRECT_BLOCK - (ptr(over) % DIRECT_BLOCK)) % DIRECT_BLOCK;
-  return over.subarray(skip, skip + SLAB_BYTES);
+  return over.subarray(skip, skip + size);
 }
+
+/** A slab of {@link SLAB_BYTES}, aligned for O_DIRECT. */
+const newSlab = () => alignedBuffer(SLAB_BYTES);
 
 /**
  * A slab holding the bytes of data log file `file` from position `pos` on. `buf` is the part

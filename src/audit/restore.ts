@@ -12,12 +12,12 @@
  */
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { ptr } from "bun:ffi";
 import { constants } from "node:fs";
 import { chmod, lchown, link, lutimes, mkdir, open, readdir, rename, rm, symlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { DROPPED_DATA_REF, ROOT_INO, type Ino, type JournalEvent } from "../../journal/mod.ts";
 import { packValue, unpackValue } from "../../journal/codec.ts";
+import { alignedBuffer, DIRECT_BLOCK as BLOCK } from "../../journal/data_log.ts";
 import type { RemoteSource } from "../fs/remote.ts";
 import { holdSegmentBytes } from "../replicator/segments.ts";
 import { evolve } from "../projection/evolve.ts";
@@ -58,17 +58,8 @@ const CHUNK = 8 << 20;
  */
 const MAX_IN_FLIGHT = 64 << 20;
 const WRITE_PIECE = 1 << 20;
-/** O_DIRECT's unit: file offsets, lengths and memory addresses of direct writes are multiples of it. */
-const BLOCK = 4096;
-/** Aligned buffers for direct writes, at most this many (each WRITE_PIECE). */
+/** Aligned buffers for direct writes (file offsets, lengths and addresses multiples of BLOCK), at most this many (each WRITE_PIECE). */
 const BOUNCE_BUFFERS = 8;
-
-/** A buffer of `size` bytes at an address that is a multiple of {@link BLOCK}. */
-function alignedBuffer(size: number): Buffer {
-  const over = Buffer.allocUnsafeSlow(size + BLOCK);
-  const skip = (BLOCK - (ptr(over) % BLOCK)) % BLOCK;
-  return over.subarray(skip, skip + size);
-}
 
 class InodeFiles {
   private readonly open = new Map<number, Promise<FileHandle>>();

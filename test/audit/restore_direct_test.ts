@@ -30,8 +30,6 @@ beforeAll(async () => {
   cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
   const fs = await Filesystem.open(dataDir);
   const O_RDWR_CREAT = 0o102;
-  let seed = 11;
-  const rand = (n: number) => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n;
   // [offset, length] per write, per file: aligned and unaligned, large and small, overlapping.
   const plans: [number, number][][] = [
     [[0, 4 * MiB]], // aligned, whole pieces
@@ -51,7 +49,6 @@ beforeAll(async () => {
         continue;
       }
       const data = randomBytes(length);
-      data[rand(length)] = 0xab;
       await fs.write(ROOT, fh, offset, data);
       if (model.length < offset + length) model = Buffer.concat([model, Buffer.alloc(offset + length - model.length)]);
       data.copy(model, offset);
