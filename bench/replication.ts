@@ -216,12 +216,14 @@ async function reads(server: S3Server, bucket: string) {
   // Cold twice, each on a fresh mount with an empty cache (the best counts, as for the SDK).
   let cold = 0;
   let cached = 0;
+  let peakRss = 0;
   for (let round = 0; round < 2; round++) {
     const m = await mountVia(server, bucket, server.endpoint);
     const c0 = cpuSeconds(m.pid);
     cold = Math.max(cold, READ_MIB / (await timed(`dd if=${m.mnt}/read/big.bin of=/dev/null bs=1M status=none`, env, "cold read")));
     coldCpu = Math.min(coldCpu, (cpuSeconds(m.pid) - c0) / (READ_MIB / 1024));
     if (round === 0) cached = READ_MIB / (await timed(`dd if=${m.mnt}/read/big.bin of=/dev/null bs=1M status=none`, env, "cached read"));
+    peakRss = Math.max(peakRss, peakRssMiB(m.pid));
     await m.stop();
   }
   return {
@@ -231,7 +233,14 @@ async function reads(server: S3Server, bucket: string) {
     cold_read_vs_sdk: round(cold / sdkMBs, 3),
     sdk_cpu_s_per_gib: round(sdkCpu),
     cold_read_cpu_s_per_gib: round(coldCpu),
+    mount_peak_rss_mib: round(peakRss, 1),
   };
+}
+
+/** A process's peak resident memory (VmHWM) in MiB. */
+function peakRssMiB(pid: number): number {
+  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+  return m ? Number(m[1]) / 1024 : NaN;
 }
 
 /** User + system CPU seconds a process has used (from /proc: not a file of any mount). */
@@ -276,7 +285,7 @@ try {
     log(`3. sequential read of ${READ_MIB} MiB`);
     r = await reads(server, await createBucket(server));
     log(`   SDK download ${r.sdk_download_mib_s} MiB/s; through the mount cold ${r.cold_read_mib_s} MiB/s (${r.cold_read_vs_sdk} of the SDK), cached ${r.cached_read_mib_s} MiB/s`);
-    log(`   CPU per GiB: SDK client ${r.sdk_cpu_s_per_gib} s, mount process cold ${r.cold_read_cpu_s_per_gib} s; load average ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
+    log(`   CPU per GiB: SDK client ${r.sdk_cpu_s_per_gib} s, mount process cold ${r.cold_read_cpu_s_per_gib} s; mount peak RSS ${r.mount_peak_rss_mib} MiB; load average ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
   }
   const targets = {
     lag_p50_s: { value: l?.segment_lag_p50_s ?? null, goal: "segment lag p50 <= 2 s", met: l !== undefined && l.segment_lag_p50_s <= 2 },

@@ -295,3 +295,18 @@ async function journalEvents(dataDir: string): Promise<EventRow[]> {
   if (code !== 0) throw new Error(`reading the journal of ${dataDir} failed: ${stderr}`);
   return JSON.parse(stdout) as EventRow[];
 }
+
+test("the serving process runs with mimalloc's purging off (MIMALLOC_PURGE_DELAY=-1), in the pid that was started, and a value the user set is kept", async () => {
+  const environ = async (pid: number) =>
+    Object.fromEntries((await readFile(`/proc/${pid}/environ`, "utf8")).split("\0").filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]));
+  const plain = await mount();
+  // The harness started this pid; the mount's fsname names the pid that serves it: the same.
+  expect(await mountSource(plain.mnt)).toBe(`objectfs@${plain.pid}`);
+  expect((await environ(plain.pid)).MIMALLOC_PURGE_DELAY).toBe(process.env.MIMALLOC_PURGE_DELAY ?? "-1");
+  expect(await stop(plain)).toBe(0);
+
+  const set = await mount({ env: { MIMALLOC_PURGE_DELAY: "25" } });
+  expect(await mountSource(set.mnt)).toBe(`objectfs@${set.pid}`);
+  expect((await environ(set.pid)).MIMALLOC_PURGE_DELAY).toBe("25");
+  expect(await stop(set)).toBe(0);
+}, 60_000);
