@@ -10,7 +10,7 @@
  * covers them) are fetched pinned to the version the journal saw, and attributes are set,
  * directories last.
  */
-import { spawnSync } from "node:child_process";
+import { execFile, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
 import { chmod, lchown, link, lutimes, mkdir, open, readdir, rename, rm, symlink, type FileHandle } from "node:fs/promises";
@@ -265,7 +265,9 @@ export async function restoreHistory(history: History, at: Point | undefined, di
   try {
     made = await mkdir(dir, { recursive: true });
     if ((await readdir(dir)).length > 0) throw new NotEmpty(`${dir} is not empty; restore into an empty or new directory, so nothing there is overwritten`);
-    return await restoreInto(history, at, dir, options, progress);
+    await restoreInto(history, at, dir, options, progress);
+    await syncFilesystem(dir);
+    return progress;
   } catch (e) {
     if (e instanceof NotEmpty) throw e; // none of it is ours
     // Nothing half-done stays: DIR is emptied, and what this made (DIR, and parents it needed) removed.
@@ -283,6 +285,20 @@ export async function restoreHistory(history: History, at: Point | undefined, di
 }
 
 class NotEmpty extends Error {}
+
+/**
+ * Make everything written under `dir` durable before the restore says it is done: one
+ * syncfs(2) of its filesystem (`sync --file-system`, coreutils), rather than an fsync per file
+ * and directory (a restore of many small files would pay a journal commit for each). Most bytes
+ * went to the disk around the page cache already; this carries the rest, the names and the
+ * attributes.
+ */
+async function syncFilesystem(dir: string): Promise<void> {
+  const failure = await new Promise<string | undefined>((resolve) =>
+    execFile("sync", ["--file-system", dir], (e, _out, err) => resolve(e ? String(err).trim() || e.message : undefined)),
+  );
+  if (failure !== undefined) throw new Error(`cannot make the restored files in ${dir} durable (sync --file-system: ${failure}); check that filesystem, then restore again`);
+}
 
 async function restoreInto(history: History, at: Point | undefined, dir: string, options: RestoreOptions, progress: RestoreProgress): Promise<RestoreProgress> {
   const work = join(dir, `.objectfs-restore-${randomBytes(6).toString("hex")}`);

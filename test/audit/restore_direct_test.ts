@@ -158,3 +158,24 @@ test("restore onto a read-only filesystem: one sentence naming the directory and
   expect(failure?.message).toStartWith(`cannot write into ${into} (EROFS: `);
   expect(failure?.message).toEndWith("); restore into a directory this user may write, on a writable filesystem");
 });
+
+test("a restore makes its filesystem durable before it reports done; one whose sync fails is an error that leaves nothing behind", async () => {
+  // Done: the files are there (and `sync --file-system` ran: without it on PATH, below, the restore fails).
+  const { into } = await restoreInto(tmpdir());
+  await checkFiles(into);
+  const parent = await mkdtemp(join(tmpdir(), "objectfs-restore-nosync-"));
+  cleanups.push(() => rm(parent, { recursive: true, force: true }));
+  const target = join(parent, "t");
+  const h = await openHistory({ kind: "local", dataDir }, () => {});
+  const path = process.env.PATH;
+  process.env.PATH = parent; // no `sync` here
+  const failure = await restoreHistory(h.history, undefined, target).then(
+    () => undefined,
+    (e: unknown) => e as Error,
+  );
+  process.env.PATH = path;
+  await h.close();
+  expect(failure?.message).toStartWith(`cannot make the restored files in ${target} durable (sync --file-system: `);
+  expect(failure?.message).toEndWith("); check that filesystem, then restore again");
+  expect(await readdir(parent)).toEqual([]);
+});
