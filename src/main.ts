@@ -16,7 +16,11 @@ const BULK = new Set(["mount", "restore"]);
 if (import.meta.main) {
   const argv = process.argv.slice(2);
   if (BULK.has(argv[0] ?? "") && process.versions.bun !== undefined && process.env.MIMALLOC_PURGE_DELAY === undefined) {
-    process.execve?.(process.execPath, [process.execPath, ...process.argv.slice(1)], { ...process.env, MIMALLOC_PURGE_DELAY: "-1" });
+    try {
+      process.execve?.(process.execPath, [process.execPath, ...process.execArgv, ...process.argv.slice(1)], { ...process.env, MIMALLOC_PURGE_DELAY: "-1" });
+    } catch {
+      // Not re-executed (a runtime without execve, say): the command runs with the allocator's defaults.
+    }
   }
   const { main } = await import("./cli/main.ts");
   process.exit(await main(argv));
