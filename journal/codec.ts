@@ -44,7 +44,8 @@ const TYPE_CODES: readonly EventType[] = [
 ];
 const CODE_OF = new Map<EventType, number>(TYPE_CODES.map((t, i) => [t, i]));
 
-const packr = new Packr({ useRecords: false, moreTypes: false, mapsAsObjects: true, int64AsType: "number" });
+const PACKR_OPTIONS = { useRecords: false, moreTypes: false, mapsAsObjects: true, int64AsType: "number" } as const;
+const packr = new Packr(PACKR_OPTIONS);
 /**
  * Short records are decoded from one reused buffer they are copied into: a view per record
  * (and the DataView msgpackr makes for every new source) cost more than copying 60–90 bytes,
@@ -53,7 +54,7 @@ const packr = new Packr({ useRecords: false, moreTypes: false, mapsAsObjects: tr
  */
 const SCRATCH_LIMIT = 140;
 const scratch = Buffer.alloc(SCRATCH_LIMIT);
-const scratchPackr = new Packr({ useRecords: false, moreTypes: false, mapsAsObjects: true, int64AsType: "number", copyBuffers: true });
+const scratchPackr = new Packr({ ...PACKR_OPTIONS, copyBuffers: true });
 
 /** Encode an event with the current schema version. */
 export function encodeEvent(event: JournalEvent): Buffer {
