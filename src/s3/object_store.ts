@@ -544,6 +544,17 @@ class SdkObjectStore implements ObjectStore {
         socketTimeout: config.requestTimeoutMs ?? 60_000,
       },
     });
+    // A body sent with its Content-MD5 (a signed header, checked by the server) is not hashed a
+    // second time for the signature: over plain HTTP the SDK otherwise computes, and the server
+    // checks, the body's SHA-256 as well.
+    this.#client.middlewareStack.add(
+      (next) => async (args) => {
+        const headers = (args.request as { headers?: Record<string, string> }).headers;
+        if (headers?.["content-md5"] !== undefined && headers["x-amz-content-sha256"] === undefined) headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD";
+        return next(args);
+      },
+      { step: "build", name: "objectfsUnsignedPayloadWithMd5" },
+    );
   }
 
   close(): void {

@@ -7,7 +7,9 @@
  * (nor the first: connection set-up, slow start). In startup the first measured round is of
  * the starting width; then the width doubles as long as each doubling brings a tenth more
  * goodput, and otherwise goes to the width that gave the best goodput and cruises, probing a
- * quarter more every 8 rounds and keeping them only if goodput rises by 5%. More requests are
+ * quarter more every 8 rounds and keeping them only if goodput rises by 5%. A stream of small
+ * objects has short rounds: it measures a width by the lower of two, and tries a doubling only
+ * with 32 times the bytes in flight left (see {@link streamStartup}). More requests are
  * not free: each opens a connection (the SDK sends large bodies with `Expect: 100-continue` on
  * a socket of its own) and starts in slow start, and many flows at once overflow a short
  * bottleneck queue. Throttling and faults (503 SlowDown, timeouts, resets) halve the requests
@@ -39,6 +41,12 @@ export const WAVE_BYTES = 64 * 1024 * 1024;
 export const WAVE_PARTS = 4;
 /** More requests in flight are tried only while the bytes left are this many times those in flight. */
 const PAYBACK = 8;
+/**
+ * …and for a stream, whose doubling costs three rounds at the new width (one settling, two
+ * measured) and wins a few percent when it pays: only while those rounds are at most a fifth of
+ * what is left.
+ */
+const STREAM_PAYBACK = 32;
 /** Requests in flight of a cold stream of small objects. */
 export const COLD_STREAM_INFLIGHT = 8;
 const MiB = 1024 * 1024;
@@ -92,8 +100,12 @@ export interface ControllerState {
   readonly flatRounds: number;
   /** Set for the round after a change of width (and the first): it is not a measure. */
   readonly settling?: boolean;
-  /** Goodput of the last measured round of startup. */
+  /** Goodput of the last measured round of startup (a stream: the lower of two rounds at one width)… */
   readonly measured?: number;
+  /** …and the width it was measured at (a stream goes back to it when a doubling does not pay). */
+  readonly measuredInflight?: number;
+  /** A stream in startup: the first of the two rounds it measures each width by. */
+  readonly pending?: number;
   readonly rounds: number;
   /** Set while probing one part more: the goodput before the probe. */
   readonly probeFrom?: number;
@@ -208,8 +220,9 @@ function decide(s: ControllerState, next: ControllerState, goodput: number): Con
   // Trying more in flight costs rounds at a worse width when it does not pay: only while enough
   // of the transfer is left to win that back.
   const left = s.size !== undefined ? s.size - next.doneBytes : Infinity;
-  const worth = left >= PAYBACK * s.inflight * s.partSize;
+  const worth = left >= (s.fixedPartSize !== undefined ? STREAM_PAYBACK : PAYBACK) * s.inflight * s.partSize;
   const cap = worth ? capFor(s.memoryBytes, s.partSize, s.maxInflight) : s.inflight;
+  if (s.phase === "startup" && s.fixedPartSize !== undefined) return streamStartup(s, next, goodput, cap);
   if (s.phase === "startup") {
     // The first measure is of the starting width; from then on each doubling must pay a tenth
     // more goodput, or the width that gave the best goodput is kept and the transfer cruises.
@@ -227,6 +240,25 @@ function decide(s: ControllerState, next: ControllerState, goodput: number): Con
     return { ...next, probeFrom: goodput, probeBase: s.inflight, inflight: Math.min(cap, s.inflight + Math.max(1, Math.ceil(s.inflight / 4))) };
   }
   return withPartSize(next);
+}
+
+/**
+ * Startup of a stream of small objects: its rounds are short (a round of 8 MiB objects on a fast
+ * link takes a tenth of a second), so one round is a noisy measure, and one lucky round let
+ * through a doubling that then cost for the rest of the stream. Each width is measured by the
+ * lower of two rounds; a doubling that brings a tenth more doubles again, one that brings less
+ * but still more is kept, and one that brings nothing goes back to the width before it.
+ */
+function streamStartup(s: ControllerState, next: ControllerState, goodput: number, cap: number): ControllerState {
+  if (s.pending === undefined) return { ...next, pending: goodput };
+  const measure = Math.min(s.pending, goodput);
+  next = { ...next, pending: undefined };
+  const cruise = (inflight: number) => ({ ...next, phase: "cruise" as const, flatRounds: 0, inflight: Math.max(1, Math.min(cap, inflight)) });
+  if (s.measured === undefined || measure >= 1.1 * s.measured) {
+    if (s.inflight >= cap) return cruise(s.inflight);
+    return { ...next, measured: measure, measuredInflight: s.inflight, inflight: Math.min(cap, s.inflight * 2) };
+  }
+  return cruise(measure > s.measured ? s.inflight : (s.measuredInflight ?? s.inflight));
 }
 
 /**

@@ -28,3 +28,28 @@ for (const kind of S3_SERVER_KINDS) {
     expect((await store.get("big7")).bytes.length).toBe(body.length);
   }, 60_000);
 }
+
+test("a body sent with its Content-MD5 is signed as UNSIGNED-PAYLOAD, any other with its SHA-256", async () => {
+  // The server checks Content-MD5 (a signed header) itself: see the bad-digest case in
+  // object_store_test.ts, which runs with this signing on both servers.
+  const seen: { sha?: string; md5?: string }[] = [];
+  const server = Bun.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    async fetch(req) {
+      await req.arrayBuffer();
+      seen.push({ sha: req.headers.get("x-amz-content-sha256") ?? undefined, md5: req.headers.get("content-md5") ?? undefined });
+      return new Response("", { headers: { ETag: '"0"' } });
+    },
+  });
+  bed.later(() => server.stop(true));
+  const store = makeObjectStore({ bucket: "b", endpoint: `http://127.0.0.1:${server.port}`, credentials: { accessKeyId: "k", secretAccessKey: "s" } });
+  bed.later(() => store.close());
+  await store.put("with-md5", "hello", { contentMD5: true });
+  await store.put("without", "hello");
+  expect(seen).toHaveLength(2);
+  expect(seen[0]!.md5).toBe("XUFAKrxLKna5cZ2REBfFkg==");
+  expect(seen[0]!.sha).toBe("UNSIGNED-PAYLOAD");
+  expect(seen[1]!.md5).toBeUndefined();
+  expect(seen[1]!.sha).toMatch(/^[0-9a-f]{64}$/);
+});

@@ -240,3 +240,49 @@ test("the first round of a cold start does not count, nor the first at a new wid
   }
   expect(s.inflight).toBe(width);
 });
+
+/** One round of a stream: `s.inflight` objects of `item` bytes finishing at `goodput`, from the round's start. */
+function streamRound(s: ControllerState, item: number, goodput: number): ControllerState {
+  const n = s.inflight;
+  const t = s.roundStart + (n * item) / goodput;
+  for (let i = 0; i < n; i++) s = partDone(s, item, t - s.roundStart, t);
+  return s;
+}
+
+test("a stream measures each width by the lower of two rounds: one lucky round does not double it", () => {
+  const item = MiB;
+  let s = initialState(0, { fixedPartSize: item, memoryBytes: 4096 * MiB });
+  const width = s.inflight;
+  s = streamRound(s, item, 80 * MiB); // connection set-up: not a measure
+  s = streamRound(s, item, 100 * MiB);
+  s = streamRound(s, item, 100 * MiB);
+  expect(s.inflight).toBe(2 * width); // measured at 100 MiB/s: try twice the width
+  s = streamRound(s, item, 100 * MiB); // settling at the new width
+  s = streamRound(s, item, 130 * MiB); // a lucky round…
+  s = streamRound(s, item, 101 * MiB); // …and a plain one: no tenth more, but more
+  expect(s.phase).toBe("cruise");
+  expect(s.inflight).toBe(2 * width);
+  // A doubling that brings nothing goes back to the width before it.
+  let t = initialState(0, { fixedPartSize: item, memoryBytes: 4096 * MiB });
+  for (const g of [80, 100, 100, 100, 140, 95]) t = streamRound(t, item, g * MiB);
+  expect(t.phase).toBe("cruise");
+  expect(t.inflight).toBe(width);
+  // Two rounds that both bring a tenth more double it again.
+  let u = initialState(0, { fixedPartSize: item, memoryBytes: 4096 * MiB });
+  for (const g of [80, 100, 100, 100, 120, 115]) u = streamRound(u, item, g * MiB);
+  expect(u.phase).toBe("startup");
+  expect(u.inflight).toBe(4 * width);
+});
+
+test("a stream too short to win back a doubling keeps its width", () => {
+  const item = MiB;
+  // 8 objects in flight: a doubling is tried only while 32 × 8 MiB are left.
+  const short = initialState(0, { fixedPartSize: item, size: 200 * MiB, memoryBytes: 4096 * MiB });
+  let s = short;
+  for (const g of [80, 100, 100]) s = streamRound(s, item, g * MiB);
+  expect(s.inflight).toBe(short.inflight);
+  expect(s.phase).toBe("cruise");
+  let long = initialState(0, { fixedPartSize: item, size: 4096 * MiB, memoryBytes: 4096 * MiB });
+  for (const g of [80, 100, 100]) long = streamRound(long, item, g * MiB);
+  expect(long.inflight).toBe(2 * short.inflight);
+});
