@@ -69,13 +69,19 @@ const cache = new Map<string, Promise<Capabilities>>();
 export function probeCapabilities(store: ObjectStore, options: ProbeOptions = {}): Promise<Capabilities> {
   const id = `${store.endpoint}\n${store.bucket}`;
   const cached = cache.get(id);
-  if (cached !== undefined && options.refresh !== true) return cached;
+  if (cached !== undefined && options.refresh !== true) return cached.then((c) => fitted(store, c));
   const probe = runProbe(store, options.signal);
   cache.set(id, probe);
   probe.catch(() => {
     if (cache.get(id) === probe) cache.delete(id);
   });
-  return probe;
+  return probe.then((c) => fitted(store, c));
+}
+
+/** `store` set up for what its server does: bodies signed with their SHA-256 where Content-MD5 goes unchecked. */
+function fitted(store: ObjectStore, c: Capabilities): Capabilities {
+  if (!c.contentMD5) store.signPayloads?.();
+  return c;
 }
 
 /** Forget every cached probe result. */

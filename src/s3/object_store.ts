@@ -322,6 +322,11 @@ export interface ObjectStore {
   readonly bucket: string;
   /** The endpoint URL, as messages name it. */
   readonly endpoint: string;
+  /**
+   * The server does not check Content-MD5 (see `Capabilities.contentMD5`): bodies sent with one
+   * are signed with their SHA-256 again, as every other body is, instead of `UNSIGNED-PAYLOAD`.
+   */
+  signPayloads?(): void;
 
   /**
    * Every object (and, with a delimiter, every common prefix) under `prefix`, in key order,
@@ -521,6 +526,8 @@ class SdkObjectStore implements ObjectStore {
   /** How this server wants If-Match on PutObject: RGW only matches the unquoted ETag. */
   #ifMatchQuoted = false;
   #ifMatchSettled = false;
+  /** Whether a body sent with its Content-MD5 is signed with its SHA-256 too (a server that does not check Content-MD5). */
+  #signPayloads = false;
 
   constructor(config: ObjectStoreConfig) {
     this.bucket = config.bucket;
@@ -546,11 +553,11 @@ class SdkObjectStore implements ObjectStore {
     });
     // A body sent with its Content-MD5 (a signed header, checked by the server) is not hashed a
     // second time for the signature: over plain HTTP the SDK otherwise computes, and the server
-    // checks, the body's SHA-256 as well.
+    // checks, the body's SHA-256 as well. Not where the probe found Content-MD5 unchecked.
     this.#client.middlewareStack.add(
       (next) => async (args) => {
         const headers = (args.request as { headers?: Record<string, string> }).headers;
-        if (headers?.["content-md5"] !== undefined && headers["x-amz-content-sha256"] === undefined) headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD";
+        if (!this.#signPayloads && headers?.["content-md5"] !== undefined && headers["x-amz-content-sha256"] === undefined) headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD";
         return next(args);
       },
       { step: "build", name: "objectfsUnsignedPayloadWithMd5" },
@@ -559,6 +566,10 @@ class SdkObjectStore implements ObjectStore {
 
   close(): void {
     this.#client.destroy();
+  }
+
+  signPayloads(): void {
+    this.#signPayloads = true;
   }
 
   #context(operation: S3Operation, key?: string): RequestContext {

@@ -41,6 +41,8 @@ export interface FaultProxy {
   setDown(down: boolean): Promise<void>;
   /** Requests seen, client connections accepted, faults injected, and body bytes sent up (to the server) and down. */
   stats(): { requests: number; connections: number; injected: Record<string, number>; upBytes: number; downBytes: number };
+  /** Method, path and headers of the requests since the last {@link resetStats}, in order. */
+  seen(): readonly { readonly method: string; readonly path: string; readonly headers: IncomingMessage["headers"] }[];
   resetStats(): void;
   close(): Promise<void>;
 }
@@ -67,6 +69,7 @@ export async function startFaultProxy(target: string, options: { seed?: number; 
   let downBytes = 0;
   const injected: Record<string, number> = {};
   const sockets = new Set<Socket>();
+  let seen: { method: string; path: string; headers: IncomingMessage["headers"] }[] = [];
 
   const pick = (req: IncomingMessage): Fault | undefined => {
     for (const r of rules) {
@@ -108,6 +111,7 @@ export async function startFaultProxy(target: string, options: { seed?: number; 
 
   const server = createServer((req, res) => {
     requests++;
+    if (seen.length < 10_000) seen.push({ method: req.method ?? "", path: req.url ?? "", headers: req.headers });
     const fault = pick(req);
     if (!fault) return forward(req, res);
     injected[fault.kind] = (injected[fault.kind] ?? 0) + 1;
@@ -153,8 +157,10 @@ export async function startFaultProxy(target: string, options: { seed?: number; 
       } else await new Promise<void>((ok) => server.listen(port, "127.0.0.1", ok));
     },
     stats: () => ({ requests, connections, injected: { ...injected }, upBytes, downBytes }),
+    seen: () => seen,
     resetStats() {
       requests = connections = upBytes = downBytes = 0;
+      seen = [];
       for (const k of Object.keys(injected)) delete injected[k];
     },
     close: () =>
