@@ -11,14 +11,20 @@ import { startFaultProxy } from "../support/fault_proxy.ts";
 
 const bed = s3Testbed();
 
+/** A fresh bucket on a `kind` server, and a store that reaches it through a fault proxy. */
+async function throughProxy(kind: (typeof S3_SERVER_KINDS)[number]) {
+  const server = await bed.server(kind);
+  const bucket = await createBucket(server);
+  const proxy = await startFaultProxy(server.endpoint);
+  bed.later(() => proxy.close());
+  const store = makeObjectStore({ ...storeConfig(server, bucket), endpoint: proxy.endpoint });
+  bed.later(() => store.close());
+  return { proxy, store };
+}
+
 for (const kind of S3_SERVER_KINDS) {
   test(`${kind}: eight 5 MiB puts one after another use one connection`, async () => {
-    const server = await bed.server(kind);
-    const bucket = await createBucket(server);
-    const proxy = await startFaultProxy(server.endpoint);
-    bed.later(() => proxy.close());
-    const store = makeObjectStore({ ...storeConfig(server, bucket), endpoint: proxy.endpoint });
-    bed.later(() => store.close());
+    const { proxy, store } = await throughProxy(kind);
     await store.put("warm", "x");
     proxy.resetStats();
     const body = Buffer.alloc(5 << 20, 7);
@@ -31,12 +37,7 @@ for (const kind of S3_SERVER_KINDS) {
 
 for (const kind of S3_SERVER_KINDS) {
   test(`${kind}: a body sent with its Content-MD5 is signed UNSIGNED-PAYLOAD where the server checks Content-MD5, with its SHA-256 elsewhere`, async () => {
-    const server = await bed.server(kind);
-    const bucket = await createBucket(server);
-    const proxy = await startFaultProxy(server.endpoint);
-    bed.later(() => proxy.close());
-    const store = makeObjectStore({ ...storeConfig(server, bucket), endpoint: proxy.endpoint });
-    bed.later(() => store.close());
+    const { proxy, store } = await throughProxy(kind);
     const signing = async (key: string, contentMD5: boolean) => {
       proxy.resetStats();
       await store.put(key, "hello", { contentMD5 });
