@@ -101,7 +101,6 @@ function writeU32(b: Uint8Array, at: number, n: number): void {
   b[at + 3] = n & 0xff;
 }
 
-/** The key range of a forward scan of events in [gte, lte]: from the row that holds `gte`. */
 /**
  * Bytes a scan's iterator reads from LevelDB per call into its worker thread (classic-level's
  * default is 16 KiB: about 40 rows of a journal of small commits, so a scan of 110k rows paid
@@ -111,6 +110,7 @@ const SCAN_BYTES = 1024 * 1024;
 /** Rows asked for per `nextv` call: about what SCAN_BYTES holds of small rows. */
 const SCAN_ROWS = 1024;
 
+/** The key range of a forward scan of events in [gte, lte]: from the row that holds `gte`. */
 async function forwardRange(events: Sublevel, gte: number | undefined, lte: number): Promise<Record<string, unknown>> {
   const range: Record<string, unknown> = { lte: u64Key(lte), highWaterMarkBytes: SCAN_BYTES };
   if (gte !== undefined) range.gte = u64Key(await scanStart(events, gte));
